@@ -1,0 +1,3 @@
+from shrinkage.cli.main import main
+
+raise SystemExit(main())
