@@ -1,0 +1,18 @@
+"""Groupings: how a tensor (or coupled slices of several) is seen as groups."""
+
+from shrinkage.groups.base import AxisGrouping, ColumnGrouping, FlatGrouping, Grouping, SliceGrouping
+from shrinkage.groups.kinds import Channels, Depth, Filters, GroupKind, Matrix, Shapes
+
+__all__ = [
+    "AxisGrouping",
+    "Channels",
+    "ColumnGrouping",
+    "Depth",
+    "Filters",
+    "FlatGrouping",
+    "GroupKind",
+    "Grouping",
+    "Matrix",
+    "Shapes",
+    "SliceGrouping",
+]

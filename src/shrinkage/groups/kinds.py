@@ -1,0 +1,118 @@
+"""The SSL group kinds: which slices of a selected module form the groups.
+
+Each kind is a small frozen dataclass with ``build(name, module)``; configs name
+them (``filters``, ``channels``, ...) and the CLI resolves the names to these
+classes once, so the core never dispatches on strings.
+
+For a ``Linear`` layer, filters are rows (output neurons) and channels are columns
+(input neurons; on the first layer these are input pixels).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import nn
+
+from shrinkage.errors import UnsupportedModuleError
+from shrinkage.groups.base import AxisGrouping, ColumnGrouping, FlatGrouping, Grouping, SliceGrouping
+
+import torch
+
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _weight_of(kind: str, name: str, module: nn.Module) -> nn.Parameter:
+    if not isinstance(module, _WEIGHTED):
+        raise UnsupportedModuleError(
+            f"module '{name}' ({type(module).__name__}) has no {kind} groups; "
+            "they exist for Conv1d/2d/3d and Linear"
+        )
+    return module.weight
+
+
+def _is_transposed(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvTransposeNd)
+
+
+class GroupKind(ABC):
+    """Turns one selected module into the groupings a penalty acts on."""
+
+    @abstractmethod
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        """Groupings of ``module`` (qualified name ``name``)."""
+
+
+@dataclass(frozen=True)
+class Filters(GroupKind):
+    """Output units: conv filters ``W[n]`` or Linear rows (neurons).
+
+    ``include_bias`` adds ``bias[n]`` to group ``n``, so a zeroed filter also stops
+    emitting a constant and can be removed even where the constant could not be
+    folded into the next layer (a padded conv).
+    """
+
+    include_bias: bool = False
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        weight = _weight_of("filter", name, module)
+        bias = getattr(module, "bias", None)
+        if not self.include_bias or bias is None:
+            return [AxisGrouping(name, weight, 0)]
+        n = weight.shape[0]
+        rows = torch.arange(n).unsqueeze(1)
+        return [SliceGrouping(name, ((weight, 0, rows), (bias, 0, rows)))]
+
+
+@dataclass(frozen=True)
+class Channels(GroupKind):
+    """Input units: conv input channels ``W[:, c]`` or Linear columns (input neurons)."""
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        weight = _weight_of("channel", name, module)
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise UnsupportedModuleError(
+                f"module '{name}': channel groups of a grouped conv (groups={module.groups}) "
+                "are coupled across filters; select it with filter groups instead"
+            )
+        return [AxisGrouping(name, weight, 1)]
+
+
+@dataclass(frozen=True)
+class Shapes(GroupKind):
+    """Filter shapes: the columns ``W[:, c, i, j]`` of the lowered (im2col) weight."""
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            raise UnsupportedModuleError(
+                f"module '{name}' ({type(module).__name__}) has no filter-shape groups; "
+                "they exist for convolutions (use channel groups for Linear columns)"
+            )
+        return [ColumnGrouping(name, module.weight)]
+
+
+@dataclass(frozen=True)
+class Depth(GroupKind):
+    """All parameters of a block (a layer or a residual branch) as one group.
+
+    BatchNorm affine parameters are included on purpose: only when they are zero too
+    does the branch output exactly zero, which is what lets the shortcut replace it.
+    """
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        params = tuple(p for p in module.parameters() if p.requires_grad)
+        if not params:
+            raise UnsupportedModuleError(f"module '{name}' has no trainable parameters to form a depth group")
+        return [FlatGrouping(name, params)]
+
+
+@dataclass(frozen=True)
+class Matrix(GroupKind):
+    """The weight as one matrix ``out x (in*kh*kw)``, for the nuclear norm."""
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        weight = _weight_of("matrix", name, module)
+        if _is_transposed(module):
+            raise UnsupportedModuleError(f"module '{name}': transposed convolutions are not supported")
+        return [AxisGrouping(name, weight, 0)]

@@ -1,0 +1,54 @@
+"""Penalty interface: a value (for logging and the subgradient mode) and a proximal map."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from shrinkage.errors import ConfigError
+
+
+def check_strength(owner: str, strength: float) -> None:
+    if not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength < 0:
+        raise ConfigError(f"{owner}.strength must be a finite number >= 0, got {strength!r}")
+
+
+class Penalty(ABC):
+    """A regularizer ``R`` acting on a ``(n_groups, group_size)`` matrix.
+
+    ``value`` returns ``strength * R(matrix)`` and is differentiable. ``prox_`` replaces
+    ``matrix`` in place by ``argmin_X 1/2 ||X - matrix||^2 + step * strength * R(X)``.
+    """
+
+    strength: float
+    #: True when the proximal map produces exact zeros that fine-tuning should keep
+    induces_zeros: ClassVar[bool] = True
+
+    @abstractmethod
+    def value(self, matrix: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def prox_(self, matrix: Tensor, step: float) -> None: ...
+
+    def structure(self, matrix: Tensor) -> dict[str, float]:
+        """Statistics of the structure this penalty drives (logged per epoch)."""
+        with torch.no_grad():
+            zero_rows = (matrix.abs().amax(dim=1) == 0).float().mean().item()
+        return {"zero_groups": zero_rows}
+
+
+def soft_threshold_(x: Tensor, t: float) -> None:
+    """Elementwise ``x <- sign(x) * max(|x| - t, 0)`` in place."""
+    x.copy_(torch.sign(x) * torch.clamp(x.abs() - t, min=0))
+
+
+def block_soft_threshold_(matrix: Tensor, t: float) -> None:
+    """Row-wise ``w_g <- max(1 - t/||w_g||, 0) * w_g`` in place."""
+    norms = matrix.norm(dim=1, keepdim=True)  # (n_groups, 1)
+    # rows with norm <= t become exactly zero; the clamp avoids 0/0 for rows already zero
+    scale = torch.clamp(1 - t / norms.clamp_min(torch.finfo(matrix.dtype).tiny), min=0)
+    matrix.mul_(scale)
