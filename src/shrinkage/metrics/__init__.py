@@ -1,0 +1,48 @@
+"""Metrics for dense vs compacted models: size, MACs, latency, per-layer structure,
+accuracy, plots and run reports."""
+
+from shrinkage.metrics.accuracy import Evaluation, evaluate
+from shrinkage.metrics.latency import Latency, LatencyComparison, compare_latency, measure_latency
+from shrinkage.metrics.layers import (
+    LayerRow,
+    group_sparsity,
+    layer_table,
+    layer_table_markdown,
+    rank_at_energy,
+    singular_values,
+)
+from shrinkage.metrics.plots import plot_layer_sparsity, plot_singular_values, plot_weight_pattern
+from shrinkage.metrics.report import (
+    conv_macs,
+    latency_section,
+    render_markdown,
+    size_section,
+    write_report,
+)
+from shrinkage.metrics.size import MacCount, count_macs, count_parameters
+
+__all__ = [
+    "Evaluation",
+    "Latency",
+    "LatencyComparison",
+    "LayerRow",
+    "MacCount",
+    "compare_latency",
+    "conv_macs",
+    "count_macs",
+    "count_parameters",
+    "evaluate",
+    "group_sparsity",
+    "latency_section",
+    "layer_table",
+    "layer_table_markdown",
+    "measure_latency",
+    "plot_layer_sparsity",
+    "plot_singular_values",
+    "plot_weight_pattern",
+    "rank_at_energy",
+    "render_markdown",
+    "singular_values",
+    "size_section",
+    "write_report",
+]
