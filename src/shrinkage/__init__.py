@@ -1,0 +1,13 @@
+"""shrinkage: train networks to be compressed, then make them genuinely smaller and faster.
+
+Structured Sparsity Learning (Wen et al., 2016) and compression-aware training
+(Alvarez & Salzmann, 2017): group Lasso / nuclear-norm penalties with exact proximal
+steps, then removal of the zeroed structures and low-rank factorization.
+"""
+
+from shrinkage.compact import CompactOptions, compact, factorize, plan_compaction
+from shrinkage.errors import ShrinkageError
+
+__version__ = "0.1.0"
+
+__all__ = ["CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "plan_compaction"]

@@ -1,0 +1,148 @@
+"""``compact()``: a new, smaller model with the same outputs; the input is untouched."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from shrinkage.compact.modules import LoweredConv2d, SelectInputs
+from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
+from shrinkage.compact.surgery import add_bias, set_submodule, shrink
+from shrinkage.errors import ShrinkageError
+from shrinkage.graph.builder import build_channel_graph
+from shrinkage.graph.rules import default_rules
+
+log = logging.getLogger(__name__)
+
+
+def plan_compaction(
+    model: nn.Module, example_inputs: tuple[Any, ...], options: CompactOptions | None = None
+) -> CompactionPlan:
+    """Trace ``model``, find its channel spaces and decide what can go (nothing is modified)."""
+    options = options or CompactOptions()
+    cg = build_channel_graph(
+        model, example_inputs, default_rules(), leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown
+    )
+    plan = decide(cg)
+    _plan_input_selection(model, plan, options)
+    return plan
+
+
+def _shrunk_weight(model: nn.Module, name: str, plan: CompactionPlan) -> Tensor:
+    w = model.get_submodule(name).weight.detach()
+    for dim in (0, 1):
+        mask = plan.keep.get((name, dim))
+        if mask is not None:
+            w = w.index_select(dim, mask.nonzero().flatten())
+    return w
+
+
+def _plan_input_selection(model: nn.Module, plan: CompactionPlan, options: CompactOptions) -> None:
+    """Unused inputs that could not be removed upstream: select them away, or lower the conv."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            w = _shrunk_weight(model, name, plan)
+            used = w.abs().amax(dim=0) > 0
+            if 0 < used.sum() and (~used).float().mean() >= options.select_inputs_min_fraction:
+                plan.select_inputs[name] = used.nonzero().flatten()
+        elif isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            w = _shrunk_weight(model, name, plan)
+            cols_used = w.reshape(w.shape[0], -1).abs().amax(dim=0) > 0  # (C*kh*kw,)
+            ch_used = w.abs().amax(dim=(0, 2, 3)) > 0
+            if not cols_used.any():
+                continue
+            per_channel = cols_used.reshape(w.shape[1], -1)
+            whole_channels_only = bool((per_channel.all(dim=1) | ~per_channel.any(dim=1)).all())
+            if not whole_channels_only and (~cols_used).float().mean() >= options.lower_min_fraction:
+                plan.lowered[name] = cols_used.nonzero().flatten()
+            elif (~ch_used).float().mean() >= options.select_inputs_min_fraction:
+                plan.select_inputs[name] = ch_used.nonzero().flatten()
+
+
+def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
+    """Build the compacted copy of ``model`` described by ``plan``."""
+    new = copy.deepcopy(model)
+    per_module: dict[str, dict[int, Tensor]] = {}
+    for (name, dim), mask in plan.keep.items():
+        per_module.setdefault(name, {})[dim] = mask
+    for name, keep in per_module.items():
+        if all(bool(mask.all()) for mask in keep.values()):
+            continue
+        set_submodule(new, name, shrink(name, new.get_submodule(name), keep))
+    for name, delta in plan.bias_delta.items():
+        out_mask = plan.keep.get((name, 0))
+        add_bias(new.get_submodule(name), delta[out_mask] if out_mask is not None else delta)
+    for name, idx in plan.select_inputs.items():
+        layer = new.get_submodule(name)
+        keep = torch.zeros(layer.weight.shape[1], dtype=torch.bool)
+        keep[idx] = True
+        dim = -1 if isinstance(layer, nn.Linear) else 1
+        smaller = shrink(name, layer, {1: keep})
+        set_submodule(new, name, nn.Sequential(OrderedDict(select=SelectInputs(idx, dim), layer=smaller)))
+    for name, columns in plan.lowered.items():
+        set_submodule(new, name, LoweredConv2d(new.get_submodule(name), columns))
+    return new
+
+
+def max_output_difference(a: nn.Module, b: nn.Module, example_inputs: tuple[Any, ...]) -> float:
+    """Largest absolute difference between the two models' outputs (eval mode)."""
+    flags = [(m, m.training) for model in (a, b) for m in model.modules()]
+    try:
+        a.eval()
+        b.eval()
+        with torch.no_grad():
+            ya, yb = a(*example_inputs), b(*example_inputs)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    la, lb = _leaves(ya), _leaves(yb)
+    if len(la) != len(lb) or any(x.shape != y.shape for x, y in zip(la, lb, strict=True)):
+        return float("inf")
+    return max((float((x - y).abs().max()) if x.numel() else 0.0) for x, y in zip(la, lb, strict=True))
+
+
+def _leaves(y: Any) -> list[Tensor]:
+    if isinstance(y, Tensor):
+        return [y]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _leaves(v)]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _leaves(v)]
+    return []
+
+
+def compact(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    options: CompactOptions | None = None,
+    *,
+    atol: float = 1e-4,
+) -> nn.Module:
+    """Return a new, smaller model whose outputs equal ``model``'s; ``model`` is untouched.
+
+    Removes every channel (filter, neuron) whose structure the weights have zeroed, folds
+    the constants of dead channels into the next layers' biases where that is exact, drops
+    unused inputs and lowers convs with zeroed filter-shape columns to a smaller GEMM.
+    The result is checked on ``example_inputs``; a difference above ``atol`` (relative to
+    the output scale) raises, since it would mean a rule is wrong.
+    """
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    plan = plan_compaction(model, example_inputs, options)
+    new = apply_plan(model, plan)
+    diff = max_output_difference(model, new, example_inputs)
+    with torch.no_grad():
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        scale = max([float(t.abs().max()) for t in _leaves(model(*example_inputs)) if t.numel()] + [1.0])
+        for m, flag in flags:
+            m.training = flag
+    if not diff <= atol * scale:
+        raise ShrinkageError(f"compacted {type(model).__name__} differs from the original by {diff:.3g}; please report this")
+    log.info("compacted %s: max output difference %.3g", type(model).__name__, diff)
+    return new

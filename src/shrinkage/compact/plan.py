@@ -1,0 +1,205 @@
+"""Compaction plan: read trained weights, decide which channels go and what they leave behind.
+
+A channel of a space can be removed when
+
+* every consumer's weight slice for it is zero (nobody reads it), or
+* it is *dead* (every producer's weight rows are zero, or a BatchNorm scale is zero) so it
+  carries an input-independent constant, and that constant can be folded into the bias
+  of every consumer: a Linear always, a conv only when it pads nothing (zero padding
+  would turn the constant into a border pattern) or the constant is exactly zero.
+
+The constants are not derived by hand per layer type: the graph builder recorded every
+consumer's actual input on the example inputs, and a dead channel is read off it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from shrinkage.graph.builder import ChannelGraph
+from shrinkage.graph.spaces import Space, Use
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompactOptions:
+    """Knobs of :func:`shrinkage.compact`.
+
+    ``select_inputs_min_fraction``: insert an index-select before a layer whose unused
+    inputs cannot be removed upstream (input pixels, channels still read elsewhere) when
+    at least this fraction of its inputs is unused. ``lower_min_fraction``: replace a
+    conv by an im2col GEMM over its kept filter-shape columns when at least this fraction
+    of its columns is zero (set above 1 to disable).
+    """
+
+    select_inputs_min_fraction: float = 0.05
+    lower_min_fraction: float = 0.25
+    allow_unknown: bool = False
+    leaf_modules: tuple[type[nn.Module], ...] = ()
+
+
+@dataclass
+class CompactionPlan:
+    """What to keep, per module and dim, plus the bias corrections of folded constants."""
+
+    keep: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # (module, dim) -> bool mask
+    bias_delta: dict[str, Tensor] = field(default_factory=dict)  # consumer module -> added bias
+    select_inputs: dict[str, Tensor] = field(default_factory=dict)  # module -> kept input positions
+    lowered: dict[str, Tensor] = field(default_factory=dict)  # conv module -> kept im2col columns
+    spaces: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable description (indices as lists)."""
+        modules: dict[str, dict[str, Any]] = {}
+        for (name, dim), mask in sorted(self.keep.items()):
+            modules.setdefault(name, {})[f"keep_dim{dim}"] = mask.nonzero().flatten().tolist()
+        for name in self.bias_delta:
+            modules.setdefault(name, {})["bias_folded"] = True
+        for name, idx in self.select_inputs.items():
+            modules.setdefault(name, {})["select_inputs"] = idx.tolist()
+        for name, idx in self.lowered.items():
+            modules.setdefault(name, {})["lowered_columns"] = idx.tolist()
+        return {"modules": modules, "spaces": self.spaces}
+
+
+def _param(cg: ChannelGraph, module: str, attr: str) -> Tensor:
+    return getattr(cg.module(module), attr).detach()
+
+
+def _segments_of(cg: ChannelGraph, use: Use, root: int) -> list[tuple[int, int, int, int]]:
+    """``(offset, start, stop, repeat)`` of every segment of ``use.axis`` in space ``root``."""
+    out, offset = [], 0
+    for seg in use.axis.segments:
+        if cg.table.find(seg.space) == root:
+            out.append((offset, seg.start, seg.stop, seg.repeat))
+        offset += seg.width
+    return out
+
+
+def _positions(cg: ChannelGraph, use: Use, root: int, n: int) -> list[tuple[Tensor, Tensor]]:
+    """Per segment: (channels, positions ``(k, repeat)``) of space ``root`` along the use's dim."""
+    result = []
+    for offset, start, stop, repeat in _segments_of(cg, use, root):
+        ch = torch.arange(start, stop)
+        pos = offset + (ch - start).unsqueeze(1) * repeat + torch.arange(repeat)
+        result.append((ch, pos))
+    return result
+
+
+def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
+    """Bool ``(n,)``: channel's slice of ``use``'s parameter is entirely zero."""
+    p = _param(cg, use.slice.module, use.slice.attr).movedim(use.slice.dim, 0)
+    zero = torch.ones(n, dtype=torch.bool)
+    for ch, pos in _positions(cg, use, root, n):
+        block = p[pos.reshape(-1)].reshape(pos.shape[0], -1)
+        zero[ch] &= block.abs().amax(dim=1) == 0
+    return zero
+
+
+def _producer_dead(cg: ChannelGraph, space: Space) -> Tensor:
+    dead = torch.zeros(space.size, dtype=torch.bool)
+    weights = [s for s in space.producers if s.attr == "weight"]
+    if weights:
+        dead = torch.ones(space.size, dtype=torch.bool)
+        for s in weights:
+            w = _param(cg, s.module, s.attr).movedim(s.dim, 0)
+            dead &= w.reshape(w.shape[0], -1).abs().amax(dim=1) == 0
+    return dead
+
+
+def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: int, candidates: Tensor):
+    """Which candidate channels this consumer can absorb, and the bias it must add for them.
+
+    Returns ``(ok (n,), delta (out,))``: ``ok[c]`` for channels whose recorded input is the
+    same at every batch/spatial/token position and whose constant the layer can absorb.
+    """
+    module = cg.module(use.module)
+    ok = torch.zeros(n, dtype=torch.bool)
+    node = nodes[use.node]
+    x = cg.values[node.args[0].name]
+    weight = module.weight.detach()
+    delta = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    for ch, pos in _positions(cg, use, root, n):
+        sel = candidates[ch]
+        if not sel.any():
+            continue
+        ch, pos = ch[sel], pos[sel]
+        flat = pos.reshape(-1)
+        if isinstance(module, nn.Linear):
+            vals = x.movedim(-1, 0)[flat].reshape(flat.numel(), -1)  # (positions, everything else)
+            const = (vals == vals[:, :1]).all(dim=1).reshape(pos.shape).all(dim=1)
+            v = vals[:, 0].reshape(pos.shape)  # (k, repeat)
+            ok[ch] = const
+            use_pos = pos[const].reshape(-1)
+            delta += weight[:, use_pos] @ v[const].reshape(-1)
+        elif isinstance(module, nn.Conv2d | nn.Conv1d | nn.Conv3d) and module.groups == 1:
+            vals = x.movedim(1, 0)[flat].reshape(flat.numel(), -1)
+            const = (vals == vals[:, :1]).all(dim=1)
+            v = vals[:, 0]
+            pads = module.padding if not isinstance(module.padding, str) else (1,)
+            padded = module.padding == "same" or any(p != 0 for p in pads)
+            absorbable = const & ((v == 0) | (not padded))
+            ok[ch] = absorbable
+            kernel_sum = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(dim=2)  # (out, in)
+            delta += kernel_sum[:, flat[absorbable]] @ v[absorbable]
+    return ok, delta
+
+
+def decide(cg: ChannelGraph) -> CompactionPlan:
+    """Compute the keep masks and bias folds of every space of ``cg``."""
+    plan = CompactionPlan()
+    nodes = {n.name: n for n in cg.gm.graph.nodes}
+    for root in cg.table.roots():
+        space = cg.table.get(root)
+        n = space.size
+        summary = {"nodes": space.nodes, "size": n, "kept": n, "pinned": sorted(set(space.pinned))}
+        plan.spaces.append(summary)
+        if space.pinned or space.is_input or not space.consumers:
+            continue
+        unread = torch.ones(n, dtype=torch.bool)
+        for use in space.consumers:
+            unread &= _zero_channels(cg, use, root, n)
+        dead = _producer_dead(cg, space)
+        for use in space.passthrough:
+            if use.zero_kills:
+                dead |= _zero_channels(cg, use, root, n)
+        candidates = dead & ~unread
+        foldable = candidates.clone()
+        deltas: dict[str, Tensor] = {}
+        for use in space.consumers:
+            ok, delta = _fold(cg, nodes, use, root, n, candidates)
+            foldable &= ok
+            deltas[use.module] = delta
+        remove = unread | (candidates & foldable)
+        if remove.all():
+            remove[0] = False  # a layer needs at least one channel; keep the first
+        if not remove.any():
+            continue
+        if (candidates & foldable & remove).any():
+            # recompute the folds for exactly the channels removed (some candidates may not be)
+            for use in space.consumers:
+                _, delta = _fold(cg, nodes, use, root, n, candidates & foldable & remove)
+                if delta.abs().sum() > 0:
+                    plan.bias_delta[use.module] = plan.bias_delta.get(use.module, 0) + delta
+        summary["kept"] = int((~remove).sum())
+        keep_channels = ~remove
+        for s in space.producers:
+            _mask(plan, cg, s.module, s.attr, s.dim)[:] &= keep_channels
+        for use in space.passthrough + space.consumers:
+            mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
+            for ch, pos in _positions(cg, use, root, n):
+                mask[pos[~keep_channels[ch]].reshape(-1)] = False
+    return plan
+
+
+def _mask(plan: CompactionPlan, cg: ChannelGraph, module: str, attr: str, dim: int) -> Tensor:
+    key = (module, dim)
+    if key not in plan.keep:
+        plan.keep[key] = torch.ones(_param(cg, module, attr).shape[dim], dtype=torch.bool)
+    return plan.keep[key]

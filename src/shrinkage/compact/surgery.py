@@ -1,0 +1,112 @@
+"""Layer surgery: build a smaller copy of a layer from keep-masks, one function per type.
+
+The registry is keyed by layer type; ``tests/compact/test_surgery.py`` runs one
+conformance test over every registered type, so a new entry cannot forget a field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from shrinkage.errors import UnsupportedModuleError
+
+#: (module, keep masks by dim) -> new module of the same type with the dims shrunk
+Surgeon = Callable[[nn.Module, dict[int, Tensor]], nn.Module]
+SURGEONS: dict[type[nn.Module], Surgeon] = {}
+
+
+def surgeon(*types: type[nn.Module]) -> Callable[[Surgeon], Surgeon]:
+    def register(fn: Surgeon) -> Surgeon:
+        for t in types:
+            SURGEONS[t] = fn
+        return fn
+
+    return register
+
+
+def shrink(name: str, module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    """Smaller copy of ``module`` keeping ``keep[dim]`` along each masked dim."""
+    for cls in type(module).__mro__:
+        if cls in SURGEONS:
+            return SURGEONS[cls](module, keep)
+    raise UnsupportedModuleError(
+        f"cannot shrink module '{name}' ({type(module).__name__}): no surgery rule is registered for its type"
+    )
+
+
+def _idx(keep: dict[int, Tensor], dim: int, size: int) -> Tensor:
+    mask = keep.get(dim)
+    return torch.arange(size) if mask is None else mask.nonzero().flatten()
+
+
+def _copy(dst: Tensor, src: Tensor) -> None:
+    with torch.no_grad():
+        dst.copy_(src)
+
+
+@surgeon(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    out_idx = _idx(keep, 0, m.out_channels)
+    if m.groups == 1:
+        in_idx = _idx(keep, 1, m.in_channels)
+        groups = 1
+        weight = m.weight.detach()[out_idx][:, in_idx]
+        in_ch = len(in_idx)
+    elif m.groups == m.in_channels == m.out_channels:  # depthwise: channel c in -> c out
+        groups = in_ch = len(out_idx)
+        weight = m.weight.detach()[out_idx]
+    else:
+        raise UnsupportedModuleError(f"cannot shrink grouped conv with groups={m.groups}")
+    new = type(m)(
+        in_ch, len(out_idx), m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+        groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+        device=m.weight.device, dtype=m.weight.dtype,
+    )  # fmt: skip
+    _copy(new.weight, weight)
+    if m.bias is not None:
+        _copy(new.bias, m.bias.detach()[out_idx])
+    return new
+
+
+@surgeon(nn.Linear)
+def _linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    out_idx = _idx(keep, 0, m.out_features)
+    in_idx = _idx(keep, 1, m.in_features)
+    new = nn.Linear(len(in_idx), len(out_idx), bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+    _copy(new.weight, m.weight.detach()[out_idx][:, in_idx])
+    if m.bias is not None:
+        _copy(new.bias, m.bias.detach()[out_idx])
+    return new
+
+
+@surgeon(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    idx = _idx(keep, 0, m.num_features)
+    new = type(m)(len(idx), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
+    new = new.to(device=next(iter(m.buffers()), torch.empty(0)).device)
+    if m.affine:
+        _copy(new.weight, m.weight.detach()[idx])
+        _copy(new.bias, m.bias.detach()[idx])
+    if m.track_running_stats:
+        _copy(new.running_mean, m.running_mean[idx])
+        _copy(new.running_var, m.running_var[idx])
+        _copy(new.num_batches_tracked, m.num_batches_tracked)
+    return new
+
+
+def add_bias(module: nn.Module, delta: Tensor) -> None:
+    """``bias += delta``, creating the bias if the layer had none (folded constants)."""
+    if module.bias is None:
+        module.bias = nn.Parameter(delta.clone().to(module.weight.dtype))
+    else:
+        with torch.no_grad():
+            module.bias.add_(delta.to(module.bias.dtype))
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

@@ -1,0 +1,222 @@
+"""Per-operation channel rules: how each op maps its inputs' channel axes to its output's.
+
+A rule receives the builder and the fx node, registers the parameter slices the op
+owns (producer rows, pass-through entries, consumer columns) and returns the axis of
+its output. Ops that do not mix channels pass the axis through unchanged.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from shrinkage.graph.builder import GraphBuilder, RuleSet
+from shrinkage.graph.spaces import Axis, Segment
+
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+)  # fmt: skip
+_SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+_ELEMENTWISE_FUNCTIONS = (
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.softplus,
+)  # fmt: skip
+_SPATIAL_FUNCTIONS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
+)  # fmt: skip
+_ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "relu_", "sigmoid_")
+
+
+def passthrough(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Channel ``c`` of the output depends only on channel ``c`` of the input."""
+    return b.axis(node.args[0])
+
+
+def spatial(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Pooling: acts on the dims after the channel dim, never across channels."""
+    axis = b.axis(node.args[0])
+    if axis is not None and axis.dim != 1:
+        return b.unknown(node, f"pooling over a tensor whose channel dim is {axis.dim}")
+    return axis
+
+
+def conv(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    m = b.module(node)
+    axis = b.axis(node.args[0])
+    producers = [("weight", 0)] + ([("bias", 0)] if m.bias is not None else [])
+    if axis is None or axis.dim != 1:
+        return b.unknown(node, f"convolution '{node.target}' on an input without a channel-first axis")
+    if m.groups == 1:
+        b.use(node, axis, "weight", 1, consumer=True)
+        return b.new_space(node, m.out_channels, 1, producers)
+    if m.groups == m.in_channels == m.out_channels:
+        # depthwise: filter c reads only channel c, so it passes channel c on (scaled by
+        # its own kernel); a zero kernel leaves the constant bias behind
+        b.use(node, axis, "weight", 0, consumer=False, zero_kills=True)
+        if m.bias is not None:
+            b.use(node, axis, "bias", 0, consumer=False)
+        return axis
+    b.pin(axis, f"input of grouped conv '{node.target}' (groups={m.groups})")
+    out = b.new_space(node, m.out_channels, 1, producers)
+    b.pin(out, f"output of grouped conv '{node.target}' (groups={m.groups})")
+    return out
+
+
+def linear(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    m = b.module(node)
+    x = b.value(node.args[0])
+    axis = b.axis(node.args[0])
+    if axis is None or axis.dim != x.dim() - 1:
+        return b.unknown(node, f"linear '{node.target}' on an input whose last dim is not its channel axis")
+    b.use(node, axis, "weight", 1, consumer=True)
+    producers = [("weight", 0)] + ([("bias", 0)] if m.bias is not None else [])
+    return b.new_space(node, m.out_features, x.dim() - 1, producers)
+
+
+def batchnorm(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    m = b.module(node)
+    axis = b.axis(node.args[0])
+    if axis is None or axis.dim != 1:
+        return b.unknown(node, f"batch norm '{node.target}' on an input without a channel-first axis")
+    if m.affine:
+        b.use(node, axis, "weight", 0, consumer=False, zero_kills=True)
+        b.use(node, axis, "bias", 0, consumer=False)
+    if m.track_running_stats:
+        b.use(node, axis, "running_mean", 0, consumer=False)
+        b.use(node, axis, "running_var", 0, consumer=False)
+    return axis
+
+
+def _flatten_axis(b: GraphBuilder, node: fx.Node, start: int, end: int) -> Axis | None:
+    axis = b.axis(node.args[0])
+    shape = b.value(node.args[0]).shape
+    if axis is None:
+        return None
+    nd = len(shape)
+    start, end = start % nd, end % nd
+    if axis.dim < start:
+        return axis
+    if axis.dim > end:
+        return Axis(axis.dim - (end - start), axis.segments)
+    if any(shape[d] != 1 for d in range(start, axis.dim)):
+        return b.unknown(node, "a flatten that merges dims before the channel dim")
+    inner = 1
+    for d in range(axis.dim + 1, end + 1):
+        inner *= shape[d]
+    segs = tuple(Segment(s.space, s.start, s.stop, s.repeat * inner) for s in axis.segments)
+    return Axis(start, segs)
+
+
+def flatten_module(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    m = b.module(node)
+    return _flatten_axis(b, node, m.start_dim, m.end_dim)
+
+
+def flatten_call(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    return _flatten_axis(b, node, start, end)
+
+
+def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """``view``/``reshape``: supported when it is a flatten of trailing dims, or keeps the axis."""
+    axis = b.axis(node.args[0])
+    if axis is None:
+        return None
+    before = tuple(b.value(node.args[0]).shape)
+    after = tuple(b.value(node).shape)
+    d = axis.dim
+    if after[: d + 1] == before[: d + 1] and len(after) >= d + 1:
+        return axis if _prod(after[d + 1 :]) == _prod(before[d + 1 :]) else b.unknown(node, "reshape")
+    if len(after) == d + 1 and after[:d] == before[:d]:
+        return _flatten_axis(b, node, d, len(before) - 1)
+    return b.unknown(node, f"a reshape from {list(before)} to {list(after)} across the channel dim")
+
+
+def _prod(xs: tuple[int, ...]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Residual add: both operands' channels are the same channels, so their spaces merge."""
+    axes = [b.axis(a) for a in node.args[:2]]
+    tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
+    if len(tensors) < 2 or (axes[0] is None) != (axes[1] is None):
+        present = axes[0] or axes[1]
+        if len(tensors) == 1 and present is not None:
+            return present  # tensor + python scalar
+        return b.unknown(node, "an add of a channel tensor and a tensor without channel axis")
+    a, c = axes
+    if a is None or c is None:
+        return None
+    if a.dim != c.dim or [s.width for s in a.segments] != [s.width for s in c.segments]:
+        return b.unknown(node, "an add of tensors whose channel axes differ")
+    for sa, sc in zip(a.segments, c.segments, strict=True):
+        if (sa.start, sa.stop, sa.repeat) != (sc.start, sc.stop, sc.repeat):
+            return b.unknown(node, "an add of differently sliced channel spaces")
+        b.g.table.union(sa.space, sc.space)
+    return a
+
+
+def scalar_mul(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
+    if len(tensors) == 1:
+        return b.axis(tensors[0])
+    return b.unknown(node, "a product of two tensors")
+
+
+def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    parts = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    axes = [b.axis(p) for p in parts]
+    if any(a is None for a in axes):
+        return b.unknown(node, "a concat of tensors without channel axes")
+    nd = b.value(node).dim()
+    if all(a.dim == dim % nd for a in axes):
+        return Axis(axes[0].dim, tuple(s for a in axes for s in a.segments))
+    return b.unknown(node, "a concat along a non-channel dim")
+
+
+def size_like(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    return None
+
+
+def default_rules() -> RuleSet:
+    rules = RuleSet()
+    for cls in _ELEMENTWISE_MODULES:
+        rules.modules[cls] = passthrough
+    for cls in _SPATIAL_MODULES:
+        rules.modules[cls] = spatial
+    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        rules.modules[cls] = conv
+    rules.modules[nn.Linear] = linear
+    for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        rules.modules[cls] = batchnorm
+    rules.modules[nn.Flatten] = flatten_module
+    for fn in _ELEMENTWISE_FUNCTIONS:
+        rules.functions[fn] = passthrough
+    for fn in _SPATIAL_FUNCTIONS:
+        rules.functions[fn] = spatial
+    for fn in (operator.add, operator.iadd, torch.add):
+        rules.functions[fn] = add
+    for fn in (operator.mul, operator.imul, operator.truediv, torch.mul):
+        rules.functions[fn] = scalar_mul
+    rules.functions[torch.flatten] = flatten_call
+    rules.functions[torch.cat] = cat
+    rules.methods.update({m: passthrough for m in _ELEMENTWISE_METHODS})
+    rules.methods.update({"flatten": flatten_call, "view": reshape, "reshape": reshape, "add": add, "add_": add})
+    rules.methods.update({"mul": scalar_mul, "div": scalar_mul, "size": size_like, "dim": size_like})
+    return rules
