@@ -83,9 +83,11 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         keep[idx] = True
         dim = -1 if isinstance(layer, nn.Linear) else 1
         smaller = shrink(name, layer, {1: keep})
-        set_submodule(new, name, nn.Sequential(OrderedDict(select=SelectInputs(idx, dim), layer=smaller)))
+        wrapped = nn.Sequential(OrderedDict(select=SelectInputs(idx, dim), layer=smaller))
+        set_submodule(new, name, wrapped.train(layer.training))
     for name, columns in plan.lowered.items():
-        set_submodule(new, name, LoweredConv2d(new.get_submodule(name), columns))
+        conv = new.get_submodule(name)
+        set_submodule(new, name, LoweredConv2d(conv, columns).train(conv.training))
     return new
 
 

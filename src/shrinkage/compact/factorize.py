@@ -125,6 +125,6 @@ def factorize(
         w = m.weight.detach().reshape(m.weight.shape[0], -1).double()
         u, s, vh = (t.to(m.weight.dtype) for t in torch.linalg.svd(w, full_matrices=False))
         pair = _factor_linear(m, row.rank, u, s, vh) if isinstance(m, nn.Linear) else _factor_conv(m, row.rank, u, s, vh)
-        set_submodule(new, row.name, pair)
+        set_submodule(new, row.name, pair.train(m.training))
         log.info("factorized %s: rank %d of %d", row.name, row.rank, row.full_rank)
     return new

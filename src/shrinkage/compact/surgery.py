@@ -31,7 +31,9 @@ def shrink(name: str, module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     """Smaller copy of ``module`` keeping ``keep[dim]`` along each masked dim."""
     for cls in type(module).__mro__:
         if cls in SURGEONS:
-            return SURGEONS[cls](module, keep)
+            new = SURGEONS[cls](module, keep)
+            new.train(module.training)  # a fresh module starts in training mode; keep the original's
+            return new
     raise UnsupportedModuleError(
         f"cannot shrink module '{name}' ({type(module).__name__}): no surgery rule is registered for its type"
     )

@@ -190,6 +190,22 @@ def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return b.unknown(node, "a concat along a non-channel dim")
 
 
+def reduce(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """``mean``/``sum``/``amax`` over non-channel dims (global pooling): channels pass through."""
+    axis = b.axis(node.args[0])
+    if axis is None:
+        return None
+    nd = b.value(node.args[0]).dim()
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dims is None:
+        return b.unknown(node, f"a full reduction ({node.target}) of a channel tensor")
+    dims = {d % nd for d in ((dims,) if isinstance(dims, int) else dims)}
+    if axis.dim in dims:
+        return b.unknown(node, f"a reduction ({node.target}) over the channel dim")
+    return axis if keepdim else Axis(axis.dim - sum(d < axis.dim for d in dims), axis.segments)
+
+
 def size_like(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return None
 
@@ -216,7 +232,10 @@ def default_rules() -> RuleSet:
         rules.functions[fn] = scalar_mul
     rules.functions[torch.flatten] = flatten_call
     rules.functions[torch.cat] = cat
+    for fn in (torch.mean, torch.sum, torch.amax):
+        rules.functions[fn] = reduce
     rules.methods.update({m: passthrough for m in _ELEMENTWISE_METHODS})
     rules.methods.update({"flatten": flatten_call, "view": reshape, "reshape": reshape, "add": add, "add_": add})
     rules.methods.update({"mul": scalar_mul, "div": scalar_mul, "size": size_like, "dim": size_like})
+    rules.methods.update({"mean": reduce, "sum": reduce, "amax": reduce})
     return rules

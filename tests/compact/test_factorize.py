@@ -1,0 +1,71 @@
+"""Low-rank factorization: exact at full rank, Eckart-Young error at rank r."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import shrinkage
+from shrinkage.compact import plan_factorization, rank_for_energy
+from shrinkage.errors import ConfigError
+from shrinkage.zoo import LeNet
+
+
+def test_full_energy_full_rank_leaves_outputs_unchanged() -> None:
+    model = LeNet().eval()
+    x = torch.randn(3, 1, 28, 28)
+    f = shrinkage.factorize(model, 1.0, only_if_cheaper=False)
+    assert isinstance(f.conv2, nn.Sequential) and isinstance(f.fc1, nn.Sequential)
+    with torch.no_grad():
+        assert (f(x) - model(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+@pytest.mark.parametrize("energy", [0.3, 0.6, 0.9])
+def test_weight_error_is_the_eckart_young_value(layer: str, energy: float) -> None:
+    torch.manual_seed(0)
+    m = nn.Conv2d(6, 12, 3) if layer == "conv" else nn.Linear(20, 12)
+    model = nn.Sequential(m)
+    f = shrinkage.factorize(model, energy, only_if_cheaper=False)
+    first, second = f[0].project, f[0].expand
+    w = m.weight.detach().reshape(12, -1).double()
+    s = torch.linalg.svdvals(w)
+    r = rank_for_energy(s, energy)
+    assert first.weight.shape[0] == r
+    approx = (second.weight.reshape(12, r).double() @ first.weight.reshape(r, -1).double())
+    err = torch.linalg.matrix_norm(w - approx).item()
+    assert math.isclose(err, math.sqrt(float((s[r:] ** 2).sum())), rel_tol=1e-4, abs_tol=1e-6)
+    kept = float((s[:r] ** 2).sum() / (s**2).sum())
+    assert kept >= energy and (r == 1 or float((s[: r - 1] ** 2).sum() / (s**2).sum()) < energy)
+
+
+def test_replaces_only_where_macs_drop() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 4))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(100, 3) @ torch.randn(3, 100))  # rank 3
+    rows = {r.name: r for r in plan_factorization(model, 0.99)}
+    assert rows["0"].rank == 3 and rows["0"].replaced
+    assert not rows["1"].replaced  # 4 x 100 at any rank >= 1 is no cheaper as a pair
+    f = shrinkage.factorize(model, 0.99)
+    assert isinstance(f[0], nn.Sequential) and isinstance(f[1], nn.Linear)
+    x = torch.randn(5, 100)
+    with torch.no_grad():
+        assert (f(x) - model(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("energy", [0.0, -0.5, 1.5, float("nan")])
+def test_energy_outside_unit_interval_is_rejected(energy: float) -> None:
+    with pytest.raises(ConfigError, match="energy"):
+        shrinkage.factorize(LeNet(), energy)
+
+
+def test_input_model_is_untouched() -> None:
+    model = LeNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shrinkage.factorize(model, 0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.fc1, nn.Linear)

@@ -1,0 +1,58 @@
+"""Conformance: every registered surgery keeps exactly the selected slices of its layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from shrinkage.compact.surgery import SURGEONS, shrink
+from shrinkage.errors import UnsupportedModuleError
+
+
+def _example(cls: type[nn.Module]) -> tuple[nn.Module, torch.Tensor]:
+    """An instance of ``cls`` (4 -> 6 channels where that applies) and an input for it."""
+    if issubclass(cls, nn.Linear):
+        return cls(4, 6), torch.randn(3, 4)
+    if cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        d = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[cls]
+        return cls(4, 6, 3, padding=1), torch.randn(2, 4, *([5] * d))
+    if cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        d = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}[cls]
+        m = cls(6)
+        with torch.no_grad():
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.weight.normal_()
+            m.bias.normal_()
+        return m.eval(), torch.randn(2, 6, *([4] * d))
+    raise AssertionError(f"add an example for {cls.__name__} to this conformance test")
+
+
+@pytest.mark.parametrize("cls", sorted(SURGEONS, key=lambda c: c.__name__), ids=lambda c: c.__name__)
+def test_registered_surgery_keeps_exactly_the_selected_slices(cls: type[nn.Module]) -> None:
+    module, x = _example(cls)
+    in_dim = 1 if x.dim() > 2 else -1
+    n_in = x.shape[in_dim]
+    n_out = module(x).shape[in_dim]
+    keep_out = torch.tensor([i % 2 == 0 for i in range(n_out)])
+    keep_in = torch.tensor([i != 1 for i in range(n_in)]) if n_in != n_out or isinstance(module, nn.Linear) else keep_out
+    per_channel = isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
+    keep = {0: keep_out} if per_channel else {0: keep_out, 1: keep_in}
+    small = shrink("layer", module, keep)
+    assert type(small) is type(module)
+    with torch.no_grad():
+        if per_channel:
+            reference = module(x).index_select(1, keep_out.nonzero().flatten())
+            got = small(x.index_select(1, keep_out.nonzero().flatten()))
+        else:
+            masked = x * keep_in.reshape([-1] + [1] * (x.dim() - 2)) if in_dim == 1 else x * keep_in
+            reference = module(masked).index_select(in_dim, keep_out.nonzero().flatten())
+            got = small(x.index_select(in_dim, keep_in.nonzero().flatten()))
+    torch.testing.assert_close(got, reference, atol=1e-6, rtol=1e-5)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in module.parameters())
+
+
+def test_unregistered_layer_is_named_in_the_error() -> None:
+    with pytest.raises(UnsupportedModuleError, match="'blocks.3'.*LSTM"):
+        shrink("blocks.3", nn.LSTM(4, 4), {0: torch.ones(4, dtype=torch.bool)})
