@@ -66,9 +66,10 @@ class AxisGrouping(Grouping):
 
     def scatter_(self, matrix: Tensor) -> None:
         p = self.param
-        moved_shape = (p.shape[self.dim],) + tuple(s for i, s in enumerate(p.shape) if i != self.dim)
+        dim = self.dim % p.dim()  # a negative dim would never equal an enumerate() index
+        moved_shape = (p.shape[dim],) + tuple(s for i, s in enumerate(p.shape) if i != dim)
         with torch.no_grad():
-            p.copy_(matrix.reshape(moved_shape).movedim(0, self.dim))
+            p.copy_(matrix.reshape(moved_shape).movedim(0, dim))
 
 
 class ColumnGrouping(Grouping):
@@ -156,6 +157,7 @@ class SliceGrouping(Grouping):
         with torch.no_grad():
             offset = 0
             for p, dim, idx in self.members:
+                dim = dim % p.dim()  # a negative dim would never equal an enumerate() index
                 flat = idx.reshape(-1)
                 rest = tuple(s for i, s in enumerate(p.shape) if i != dim)
                 width = (flat.numel() // self.n_groups) * _prod(rest)

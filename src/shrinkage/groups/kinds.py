@@ -71,7 +71,7 @@ class Channels(GroupKind):
 
     def build(self, name: str, module: nn.Module) -> list[Grouping]:
         weight = _weight_of("channel", name, module)
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups != 1:
             raise UnsupportedModuleError(
                 f"module '{name}': channel groups of a grouped conv (groups={module.groups}) "
                 "are coupled across filters; select it with filter groups instead"

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from shrinkage.errors import ConfigError
 from shrinkage.optim.regularizer import Regularizer
 
 
@@ -26,7 +27,7 @@ class ProximalOptimizer:
         known = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [t.label for t in regularizer.terms if any(id(p) not in known for p in t.grouping.parameters)]
         if missing:
-            raise ValueError(f"regularized parameters are not in the optimizer: {missing[0]}")
+            raise ConfigError(f"regularized parameters of {missing[0]} are not in the optimizer")
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

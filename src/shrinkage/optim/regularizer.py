@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from shrinkage.errors import ConfigError
 from shrinkage.groups.base import Grouping
+from shrinkage.groups.kinds import GroupKind
 from shrinkage.optim.rules import Rule
 from shrinkage.penalties.base import Penalty
 
@@ -24,11 +25,17 @@ class Term:
     rule: int
     grouping: Grouping
     penalty: Penalty
+    kind: GroupKind
     every: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.grouping.label}:{type(self.penalty).__name__}"
+        """``module:groups:penalty``, e.g. ``conv2:channels:group_lasso`` (unique per rule)."""
+        return f"{self.grouping.label}:{_snake(type(self.kind).__name__)}:{_snake(type(self.penalty).__name__)}"
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 class Regularizer:
@@ -42,7 +49,7 @@ class Regularizer:
                 raise ConfigError(f"regularization.rules[{i}] ({rule.select}) matches no module of the model")
             for name, module in chosen:
                 for grouping in rule.groups.build(name, module):
-                    terms.append(Term(i, grouping, rule.penalty, rule.every))
+                    terms.append(Term(i, grouping, rule.penalty, rule.groups, rule.every))
         self.terms: tuple[Term, ...] = tuple(terms)
         log.info("regularizer: %d terms from %d rules", len(self.terms), len(rules))
 

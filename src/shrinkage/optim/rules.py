@@ -98,7 +98,7 @@ class Rule:
     every: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.every, int) or self.every < 1:
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
             raise ConfigError(f"rule.every must be an integer >= 1, got {self.every!r}")
 
     def chosen(self, model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -13,7 +13,7 @@ from shrinkage.errors import ConfigError
 
 
 def check_strength(owner: str, strength: float) -> None:
-    if not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength < 0:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength < 0:
         raise ConfigError(f"{owner}.strength must be a finite number >= 0, got {strength!r}")
 
 
@@ -48,7 +48,9 @@ def soft_threshold_(x: Tensor, t: float) -> None:
 
 def block_soft_threshold_(matrix: Tensor, t: float) -> None:
     """Row-wise ``w_g <- max(1 - t/||w_g||, 0) * w_g`` in place."""
-    norms = matrix.norm(dim=1, keepdim=True)  # (n_groups, 1)
-    # rows with norm <= t become exactly zero; the clamp avoids 0/0 for rows already zero
-    scale = torch.clamp(1 - t / norms.clamp_min(torch.finfo(matrix.dtype).tiny), min=0)
+    # the clamp avoids 0/0 for rows already zero
+    norms = matrix.norm(dim=1, keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny)  # (n_groups, 1)
+    # rows with norm <= t become exactly zero: ``(norm - t) / norm`` is exactly 0 at norm == t,
+    # whereas ``1 - t / norm`` is not (scalar / tensor is computed as ``t * (1 / norm)``)
+    scale = torch.clamp((norms - t) / norms, min=0)
     matrix.mul_(scale)

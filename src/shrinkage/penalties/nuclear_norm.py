@@ -28,9 +28,18 @@ class NuclearNorm(Penalty):
 
     def prox_(self, matrix: Tensor, step: float) -> None:
         """Singular value thresholding: ``W <- U diag(max(sigma - t, 0)) V^T``, ``t = step*strength``."""
+        t = step * self.strength
+        if t == 0:
+            return  # identity; the SVD round trip would perturb every weight by rounding error
+        # the exact map keeps zero rows/columns zero; the SVD round trip would revive them
+        zero_rows = matrix.abs().amax(dim=1) == 0
+        zero_cols = matrix.abs().amax(dim=0) == 0
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-        s = torch.clamp(s - step * self.strength, min=0)
-        matrix.copy_((u * s) @ vh)
+        s = torch.clamp(s - t, min=0)
+        out = (u * s) @ vh
+        out[zero_rows] = 0
+        out[:, zero_cols] = 0
+        matrix.copy_(out)
 
     def structure(self, matrix: Tensor) -> dict[str, float]:
         with torch.no_grad():

@@ -22,7 +22,7 @@ class SparseGroupLasso(Penalty):
 
     def __post_init__(self) -> None:
         check_strength("sparse_group_lasso", self.strength)
-        if not 0.0 <= self.alpha <= 1.0:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"sparse_group_lasso.alpha must be in [0, 1], got {self.alpha!r}")
 
     def value(self, matrix: Tensor) -> Tensor:
