@@ -470,3 +470,19 @@ def test_kinds_are_value_objects():
     assert len({Filters(), Filters(), Channels(), Shapes(), Depth(), Matrix()}) == 5
     with pytest.raises(Exception):
         Filters().include_bias = True  # frozen
+
+
+def test_prox_on_channels_of_a_single_input_channel_conv() -> None:
+    """The gathered matrix is a view of the weight; writing it back must not fail or copy twice."""
+    from shrinkage.groups import Channels, Filters, Shapes
+    from shrinkage.penalties import GroupLasso
+
+    conv = nn.Conv2d(1, 4, 3)
+    for kind in (Channels(), Filters(), Shapes()):
+        (g,) = kind.build("conv", conv)
+        m = g.gather().detach()
+        GroupLasso(1e3).prox_(m, 1.0)
+        g.scatter_(m)
+        assert torch.count_nonzero(conv.weight) == 0
+        with torch.no_grad():
+            conv.weight.normal_()

@@ -44,6 +44,17 @@ class Grouping(ABC):
         return rows, cols
 
 
+def _write(param: nn.Parameter, src: Tensor) -> None:
+    """``param <- src`` where ``src`` may be a view of ``param`` itself (a gathered matrix
+    edited in place): identical memory needs no copy, any other overlap needs a clone."""
+    if src.data_ptr() == param.data_ptr() and src.stride() == param.stride() and src.shape == param.shape:
+        return
+    if src.untyped_storage().data_ptr() == param.untyped_storage().data_ptr():
+        src = src.clone()
+    with torch.no_grad():
+        param.copy_(src)
+
+
 class AxisGrouping(Grouping):
     """Groups are the slices of one tensor along ``dim``: ``W.select(dim, g)``.
 
@@ -68,8 +79,7 @@ class AxisGrouping(Grouping):
         p = self.param
         dim = self.dim % p.dim()  # a negative dim would never equal an enumerate() index
         moved_shape = (p.shape[dim],) + tuple(s for i, s in enumerate(p.shape) if i != dim)
-        with torch.no_grad():
-            p.copy_(matrix.reshape(moved_shape).movedim(0, dim))
+        _write(p, matrix.reshape(moved_shape).movedim(0, dim))
 
 
 class ColumnGrouping(Grouping):
@@ -93,8 +103,7 @@ class ColumnGrouping(Grouping):
         return self.param.reshape(self.param.shape[0], -1).t()  # (C*kh*kw, N)
 
     def scatter_(self, matrix: Tensor) -> None:
-        with torch.no_grad():
-            self.param.copy_(matrix.t().reshape(self.param.shape))
+        _write(self.param, matrix.t().reshape(self.param.shape))
 
 
 class FlatGrouping(Grouping):

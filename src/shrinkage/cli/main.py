@@ -1,0 +1,150 @@
+"""``shrinkage`` command line: train | compact | report | demo.
+
+The only place that prints: results go to stdout, errors to stderr as one line
+``error: <message>`` with exit status 2 (no traceback for problems the user can fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+
+from shrinkage.errors import ShrinkageError
+
+log = logging.getLogger("shrinkage.cli")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shrinkage", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train, compact and report one config")
+    train.add_argument("config", type=Path, help="YAML run config (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=0.05 (repeatable)")
+    train.add_argument("--out", type=Path, help="run directory (default: OUT_DIR/NAME from the config); "
+                       "an existing run there is resumed")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(handler=_train)
+
+    for name, text in (("compact", "redo compaction of a trained run"), ("report", "redo the report of a run")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("run_dir", type=Path, help="a run directory written by 'shrinkage train'")
+        cmd.set_defaults(handler=_compact if name == "compact" else _report)
+
+    demo = sub.add_parser("demo", help="LeNet + SSL on the bundled MNIST, end to end (a few minutes)")
+    demo.add_argument("--out", type=Path, help="run directory (default: a new temporary directory)")
+    demo.add_argument("--epochs", type=int, help="regularized training epochs (default: from the demo config)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+@contextlib.contextmanager
+def _logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """Send the library's log records to stderr for the duration of one command.
+
+    The previous logger state is restored afterwards, so calling ``main()`` from
+    Python (or a test) leaves the caller's logging as it was.
+    """
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname).1s %(name)s: %(message)s" if verbose else "%(message)s"))
+    ours = logging.getLogger("shrinkage")
+    # torch.utils.benchmark imports cpp_extension, which warns about a missing CUDA toolkit
+    # on CPU-only machines: noise for a user who only times CPU inference
+    noisy = logging.getLogger("torch.utils.cpp_extension")
+    saved = (ours.level, list(ours.handlers), noisy.level)
+    ours.addHandler(handler)
+    ours.setLevel(level)
+    noisy.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(saved[0])
+        noisy.setLevel(saved[2])
+
+
+def _progress(no_progress: bool) -> bool:
+    return not no_progress and sys.stderr.isatty()
+
+
+def _train(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.config import load_config
+    from shrinkage.train import default_run_dir, run_experiment
+
+    config = load_config(args.config, args.overrides)
+    run_dir = args.out or default_run_dir(config)
+    log.info("run directory: %s", run_dir)
+    run_experiment(config, run_dir, progress=_progress(args.no_progress), command=command)
+    print((run_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def _compact(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.metrics import count_parameters
+    from shrinkage.train import compact_run
+
+    compacted = compact_run(args.run_dir)
+    print(f"compact model: {count_parameters(compacted.model):,} parameters, "
+          f"max output difference {compacted.max_abs_diff:.3g} on {compacted.checked_on}; "
+          f"saved to {args.run_dir / 'compact.safetensors'}")
+    return 0
+
+
+def _report(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.train import report_run
+
+    report_run(args.run_dir, command=command)
+    print((args.run_dir / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _demo(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.config import parse_config
+    from shrinkage.train import run_experiment
+
+    text = resources.files("shrinkage.config").joinpath("demo.yaml").read_text(encoding="utf-8")
+    overrides = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
+    config = parse_config(text, "shrinkage/config/demo.yaml", overrides)
+    run_dir = args.out or Path(tempfile.mkdtemp(prefix="shrinkage-demo-"))
+    log.info("demo: LeNet, proximal group Lasso on conv filters/channels and fc1 columns, %d + %d epochs; "
+             "run directory %s", config.train.epochs, config.finetune.epochs, run_dir)
+    run_experiment(config, run_dir, progress=_progress(args.no_progress), command=command)
+    print((run_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shrinkage`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors and --help: argparse has printed; return, don't exit
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
+    command = "shrinkage " + shlex.join(argv)
+    with _logging(args.verbose, args.quiet):
+        try:
+            return int(args.handler(args, command))
+        except ShrinkageError as error:
+            # one line even if a message from deeper down spans several
+            print("error: " + " ".join(str(error).split()), file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted; rerun the same command to resume from the last completed epoch", file=sys.stderr)
+            return EXIT_INTERRUPTED

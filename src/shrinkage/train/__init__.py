@@ -1,0 +1,43 @@
+"""Training loop, checkpoints, and the train -> compact -> report pipeline."""
+
+from shrinkage.train.compaction import Compacted, compact_model, save_compact
+from shrinkage.train.phases import FINETUNE, REGULARIZE, Phase, PhaseRuntime, plan_phases
+from shrinkage.train.pipeline import (
+    CONFIG,
+    LoadedRun,
+    compact_run,
+    default_run_dir,
+    load_run,
+    report_run,
+    run_experiment,
+)
+from shrinkage.train.report import build_report
+from shrinkage.train.setup import build_model, load_datasets, seed_everything
+from shrinkage.train.trainer import CHECKPOINT, METRICS, Trainer, TrainResult, check_same_training
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "FINETUNE",
+    "METRICS",
+    "REGULARIZE",
+    "Compacted",
+    "LoadedRun",
+    "Phase",
+    "PhaseRuntime",
+    "TrainResult",
+    "Trainer",
+    "build_model",
+    "build_report",
+    "check_same_training",
+    "compact_model",
+    "compact_run",
+    "default_run_dir",
+    "load_datasets",
+    "load_run",
+    "plan_phases",
+    "report_run",
+    "run_experiment",
+    "save_compact",
+    "seed_everything",
+]

@@ -1,0 +1,244 @@
+"""The training loop: phases of epochs, a checkpoint after every epoch, exact resume.
+
+Resuming restores everything the next epoch depends on: weights, optimizer state
+(momentum buffers, proximal step count), LR scheduler, the shuffling generator and
+the global torch RNG. A run stopped after any epoch and resumed therefore ends with
+the same weights as an uninterrupted run with the same seed (on the same device and
+thread count: floating-point kernels may differ across those).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from shrinkage.config import RunConfig, resolve_rule, resolve_rules, to_dict
+from shrinkage.data import ImageDataset, batches
+from shrinkage.errors import ConfigError, TrainingError
+from shrinkage.io import load_checkpoint, save_checkpoint
+from shrinkage.metrics import evaluate
+from shrinkage.optim import Regularizer
+from shrinkage.train.history import structure_stats, term_labels, write_metrics
+from shrinkage.train.phases import Phase, PhaseRuntime, plan_phases
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.csv"
+#: config sections that change what training computes; a resumed run must match them
+TRAINING_SECTIONS = ("model", "data", "train", "regularization", "finetune")
+#: keys inside those sections that do not change the result (data moved, eval batching)
+RESUME_MAY_CHANGE = frozenset({"data.dir", "data.test_batch_size"})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained model (the same object that was passed in) and the per-epoch rows."""
+
+    model: nn.Module
+    rows: list[dict[str, Any]]
+    resumed_at: int
+    epochs: int
+
+
+def check_same_training(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
+    """Raise if ``config`` would train differently from the run saved in ``where``."""
+    current = to_dict(config)
+
+    def first_difference(a: Any, b: Any, path: str) -> str | None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(dict.fromkeys([*a, *b])):
+                found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+                if found:
+                    return found
+            return None
+        return None if a == b or path in RESUME_MAY_CHANGE else f"{path}: {a!r} there, {b!r} now"
+
+    for section in TRAINING_SECTIONS:
+        diff = first_difference(saved.get(section), current.get(section), section)
+        if diff:
+            raise ConfigError(
+                f"{where} holds a run with a different config ({diff}); use another --out or delete it"
+            )
+
+
+def _check_rules_match(config: RunConfig, model: nn.Module) -> None:
+    """Fail with the config's own rule index if a rule selects nothing (a typo in a name)."""
+    for i, rule in enumerate(config.regularization.rules):
+        if not resolve_rule(rule)[0].chosen(model):
+            raise ConfigError(
+                f"regularization.rules[{i}].select ({rule.select}) matches no module of model '{config.model.name}'"
+            )
+
+
+class Trainer:
+    """Trains ``model`` through the phases of ``config``, checkpointing into ``run_dir``.
+
+    ``on_epoch_end(row)`` is called after each epoch's checkpoint is written (tests use it
+    to stop a run midway). ``progress`` shows a tqdm bar per epoch.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: nn.Module,
+        train_set: ImageDataset,
+        test_set: ImageDataset,
+        run_dir: str | Path,
+        *,
+        progress: bool = False,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.train_set, self.test_set = train_set, test_set
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        _check_rules_match(config, model)
+        self.rules = resolve_rules(config.regularization)
+        self.regularizer = Regularizer(model, self.rules) if self.rules else None
+        self.labels = term_labels(self.regularizer, self.rules) if self.regularizer else []
+        self.phases = plan_phases(config, model, self.regularizer)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.rows: list[dict[str, Any]] = []
+        self._last_good: str | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def fit(self) -> TrainResult:
+        """Run (or finish) training; returns when every phase is complete."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start_phase, start_epoch, saved_runtime = self._resume()
+        resumed_at = len(self.rows)
+        for index in range(start_phase, len(self.phases)):
+            phase = self.phases[index]
+            first = start_epoch + 1 if index == start_phase else 1
+            if first > phase.epochs:
+                continue
+            resumed = index == start_phase and saved_runtime is not None
+            runtime = phase.start(resumed)
+            if resumed:
+                runtime.load_state_dict(saved_runtime)
+            for epoch in range(first, phase.epochs + 1):
+                row = self._epoch(index, phase, runtime, epoch)
+                self._save(index, epoch, runtime)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(row)
+        if not self.checkpoint_path.exists():  # nothing to train: still leave a checkpoint to compact
+            self._save(len(self.phases), 0, None)
+        return TrainResult(self.model, self.rows, resumed_at, self._total_epochs())
+
+    def _total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def _epoch(self, index: int, phase: Phase, runtime: PhaseRuntime, epoch: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        lr = runtime.lr
+        train_loss = self._train_epoch(phase, runtime, epoch)
+        if epoch == phase.epochs and runtime.at_end is not None:
+            runtime.at_end()
+        if runtime.scheduler is not None:
+            runtime.scheduler.step()
+        result = evaluate(self.model, batches(self.test_set, self.config.data.test_batch_size, shuffle=False))
+        with torch.no_grad():
+            penalty = float(self.regularizer.value()) if self.regularizer is not None else 0.0
+        row: dict[str, Any] = {
+            "phase": phase.name,
+            "epoch": epoch,
+            "global_epoch": sum(p.epochs for p in self.phases[:index]) + epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "penalty": penalty,
+            "test_accuracy": result.accuracy,
+            "test_loss": result.loss,
+            "time_s": round(time.perf_counter() - started, 3),
+            **structure_stats(self.regularizer, self.labels),
+        }
+        self.rows.append(row)
+        log.info(
+            "%s epoch %d/%d: train loss %.4f, test accuracy %.2f%%, penalty %.4g, lr %.3g, %.1fs",
+            phase.name, epoch, phase.epochs, train_loss, 100 * result.accuracy, penalty, lr, row["time_s"],
+        )
+        return row
+
+    def _train_epoch(self, phase: Phase, runtime: PhaseRuntime, epoch: int) -> float:
+        model, data = self.model, self.train_set
+        size = self.config.data.batch_size
+        model.train()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(total=math.ceil(len(data) / size), desc=f"{phase.name} {epoch}/{phase.epochs}",
+                   unit="batch", leave=False, disable=not self.progress)
+        with bar:
+            for step, (inputs, labels) in enumerate(batches(data, size, shuffle=True, generator=self.generator), 1):
+                runtime.optimizer.zero_grad()
+                loss = F.cross_entropy(model(inputs), labels)
+                objective = loss + runtime.penalty() if runtime.penalty is not None else loss
+                value = float(objective.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(self._diverged(value, phase.name, epoch, step))
+                objective.backward()
+                runtime.optimizer.step()
+                if runtime.after_step is not None:
+                    runtime.after_step()
+                loss_sum += float(loss.detach()) * labels.shape[0]
+                seen += labels.shape[0]
+                bar.update()
+                if step % 25 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        return loss_sum / max(1, seen)
+
+    def _diverged(self, value: float, phase: str, epoch: int, step: int) -> str:
+        last = f"last good checkpoint: {self.checkpoint_path} ({self._last_good})" if self._last_good else (
+            "no checkpoint was written yet")
+        return f"loss is {value} in phase '{phase}', epoch {epoch}, step {step} (lower the lr?); {last}"
+
+    def _save(self, index: int, epoch: int, runtime: PhaseRuntime | None) -> None:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        phase = self.phases[index].name if index < len(self.phases) else "done"
+        state = {
+            "phase_index": index,
+            "phase": phase,
+            "epoch": epoch,
+            "finished": len(self.rows) == self._total_epochs(),
+            "config": to_dict(self.config),
+            "runtime": runtime.state_dict() if runtime is not None else None,
+            "rng": rng,
+            "rows": self.rows,
+        }
+        save_checkpoint(self.checkpoint_path, self.model.state_dict(), state)
+        write_metrics(self.run_dir / METRICS, self.rows)
+        self._last_good = f"phase '{phase}', epoch {epoch}"
+
+    def _resume(self) -> tuple[int, int, dict[str, Any] | None]:
+        if not self.checkpoint_path.exists():
+            return 0, 0, None
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        state = checkpoint.state
+        check_same_training(state["config"], self.config, self.run_dir)
+        self.model.load_state_dict(checkpoint.model)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.rows = list(state["rows"])
+        self._last_good = f"phase '{state['phase']}', epoch {state['epoch']}"
+        if state["finished"]:
+            log.info("%s: training already complete (%d epochs)", self.run_dir, len(self.rows))
+        else:
+            log.info("%s: resuming after %s", self.run_dir, self._last_good)
+        return int(state["phase_index"]), int(state["epoch"]), state["runtime"]
