@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from shrinkage.graph.builder import ChannelGraph
+from shrinkage.graph.builder import ChannelGraph, channel_positions
 from shrinkage.graph.spaces import Space, Use
 
 log = logging.getLogger(__name__)
@@ -72,31 +72,11 @@ def _param(cg: ChannelGraph, module: str, attr: str) -> Tensor:
     return getattr(cg.module(module), attr).detach()
 
 
-def _segments_of(cg: ChannelGraph, use: Use, root: int) -> list[tuple[int, int, int, int]]:
-    """``(offset, start, stop, repeat)`` of every segment of ``use.axis`` in space ``root``."""
-    out, offset = [], 0
-    for seg in use.axis.segments:
-        if cg.table.find(seg.space) == root:
-            out.append((offset, seg.start, seg.stop, seg.repeat))
-        offset += seg.width
-    return out
-
-
-def _positions(cg: ChannelGraph, use: Use, root: int, n: int) -> list[tuple[Tensor, Tensor]]:
-    """Per segment: (channels, positions ``(k, repeat)``) of space ``root`` along the use's dim."""
-    result = []
-    for offset, start, stop, repeat in _segments_of(cg, use, root):
-        ch = torch.arange(start, stop)
-        pos = offset + (ch - start).unsqueeze(1) * repeat + torch.arange(repeat)
-        result.append((ch, pos))
-    return result
-
-
 def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
     """Bool ``(n,)``: channel's slice of ``use``'s parameter is entirely zero."""
     p = _param(cg, use.slice.module, use.slice.attr).movedim(use.slice.dim, 0)
     zero = torch.ones(n, dtype=torch.bool)
-    for ch, pos in _positions(cg, use, root, n):
+    for ch, pos in channel_positions(cg, use, root):
         block = p[pos.reshape(-1)].reshape(pos.shape[0], -1)
         zero[ch] &= block.abs().amax(dim=1) == 0
     return zero
@@ -125,7 +105,7 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     x = cg.values[node.args[0].name]
     weight = module.weight.detach()
     delta = torch.zeros(weight.shape[0], dtype=weight.dtype)
-    for ch, pos in _positions(cg, use, root, n):
+    for ch, pos in channel_positions(cg, use, root):
         sel = candidates[ch]
         if not sel.any():
             continue
@@ -193,7 +173,7 @@ def decide(cg: ChannelGraph) -> CompactionPlan:
             _mask(plan, cg, s.module, s.attr, s.dim)[:] &= keep_channels
         for use in space.passthrough + space.consumers:
             mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
-            for ch, pos in _positions(cg, use, root, n):
+            for ch, pos in channel_positions(cg, use, root):
                 mask[pos[~keep_channels[ch]].reshape(-1)] = False
     return plan
 

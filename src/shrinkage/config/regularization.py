@@ -50,6 +50,8 @@ class GroupName(Enum):
     SHAPES = "shapes"
     DEPTH = "depth"
     MATRIX = "matrix"
+    #: a channel with everything removed with it, across layers (shrinkage.groups.coupled)
+    COUPLED = "coupled"
 
     @classmethod
     def _missing_(cls, value: object) -> GroupName | None:

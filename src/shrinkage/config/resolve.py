@@ -13,7 +13,7 @@ from torch import nn
 
 from shrinkage.config.modules import MODULE_TYPES
 from shrinkage.config.regularization import GroupName, RegularizationConfig, RuleConfig, SelectConfig
-from shrinkage.groups import Channels, Depth, Filters, GroupKind, Matrix, Shapes
+from shrinkage.groups import Channels, CoupledChannels, Depth, Filters, GroupKind, Matrix, Shapes
 from shrinkage.optim import AllOf, ModuleType, NamePattern, Rule, Selector
 
 GROUP_KINDS: dict[GroupName, GroupKind] = {
@@ -23,6 +23,13 @@ GROUP_KINDS: dict[GroupName, GroupKind] = {
     GroupName.DEPTH: Depth(),
     GroupName.MATRIX: Matrix(),
 }
+
+
+def group_kind(name: GroupName, input_shape: tuple[int, ...]) -> GroupKind:
+    """The kind a config name stands for; coupled groups trace the model on ``input_shape``."""
+    if name is GroupName.COUPLED:
+        return CoupledChannels(input_shape)
+    return GROUP_KINDS[name]
 
 
 @dataclass(frozen=True)
@@ -52,15 +59,19 @@ def resolve_selector(select: SelectConfig) -> Selector:
     return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
 
-def resolve_rule(rule: RuleConfig) -> list[Rule]:
-    """One :class:`Rule` per group kind listed in ``rule.groups`` (same selection and penalty)."""
+def resolve_rule(rule: RuleConfig, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> list[Rule]:
+    """One :class:`Rule` per group kind listed in ``rule.groups`` (same selection and penalty).
+
+    ``input_shape`` (one example batch) is only used by coupled groups, to trace the model.
+    """
     select = resolve_selector(rule.select)
     exclude = _names(rule.exclude) if rule.exclude else None
     penalty = rule.penalty.build()
-    return [Rule(select, GROUP_KINDS[g], penalty, exclude=exclude, every=rule.every) for g in rule.groups]
+    kinds = [group_kind(g, input_shape) for g in rule.groups]
+    return [Rule(select, kind, penalty, exclude=exclude, every=rule.every) for kind in kinds]
 
 
-def resolve_rules(config: RegularizationConfig) -> list[Rule]:
+def resolve_rules(config: RegularizationConfig, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> list[Rule]:
     """All rules of a config, in order (a config rule listing k group kinds gives k rules)."""
-    return [r for rule in config.rules for r in resolve_rule(rule)]
+    return [r for rule in config.rules for r in resolve_rule(rule, input_shape)]
 

@@ -1,6 +1,6 @@
 """Dependency graph: tracing plus per-operation rules that yield coupled channel spaces."""
 
-from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, build_channel_graph
+from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, build_channel_graph, channel_positions
 from shrinkage.graph.rules import default_rules
 from shrinkage.graph.spaces import Axis, Segment, Slice, Space, SpaceTable, Use
 
@@ -15,5 +15,6 @@ __all__ = [
     "SpaceTable",
     "Use",
     "build_channel_graph",
+    "channel_positions",
     "default_rules",
 ]

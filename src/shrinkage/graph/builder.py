@@ -54,6 +54,18 @@ class ChannelGraph:
         return self.gm.get_submodule(name)
 
 
+def channel_positions(graph: ChannelGraph, use: Use, root: int) -> list[tuple[Tensor, Tensor]]:
+    """Where the channels of space ``root`` sit along ``use``'s dim, one entry per segment:
+    ``(channels (k,), positions (k, repeat))``."""
+    result, offset = [], 0
+    for seg in use.axis.segments:
+        if graph.table.find(seg.space) == root:
+            ch = torch.arange(seg.start, seg.stop)
+            result.append((ch, offset + (ch - seg.start).unsqueeze(1) * seg.repeat + torch.arange(seg.repeat)))
+        offset += seg.width
+    return result
+
+
 RuleFn = Callable[["GraphBuilder", fx.Node], Axis | None]
 
 

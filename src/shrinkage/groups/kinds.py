@@ -11,14 +11,14 @@ For a ``Linear`` layer, filters are rows (output neurons) and channels are colum
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.groups.base import AxisGrouping, ColumnGrouping, FlatGrouping, Grouping, SliceGrouping
-
-import torch
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -42,6 +42,10 @@ class GroupKind(ABC):
     @abstractmethod
     def build(self, name: str, module: nn.Module) -> list[Grouping]:
         """Groupings of ``module`` (qualified name ``name``)."""
+
+    def build_for(self, model: nn.Module, chosen: Sequence[tuple[str, nn.Module]]) -> list[Grouping]:
+        """Groupings of every chosen module; kinds whose groups span layers override this."""
+        return [g for name, module in chosen for g in self.build(name, module)]
 
 
 @dataclass(frozen=True)

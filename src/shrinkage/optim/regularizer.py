@@ -47,9 +47,8 @@ class Regularizer:
             chosen = rule.chosen(model)
             if not chosen:
                 raise ConfigError(f"regularization.rules[{i}] ({rule.select}) matches no module of the model")
-            for name, module in chosen:
-                for grouping in rule.groups.build(name, module):
-                    terms.append(Term(i, grouping, rule.penalty, rule.groups, rule.every))
+            for grouping in rule.groups.build_for(model, chosen):
+                terms.append(Term(i, grouping, rule.penalty, rule.groups, rule.every))
         self.terms: tuple[Term, ...] = tuple(terms)
         log.info("regularizer: %d terms from %d rules", len(self.terms), len(rules))
 

@@ -106,7 +106,7 @@ class Trainer:
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         _check_rules_match(config, model)
-        self.rules = resolve_rules(config.regularization)
+        self.rules = resolve_rules(config.regularization, (1, *train_set.images.shape[1:]))
         self.regularizer = Regularizer(model, self.rules) if self.rules else None
         self.labels = term_labels(self.regularizer, self.rules) if self.regularizer else []
         self.phases = plan_phases(config, model, self.regularizer)

@@ -1,0 +1,111 @@
+"""Regenerate the README's results section from the JSON files under results/.
+
+    python benchmarks/readme_table.py          # rewrites README.md between the markers
+    python benchmarks/readme_table.py --check  # exit 1 if README.md is out of date
+
+Nothing in the table is typed by hand: every figure comes from a results file, which
+names the command that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _x(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}x"
+
+
+def _shapes(layers: list[dict]) -> str:
+    """``conv1 1x20x5x5 → 1x7x5x5`` per layer: what compaction left of each weight."""
+    parts = []
+    for row in layers:
+        before = "x".join(map(str, row["shape"]))
+        after = " + ".join("x".join(map(str, s)) for s in row.get("compact_shapes") or []) or "removed"
+        parts.append(f"{row['name']} {before} → {after}")
+    return "<br>".join(parts)
+
+
+def mnist_table(results: Path) -> str:
+    files = sorted(results.glob("mnist/*.json"))
+    if not files:
+        return "_No MNIST results recorded yet: run `python benchmarks/mnist_results.py`._\n"
+    order = {name: i for i, name in enumerate(_ORDER)}
+    rows = [json.loads(f.read_text()) for f in files]
+    rows.sort(key=lambda d: (order.get(d["name"].split("@")[0], 99), d["name"]))
+    first = rows[0]
+    lines = [
+        "### MNIST (full 10,000-image test set)",
+        "",
+        "| experiment | epochs (reg. + fine-tune) | test error dense → compact | params | MAC ratio | conv MAC ratio "
+        "| measured speedup, batch 1 | measured speedup, batch 64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in rows:
+        r = d["report"]
+        lat = {x["batch_size"]: x["speedup"] for x in r["latency"]}
+        size = r["size"]
+        lines.append(
+            f"| {d['description']} | {r['run']['epochs'].replace(' regularized + ', ' + ').replace(' fine-tuning', '')} "
+            f"| {_pct(r['accuracy']['dense']['error'])} → {_pct(r['accuracy']['compact']['error'])} "
+            f"| {size['dense']['params']:,} → {size['compact']['params']:,} | {_x(size['mac_ratio'])} "
+            f"| {_x(size['conv_macs']['ratio'])} | {_x(lat.get(1))} | {_x(lat.get(64))} |"
+        )
+    lines += ["", "Weight shapes before → after compaction (a `+` marks a layer replaced by two):", "",
+              "| experiment | layers |", "|---|---|"]
+    for d in rows:
+        lines.append(f"| {d['description']} | {_shapes(d['report'].get('layers', []))} |")
+    lines += [
+        "",
+        "Ratios are dense ÷ compact (higher is better). MAC ratios are counted by "
+        "`torch.utils.flop_counter`; speedups are measured, dense and compact timed side by side "
+        "in one process (median of repeats) on the CPU below. A MAC ratio is not a speedup.",
+        "",
+        f"Machine: {first['machine']['platform']}, torch {first['torch']}, {first['threads']} threads. "
+        "Every row: seed 0; the command that produced it is in its JSON file under `results/mnist/` "
+        "(`python benchmarks/mnist_results.py --only NAME`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_ORDER = (
+    "lenet_baseline", "lenet_ssl_filters_channels", "lenet_ssl_shapes", "lenet_nuclear", "lenet_nuclear_sgl",
+    "mlp_baseline", "mlp_ssl", "mlp_ssl_retrain",
+)
+
+
+def render(results: Path) -> str:
+    return "## Results\n\n" + mnist_table(results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = parser.parse_args()
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        print(f"README.md lacks the {START} / {END} markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{render(ROOT / 'results')}{END}{tail}"
+    if args.check:
+        return 0 if new == text else 1
+    readme.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Coupled groups: every slice that must vanish together for one channel to be removable.
+
+For channel ``c`` of a channel space (see :mod:`shrinkage.graph`) the group holds the
+producers' rows ``c`` (conv filters, linear neurons, their biases), the per-channel
+parameters that pass it on (BatchNorm scale and shift) and every consumer's input
+slice for ``c`` (the next conv's input channel, the ``H*W`` columns of a Linear behind a
+flatten, every branch tied to it by a residual add). A group Lasso on these groups
+drives the whole removable structure to zero at once, so compaction removes exactly
+what the penalty zeroed, with no constant left to fold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shrinkage.errors import ConfigError
+from shrinkage.graph.builder import build_channel_graph, channel_positions
+from shrinkage.graph.rules import default_rules
+from shrinkage.groups.base import Grouping, SliceGrouping
+from shrinkage.groups.kinds import GroupKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoupledChannels(GroupKind):
+    """One group per channel of each space produced by a selected module.
+
+    ``input_shape`` is the shape of one example input (batch included), used to trace
+    the model; its values do not matter.
+    """
+
+    input_shape: tuple[int, ...]
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        raise ConfigError("coupled groups are built for a whole model: use build_for(model, chosen)")
+
+    def build_for(self, model: nn.Module, chosen: Sequence[tuple[str, nn.Module]]) -> list[Grouping]:
+        selected = {name for name, _ in chosen}
+        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+        graph = build_channel_graph(model, (example,), default_rules())
+        params = dict(model.named_parameters())
+        groupings: list[Grouping] = []
+        for root in graph.table.roots():
+            space = graph.table.get(root)
+            producers = sorted({s.module for s in space.producers})
+            if space.pinned or space.is_input or not selected.intersection(producers):
+                continue
+            members = []
+            for s in space.producers:
+                param = params.get(f"{s.module}.{s.attr}")
+                if param is not None:
+                    members.append((param, s.dim, torch.arange(space.size).unsqueeze(1)))
+            for use in space.passthrough + space.consumers:
+                param = params.get(f"{use.slice.module}.{use.slice.attr}")
+                if param is None:
+                    continue  # running statistics are buffers, not trained
+                found = channel_positions(graph, use, root)
+                if len(found) != 1 or found[0][0].numel() != space.size:
+                    log.warning("coupled group of %s skips %s: it reads only part of the channels",
+                                "+".join(producers), use.module)
+                    continue
+                members.append((param, use.slice.dim, found[0][1]))
+            groupings.append(SliceGrouping("+".join(producers), tuple(members)))
+        return groupings

@@ -1,0 +1,68 @@
+"""Coupled groups: one group per removable channel, spanning every layer it touches."""
+
+from __future__ import annotations
+
+import torch
+from support.sparsity import param_count, randomize_norm_stats
+from torch import nn
+
+import shrinkage
+from shrinkage.compact import max_output_difference
+from shrinkage.groups import CoupledChannels
+from shrinkage.optim import ModuleType, ProximalOptimizer, Regularizer, Rule
+from shrinkage.penalties import GroupLasso
+from shrinkage.zoo import LeNet, resnet20
+
+
+def test_lenet_groups_join_filter_bias_and_every_consumer_slice() -> None:
+    model = LeNet()
+    reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), CoupledChannels((1, 1, 28, 28)), GroupLasso(1.0))])
+    by_label = {t.grouping.label: t.grouping for t in reg.terms}
+    assert set(by_label) == {"conv1", "conv2"}
+    conv2 = by_label["conv2"]
+    # filter (500) + bias (1) + fc1 columns (16 positions of the flattened 4x4 map, 500 rows each)
+    assert conv2.gather().shape == (50, 500 + 1 + 16 * 500)
+    with torch.no_grad():
+        row = conv2.gather()[7]
+    expected = torch.cat([model.conv2.weight[7].flatten(), model.conv2.bias[7:8], model.fc1.weight[:, 7 * 16 : 8 * 16].t().flatten()])
+    assert torch.equal(row, expected)
+
+
+def test_residual_space_is_one_group_across_blocks_and_compacts_exactly() -> None:
+    torch.manual_seed(0)
+    model = resnet20(in_channels=3).eval()
+    randomize_norm_stats(model, torch.Generator().manual_seed(0))
+    reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), CoupledChannels((2, 3, 16, 16)), GroupLasso(1.0))])
+    labels = [t.grouping.label for t in reg.terms]
+    stage1 = next(label for label in labels if "layer1.0.conv2" in label)
+    # the stem and every block's last conv of stage 1 write into the same residual channels
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"} <= set(stage1.split("+"))
+
+    term = next(t for t in reg.terms if t.grouping.label == stage1)
+    with torch.no_grad():  # zero channels 3 and 9 of the stage-1 residual stream, as a prox would
+        matrix = term.grouping.gather()
+        matrix[[3, 9]] = 0
+        term.grouping.scatter_(matrix)
+    x = torch.randn(2, 3, 16, 16)
+    small = shrinkage.compact(model, (x,))
+    assert small.conv1.out_channels == 14 and small.layer1[2].conv2.out_channels == 14
+    assert max_output_difference(model, small, (torch.randn(3, 3, 16, 16),)) <= 1e-5
+    assert param_count(small) < param_count(model)
+
+
+def test_proximal_training_zeroes_whole_coupled_structures() -> None:
+    torch.manual_seed(0)
+    model = LeNet()
+    reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), CoupledChannels((1, 1, 28, 28)), GroupLasso(4.0))])
+    opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), reg)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    zero = model.conv2.weight.flatten(1).abs().amax(1) == 0
+    assert zero.any()
+    assert bool((model.conv2.bias[zero] == 0).all())
+    assert bool((model.fc1.weight.view(500, 50, 16)[:, zero] == 0).all())
+    small = shrinkage.compact(model.eval(), (x,))
+    assert small.conv2.out_channels == max(1, int((~zero).sum()))
