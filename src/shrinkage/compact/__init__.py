@@ -4,6 +4,7 @@ from shrinkage.compact.api import apply_plan, compact, max_output_difference, pl
 from shrinkage.compact.factorize import LayerFactorization, factorize, plan_factorization, rank_for_energy
 from shrinkage.compact.modules import LoweredConv2d, SelectInputs
 from shrinkage.compact.plan import CompactionPlan, CompactOptions
+from shrinkage.compact.serialize import load, save
 from shrinkage.compact.surgery import SURGEONS, shrink
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "apply_plan",
     "compact",
     "factorize",
+    "load",
+    "save",
     "plan_factorization",
     "rank_for_energy",
     "LayerFactorization",
