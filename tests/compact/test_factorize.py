@@ -69,3 +69,15 @@ def test_input_model_is_untouched() -> None:
     shrinkage.factorize(model, 0.5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert isinstance(model.fc1, nn.Linear)
+
+
+def test_layers_filter_limits_factorization_to_matching_names() -> None:
+    model = LeNet()
+    f = shrinkage.factorize(model, 0.5, layers=["conv*", "fc1"])
+    assert isinstance(f.conv1, nn.Sequential) and isinstance(f.conv2, nn.Sequential) and isinstance(f.fc1, nn.Sequential)
+    assert isinstance(f.fc2, nn.Linear)
+    # a pattern also reaches layers inside a compaction wrapper of that name
+    wrapped = nn.Sequential(nn.Linear(50, 50))
+    outer = nn.Sequential()
+    outer.add_module("fc1", wrapped)
+    assert [r.name for r in plan_factorization(outer, 0.5, layers=["fc1"])] == ["fc1.0"]

@@ -47,13 +47,13 @@ def _plan_input_selection(model: nn.Module, plan: CompactionPlan, options: Compa
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             w = _shrunk_weight(model, name, plan)
-            used = w.abs().amax(dim=0) > 0
+            used = w.ne(0).any(dim=0)
             if 0 < used.sum() and (~used).float().mean() >= options.select_inputs_min_fraction:
                 plan.select_inputs[name] = used.nonzero().flatten()
         elif isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             w = _shrunk_weight(model, name, plan)
-            cols_used = w.reshape(w.shape[0], -1).abs().amax(dim=0) > 0  # (C*kh*kw,)
-            ch_used = w.abs().amax(dim=(0, 2, 3)) > 0
+            cols_used = w.reshape(w.shape[0], -1).ne(0).any(dim=0)  # (C*kh*kw,)
+            ch_used = cols_used.reshape(w.shape[1], -1).any(dim=1)
             if not cols_used.any():
                 continue
             per_channel = cols_used.reshape(w.shape[1], -1)

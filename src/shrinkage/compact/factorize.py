@@ -16,10 +16,11 @@ scaled, which fine-tuning prefers over putting all of ``S`` on one side.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,12 +86,20 @@ def _factor_linear(m: nn.Linear, r: int, u: Tensor, s: Tensor, vh: Tensor) -> nn
 
 
 def plan_factorization(
-    model: nn.Module, energy: float | Mapping[str, float] = 0.9, *, only_if_cheaper: bool = True
+    model: nn.Module,
+    energy: float | Mapping[str, float] = 0.9,
+    *,
+    only_if_cheaper: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> list[LayerFactorization]:
-    """The rank each Conv2d/Linear would get, and whether replacing it lowers MACs."""
+    """The rank each Conv2d/Linear would get, and whether replacing it lowers MACs.
+
+    ``layers``: name globs of the layers to consider (default: all); a pattern also
+    matches the layers inside a module of that name (``fc1`` matches ``fc1.layer``).
+    """
     rows = []
     for name, m in model.named_modules():
-        if not _factorable(m):
+        if not _factorable(m) or not _selected(name, layers):
             continue
         e = energy.get(name, 1.0) if isinstance(energy, Mapping) else energy
         check_energy(e, f"energy[{name}]" if isinstance(energy, Mapping) else "energy")
@@ -102,23 +111,36 @@ def plan_factorization(
     return rows
 
 
+def _selected(name: str, layers: Sequence[str] | None) -> bool:
+    if layers is None:
+        return True
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in layers)
+
+
 def _factorable(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
 
 
 def factorize(
-    model: nn.Module, energy: float | Mapping[str, float] = 0.9, *, only_if_cheaper: bool = True
+    model: nn.Module,
+    energy: float | Mapping[str, float] = 0.9,
+    *,
+    only_if_cheaper: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> nn.Module:
     """Return a copy of ``model`` with Conv2d/Linear layers replaced by low-rank pairs.
 
     ``energy`` is one fraction for all layers or a mapping from layer name to fraction
     (unlisted layers keep full energy). A layer is replaced only where the pair costs
     fewer multiply-accumulates than the original, unless ``only_if_cheaper=False``.
+    ``layers`` restricts factorization to layers matching these name globs: typically the
+    layers trained with a nuclear norm (truncating an unregularized classifier to rank 8
+    of 10 costs far more accuracy than it saves).
     """
     if not isinstance(energy, Mapping):
         check_energy(energy)
     new = copy.deepcopy(model)
-    for row in plan_factorization(model, energy, only_if_cheaper=only_if_cheaper):
+    for row in plan_factorization(model, energy, only_if_cheaper=only_if_cheaper, layers=layers):
         if not row.replaced:
             continue
         m = new.get_submodule(row.name)

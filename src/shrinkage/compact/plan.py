@@ -78,7 +78,7 @@ def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
     zero = torch.ones(n, dtype=torch.bool)
     for ch, pos in channel_positions(cg, use, root):
         block = p[pos.reshape(-1)].reshape(pos.shape[0], -1)
-        zero[ch] &= block.abs().amax(dim=1) == 0
+        zero[ch] &= ~block.ne(0).any(dim=1)
     return zero
 
 
@@ -89,7 +89,7 @@ def _producer_dead(cg: ChannelGraph, space: Space) -> Tensor:
         dead = torch.ones(space.size, dtype=torch.bool)
         for s in weights:
             w = _param(cg, s.module, s.attr).movedim(s.dim, 0)
-            dead &= w.reshape(w.shape[0], -1).abs().amax(dim=1) == 0
+            dead &= ~w.reshape(w.shape[0], -1).ne(0).any(dim=1)
     return dead
 
 

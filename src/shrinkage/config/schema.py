@@ -146,10 +146,15 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class CompactConfig:
-    """Post-processing: compaction always; low-rank factorization keeping ``energy``."""
+    """Post-processing: compaction always; low-rank factorization keeping ``energy``.
+
+    ``factorize_layers`` (name globs) limits factorization to those layers, typically the
+    ones the nuclear norm was applied to; empty means every Conv2d/Linear.
+    """
 
     factorize: bool = False
     energy: float = 0.9
+    factorize_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.factorize, bool):

@@ -49,7 +49,7 @@ def compact_model(dense: nn.Module, config: CompactConfig, check_inputs: Tensor)
     compact = shrinkage.compact(dense, (check_inputs,))
     diff = max_output_difference(dense, compact, (check_inputs,))
     if config.factorize:
-        compact = shrinkage.factorize(compact, config.energy)
+        compact = shrinkage.factorize(compact, config.energy, layers=config.factorize_layers or None)
     log.info("compact model: %d -> %d parameters", count_parameters(dense), count_parameters(compact))
     return Compacted(compact, float(diff), f"{check_inputs.shape[0]} test images", config.factorize)
 
