@@ -158,24 +158,128 @@ def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
         present = axes[0] or axes[1]
         if len(tensors) == 1 and present is not None:
             return present  # tensor + python scalar
-        return b.unknown(node, "an add of a channel tensor and a tensor without channel axis")
+        return b.unknown(node, f"{_op_name(node)} of a channel tensor and a tensor without channel axis")
     a, c = axes
     if a is None or c is None:
         return None
-    if a.dim != c.dim or [s.width for s in a.segments] != [s.width for s in c.segments]:
-        return b.unknown(node, "an add of tensors whose channel axes differ")
+    nd = b.value(node).dim()
+    da, dc = a.dim + nd - b.value(node.args[0]).dim(), c.dim + nd - b.value(node.args[1]).dim()  # broadcasting
+    if da != dc or [s.width for s in a.segments] != [s.width for s in c.segments]:
+        return b.unknown(node, f"{_op_name(node)} of tensors whose channel axes differ")
     for sa, sc in zip(a.segments, c.segments, strict=True):
         if (sa.start, sa.stop, sa.repeat) != (sc.start, sc.stop, sc.repeat):
-            return b.unknown(node, "an add of differently sliced channel spaces")
+            return b.unknown(node, f"{_op_name(node)} of differently sliced channel spaces")
         b.g.table.union(sa.space, sc.space)
     return a
 
 
 def scalar_mul(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Division by a number (or a tensor without channel axis) keeps the channels."""
     tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
     if len(tensors) == 1:
         return b.axis(tensors[0])
-    return b.unknown(node, "a product of two tensors")
+    return b.unknown(node, "a division of two tensors")
+
+
+def mul(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Scaling by a number passes channels through; a product of two channel tensors
+    (squeeze-excitation gating ``x * s`` with ``s`` of shape ``(N, C, 1, 1)``) ties channel
+    ``c`` of both factors together, like an add."""
+    tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
+    if len(tensors) == 1:
+        return b.axis(tensors[0])
+    return add(b, node)
+
+
+def _op_name(node: fx.Node) -> str:
+    return f"'{getattr(node.target, '__name__', node.target)}'"
+
+
+def norm_across_channels(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """LayerNorm / GroupNorm normalize *across* channels: removing one, even an all-zero
+    one, changes every other channel's statistics, so the channels they see stay."""
+    axis = b.axis(node.args[0])
+    b.pin(axis, f"normalized across channels by '{node.target}'")
+    return axis
+
+
+def split(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """``split``/``chunk`` along the channel dim: each piece gets its slice of the segments.
+
+    The output is a tuple; ``getitem`` picks the piece (see :func:`getitem`). The axes of
+    the pieces are stored under ``<node>.<i>``.
+    """
+    axis = b.axis(node.args[0])
+    pieces = b.value(node)
+    if axis is None:
+        return None
+    nd = b.value(node.args[0]).dim()
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0) % nd
+    if dim != axis.dim:
+        for i, _ in enumerate(pieces):
+            b.g.axes[f"{node.name}.{i}"] = axis
+        return axis
+    start = 0
+    for i, piece in enumerate(pieces):
+        width = piece.shape[dim]
+        b.g.axes[f"{node.name}.{i}"] = _slice_axis(b, node, axis, start, start + width)
+        start += width
+    return axis
+
+
+def _slice_axis(b: GraphBuilder, node: fx.Node, axis: Axis, lo: int, hi: int) -> Axis:
+    """Positions ``lo..hi`` of ``axis`` as segments (whole channels only)."""
+    segs, offset = [], 0
+    for seg in axis.segments:
+        a, z = max(lo, offset), min(hi, offset + seg.width)
+        if a < z:
+            if (a - offset) % seg.repeat or (z - offset) % seg.repeat:
+                b.pin(axis, f"split through a flattened channel at '{node.name}'")
+            first = seg.start + (a - offset) // seg.repeat
+            segs.append(Segment(seg.space, first, first + -(-(z - a) // seg.repeat), seg.repeat))
+        offset += seg.width
+    return Axis(axis.dim, tuple(segs))
+
+
+def getitem(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Picking a piece of a split, or indexing that leaves the channel dim whole."""
+    source, index = node.args[0], node.args[1]
+    if isinstance(b.value(source), (tuple, list)):
+        return b.g.axes.get(f"{source.name}.{index}") if isinstance(source, fx.Node) else None
+    axis = b.axis(source)
+    if axis is None:
+        return None
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in index) or any(not isinstance(i, (int, slice)) and i is not None for i in index):
+        return b.unknown(node, "indexing with tensors or ellipsis of a channel tensor")
+    dim, removed = 0, 0
+    for i in index:
+        if i is None:
+            removed -= 1
+            continue
+        if dim == axis.dim:
+            if i != slice(None):
+                return b.unknown(node, "indexing into the channel dim")
+        elif dim < axis.dim and isinstance(i, int):
+            removed += 1
+        dim += 1
+    return Axis(axis.dim - removed, axis.segments)
+
+
+def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """``transpose``/``permute``/``movedim``: the channel dim moves, channels unchanged."""
+    axis = b.axis(node.args[0])
+    if axis is None:
+        return None
+    nd = b.value(node.args[0]).dim()
+    before = list(range(nd))
+    if node.target in ("transpose", torch.transpose):
+        d0, d1 = (int(d) % nd for d in node.args[1:3])
+        before[d0], before[d1] = before[d1], before[d0]
+    else:  # permute(x, dims) or x.permute(*dims)
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        before = [int(d) % nd for d in dims]
+    return Axis(before.index(axis.dim), axis.segments)
 
 
 def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -210,6 +314,17 @@ def size_like(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return None
 
 
+def _torchvision_rules(rules: RuleSet) -> None:
+    """Ops of torchvision models, when torchvision is installed (it is optional)."""
+    try:
+        from torchvision.ops import StochasticDepth, stochastic_depth
+    except ImportError:
+        return
+    # drops whole samples (rows of the batch) in training, identity in eval: per-channel safe
+    rules.functions[stochastic_depth] = passthrough
+    rules.modules[StochasticDepth] = passthrough
+
+
 def default_rules() -> RuleSet:
     rules = RuleSet()
     for cls in _ELEMENTWISE_MODULES:
@@ -222,20 +337,32 @@ def default_rules() -> RuleSet:
     for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         rules.modules[cls] = batchnorm
     rules.modules[nn.Flatten] = flatten_module
+    for cls in (nn.LayerNorm, nn.GroupNorm):
+        rules.modules[cls] = norm_across_channels
     for fn in _ELEMENTWISE_FUNCTIONS:
         rules.functions[fn] = passthrough
     for fn in _SPATIAL_FUNCTIONS:
         rules.functions[fn] = spatial
     for fn in (operator.add, operator.iadd, torch.add):
         rules.functions[fn] = add
-    for fn in (operator.mul, operator.imul, operator.truediv, torch.mul):
-        rules.functions[fn] = scalar_mul
+    for fn in (operator.mul, operator.imul, torch.mul):
+        rules.functions[fn] = mul
+    rules.functions[operator.truediv] = scalar_mul
+    for fn in (torch.split, torch.chunk):
+        rules.functions[fn] = split
+    rules.functions[operator.getitem] = getitem
+    for fn in (torch.transpose, torch.permute):
+        rules.functions[fn] = transpose
+    for fn in (F.layer_norm, F.group_norm):
+        rules.functions[fn] = norm_across_channels
     rules.functions[torch.flatten] = flatten_call
     rules.functions[torch.cat] = cat
     for fn in (torch.mean, torch.sum, torch.amax):
         rules.functions[fn] = reduce
     rules.methods.update({m: passthrough for m in _ELEMENTWISE_METHODS})
     rules.methods.update({"flatten": flatten_call, "view": reshape, "reshape": reshape, "add": add, "add_": add})
-    rules.methods.update({"mul": scalar_mul, "div": scalar_mul, "size": size_like, "dim": size_like})
+    rules.methods.update({"mul": mul, "div": scalar_mul, "size": size_like, "dim": size_like})
+    rules.methods.update({"split": split, "chunk": split, "transpose": transpose, "permute": transpose})
+    _torchvision_rules(rules)
     rules.methods.update({"mean": reduce, "sum": reduce, "amax": reduce})
     return rules
