@@ -109,9 +109,10 @@ def main() -> None:
         for path in run(exp, args.runs_dir):
             data = json.loads(path.read_text())
             r = data["report"]
+            conv = r["size"]["conv_macs"]["ratio"]
             print(f"{data['name']:<36} error {100 * r['accuracy']['dense']['error']:.2f}% -> "
                   f"{100 * r['accuracy']['compact']['error']:.2f}%  params x{r['size']['param_ratio']:.2f}  "
-                  f"conv MACs x{r['size']['conv_macs']['ratio']:.2f}  "
+                  f"MACs x{r['size']['mac_ratio']:.2f}  " + (f"conv MACs x{conv:.2f}  " if conv else "")
                   + "  ".join(f"speedup@{x['batch_size']} x{x['speedup']:.2f}" for x in r["latency"]), flush=True)
 
 

@@ -65,11 +65,14 @@ def mnist_table(results: Path) -> str:
               "| experiment | layers |", "|---|---|"]
     for d in rows:
         lines.append(f"| {d['description']} | {_shapes(d['report'].get('layers', []))} |")
+    noise = [x["speedup"] for d in rows if d["name"].endswith("_baseline") for x in d["report"]["latency"]]
     lines += [
         "",
         "Ratios are dense ÷ compact (higher is better). MAC ratios are counted by "
         "`torch.utils.flop_counter`; speedups are measured, dense and compact timed side by side "
-        "in one process (median of repeats) on the CPU below. A MAC ratio is not a speedup.",
+        "in one process (median of repeats) on the CPU below. A MAC ratio is not a speedup."
+        + (f" The baseline rows time a model against an identical copy: their spread "
+           f"({min(noise):.2f}x to {max(noise):.2f}x) is the noise of the measurement." if noise else ""),
         "",
         f"Machine: {first['machine']['platform']}, torch {first['torch']}, {first['threads']} threads. "
         "Every row: seed 0; the command that produced it is in its JSON file under `results/mnist/` "
