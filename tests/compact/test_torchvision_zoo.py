@@ -17,14 +17,18 @@ torchvision = pytest.importorskip("torchvision")
 #: name -> input size; the slow ones still run in CI, marked so a quick run can skip them
 FAST = {
     "resnet18": 32, "vgg11_bn": 32, "alexnet": 64, "squeezenet1_1": 64, "mobilenet_v2": 32,
-    "mobilenet_v3_small": 32, "mnasnet0_5": 32, "efficientnet_b0": 32, "regnet_y_400mf": 32,
+    "mobilenet_v3_small": 32, "mnasnet0_5": 32, "efficientnet_b0": 32, "regnet_y_400mf": 32, "googlenet": 64,
 }  # fmt: skip
-SLOW = {"resnet50": 32, "resnext50_32x4d": 32, "wide_resnet50_2": 32, "vgg11": 32, "densenet121": 32}
+SLOW = {
+    "resnet50": 32, "resnext50_32x4d": 32, "wide_resnet50_2": 32, "vgg11": 32, "densenet121": 32, "inception_v3": 75,
+}  # fmt: skip
+#: the auxiliary classifiers only run in training mode; building them would only cost time
+KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}, "inception_v3": {"aux_logits": False, "init_weights": False}}
 
 
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval()
+    return getattr(torchvision.models, name)(weights=None, **KWARGS.get(name, {})).eval()
 
 
 def _zero_coupled(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator, fraction: float) -> int:
