@@ -88,8 +88,33 @@ _ORDER = (
 )
 
 
+def torch_pruning_table(results: Path) -> str:
+    path = results / "graph" / "torch_pruning.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    lines = [
+        "### Dependency graph + compaction vs Torch-Pruning",
+        "",
+        f"Same zeroed structures ({d['zeroed_fraction']:.0%} of every coupled group set, input "
+        f"{'x'.join(map(str, d['input']))}), both tools in one process, median of {d['repeats']} "
+        f"(torch-pruning {d['torch_pruning']}, {d['threads']} threads; `{d['command']}`).",
+        "",
+        "| model | params | shrinkage: s → params (max diff) | Torch-Pruning: s → params (max diff) | TP time ÷ ours |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        ours, theirs = r["shrinkage"], r["torch_pruning"]
+        tp_cell = (f"{theirs['seconds']:.2f} → {theirs['params']:,} ({theirs['max_abs_diff']:.0e})"
+                   if "seconds" in theirs else theirs["error"])
+        lines.append(f"| {r['model']} | {r['params']:,} | {ours['seconds']:.2f} → {ours['params']:,} "
+                     f"({ours['max_abs_diff']:.0e}) | {tp_cell} | {_x(r.get('time_ratio'))} |")
+    lines += ["", "Our time includes `compact()`'s own check of the result (a forward pass of both models).", ""]
+    return "\n".join(lines)
+
+
 def render(results: Path) -> str:
-    return "## Results\n\n" + mnist_table(results)
+    return "## Results\n\n" + mnist_table(results) + "\n" + torch_pruning_table(results)
 
 
 def main() -> int:

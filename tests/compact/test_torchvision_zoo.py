@@ -55,7 +55,10 @@ def _check(name: str, size: int) -> None:
     assert _zero_coupled(model, shape, gen, 0.25) > 0
     x = torch.randn(shape, generator=gen)
     small = shrinkage.compact(model, (x,))
-    assert max_output_difference(model, small, (torch.randn(shape, generator=gen),)) <= 1e-4 * 10
+    fresh = torch.randn(shape, generator=gen)
+    with torch.no_grad():
+        scale = float(model(fresh).abs().max())  # random BN statistics make logits of any size
+    assert max_output_difference(model, small, (fresh,)) <= 1e-5 * max(1.0, scale)
     assert param_count(small) < param_count(model)
 
 
