@@ -68,7 +68,11 @@ def _meta(exp: Experiment, energy: float | None) -> dict:
 
 
 def _keep(report: dict) -> dict:
-    return {k: report[k] for k in ("run", "accuracy", "size", "latency", "equivalence", "training", "layers") if k in report}
+    kept = {k: report[k] for k in ("run", "accuracy", "size", "latency", "equivalence", "training", "layers") if k in report}
+    path = Path(kept["run"].get("config_path", ""))
+    if path.is_absolute() and path.is_relative_to(ROOT):  # results name no paths of the machine they ran on
+        kept["run"] = {**kept["run"], "config_path": str(path.relative_to(ROOT))}
+    return kept
 
 
 def run(exp: Experiment, runs_dir: Path) -> list[Path]:
