@@ -21,6 +21,7 @@ FAST = {
 }  # fmt: skip
 SLOW = {
     "resnet50": 32, "resnext50_32x4d": 32, "wide_resnet50_2": 32, "vgg11": 32, "densenet121": 32, "inception_v3": 75,
+    "convnext_tiny": 32, "vit_b_16": 224,
 }  # fmt: skip
 #: the auxiliary classifiers only run in training mode; building them would only cost time
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}, "inception_v3": {"aux_logits": False, "init_weights": False}}

@@ -137,6 +137,8 @@ class GraphBuilder:
                 axis = None  # parameters read directly: their consumers pin what they touch
             elif not _holds_tensor(out):
                 axis = None  # shape arithmetic and other non-tensor bookkeeping
+            elif node.op != "call_module" and not any(self.axis(a) for a in node.all_input_nodes):
+                axis = None  # computed from no channel tensor (ids, positions, masks): nothing to track
             else:
                 axis = rules.apply(self, node)
             if axis is not None:

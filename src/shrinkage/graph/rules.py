@@ -151,18 +151,27 @@ def _prod(xs: tuple[int, ...]) -> int:
 
 
 def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
-    """Residual add: both operands' channels are the same channels, so their spaces merge."""
+    """Residual add: both operands' channels are the same channels, so their spaces merge.
+
+    With a tensor that has no channel axis (a parameter such as a position embedding or
+    ConvNeXt's layer scale, a mask) channel ``c`` meets an entry that no rule slices, so
+    the channels are kept: pinned, which is always exact.
+    """
     axes = [b.axis(a) for a in node.args[:2]]
     tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
+    present = axes[0] or axes[1]
+    out = b.value(node)
     if len(tensors) < 2 or (axes[0] is None) != (axes[1] is None):
-        present = axes[0] or axes[1]
-        if len(tensors) == 1 and present is not None:
-            return present  # tensor + python scalar
-        return b.unknown(node, f"{_op_name(node)} of a channel tensor and a tensor without channel axis")
+        if present is None:
+            return None
+        shifted = Axis(present.dim + out.dim() - _dims_of(b, node, present), present.segments)
+        if len(tensors) == 2:
+            b.pin(present, f"{_op_name(node)} with a tensor without channel axis at '{node.name}'")
+        return shifted
     a, c = axes
     if a is None or c is None:
         return None
-    nd = b.value(node).dim()
+    nd = out.dim()
     da, dc = a.dim + nd - b.value(node.args[0]).dim(), c.dim + nd - b.value(node.args[1]).dim()  # broadcasting
     if da != dc or [s.width for s in a.segments] != [s.width for s in c.segments]:
         return b.unknown(node, f"{_op_name(node)} of tensors whose channel axes differ")
@@ -170,7 +179,15 @@ def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
         if (sa.start, sa.stop, sa.repeat) != (sc.start, sc.stop, sc.repeat):
             return b.unknown(node, f"{_op_name(node)} of differently sliced channel spaces")
         b.g.table.union(sa.space, sc.space)
-    return a
+    return Axis(da, a.segments)
+
+
+def _dims_of(b: GraphBuilder, node: fx.Node, axis: Axis) -> int:
+    """Number of dims of the operand of ``node`` that carries ``axis``."""
+    for arg in node.args[:2]:
+        if b.axis(arg) is axis:
+            return b.value(arg).dim()
+    raise AssertionError("axis not found among the operands")
 
 
 def scalar_mul(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -283,15 +300,48 @@ def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
 
 
 def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Concat along the channel dim joins the segments; along another dim (tokens, as with
+    a ViT's class token) the parts share their channels: spaces merge, and a part without
+    channel axis (a parameter) pins them."""
     parts = node.args[0]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     axes = [b.axis(p) for p in parts]
-    if any(a is None for a in axes):
-        return b.unknown(node, "a concat of tensors without channel axes")
     nd = b.value(node).dim()
-    if all(a.dim == dim % nd for a in axes):
-        return Axis(axes[0].dim, tuple(s for a in axes for s in a.segments))
-    return b.unknown(node, "a concat along a non-channel dim")
+    dim %= nd
+    if all(a is not None and a.dim == dim for a in axes):
+        return Axis(dim, tuple(s for a in axes for s in a.segments))
+    known = [a for a in axes if a is not None]
+    if not known or any(a.dim == dim for a in known):
+        return b.unknown(node, "a concat mixing channel and non-channel tensors along the channel dim")
+    first = known[0]
+    for other in known[1:]:
+        if [s.width for s in other.segments] != [s.width for s in first.segments] or other.dim != first.dim:
+            return b.unknown(node, "a concat of tensors whose channel axes differ")
+        for sa, sb in zip(first.segments, other.segments, strict=True):
+            b.g.table.union(sa.space, sb.space)
+    if len(known) < len(axes):
+        b.pin(first, f"concat with a tensor without channel axis at '{node.name}'")
+    return first
+
+
+def attention(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """``nn.MultiheadAttention``: its channels are kept (heads as removable groups need an
+    attention surgery that does not exist yet). Output is ``(attn_output, weights)``."""
+    for arg in b.tensor_inputs(node):
+        b.pin(b.axis(arg), f"input of attention '{node.target}'")
+    out = b.value(node)[0]
+    axis = b.new_space(node, out.shape[-1], out.dim() - 1)
+    b.pin(axis, f"output of attention '{node.target}'")
+    b.g.axes[f"{node.name}.0"] = axis
+    return axis
+
+
+def embedding(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """Embedding rows are looked up by index: the output channels are a new (kept) space."""
+    out = b.value(node)
+    axis = b.new_space(node, out.shape[-1], out.dim() - 1)
+    b.pin(axis, f"embedding '{node.target}' (its width is the model width)")
+    return axis
 
 
 def reduce(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -339,6 +389,8 @@ def default_rules() -> RuleSet:
     rules.modules[nn.Flatten] = flatten_module
     for cls in (nn.LayerNorm, nn.GroupNorm):
         rules.modules[cls] = norm_across_channels
+    rules.modules[nn.MultiheadAttention] = attention
+    rules.modules[nn.Embedding] = embedding
     for fn in _ELEMENTWISE_FUNCTIONS:
         rules.functions[fn] = passthrough
     for fn in _SPATIAL_FUNCTIONS:

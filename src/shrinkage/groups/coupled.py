@@ -32,17 +32,23 @@ class CoupledChannels(GroupKind):
     """One group per channel of each space produced by a selected module.
 
     ``input_shape`` is the shape of one example input (batch included), used to trace
-    the model; its values do not matter.
+    the model; its values do not matter. For token models give ``vocab``: the example is
+    then integer ids below it.
     """
 
     input_shape: tuple[int, ...]
+    vocab: int | None = None
 
     def build(self, name: str, module: nn.Module) -> list[Grouping]:
         raise ConfigError("coupled groups are built for a whole model: use build_for(model, chosen)")
 
     def build_for(self, model: nn.Module, chosen: Sequence[tuple[str, nn.Module]]) -> list[Grouping]:
         selected = {name for name, _ in chosen}
-        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        if self.vocab is None:
+            example = torch.randn(self.input_shape, generator=gen)
+        else:
+            example = torch.randint(0, self.vocab, self.input_shape, generator=gen)
         graph = build_channel_graph(model, (example,), default_rules())
         params = dict(model.named_parameters())
         groupings: list[Grouping] = []
