@@ -80,6 +80,12 @@ def test_train_compact_report_end_to_end(tmp_path: Path, capsys: pytest.CaptureF
     report = json.loads((run / "report.json").read_text())
     assert report["accuracy"]["dense"]["n"] == 100  # the whole test split despite limit_train
     assert report["accuracy"]["dense"]["accuracy"] == report["accuracy"]["compact"]["accuracy"]
+    # the saved compact model rebuilds from a fresh LeNet, without pickle
+    import shrinkage
+    from shrinkage.zoo import LeNet
+
+    loaded = shrinkage.load(run / "compact.safetensors", LeNet())
+    assert sum(p.numel() for p in loaded.parameters()) == json.loads((run / "compact.json").read_text())["params"]
 
     assert main(["-q", "compact", str(run)]) == 0
     assert "compact model:" in capsys.readouterr().out

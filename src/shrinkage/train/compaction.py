@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import shrinkage
 from shrinkage.compact import max_output_difference
 from shrinkage.config import CompactConfig
-from shrinkage.io import atomic_path, write_json
-from shrinkage.io.tree import clone_state
+from shrinkage.io import write_json
 from shrinkage.metrics import count_parameters
 
 log = logging.getLogger(__name__)
@@ -69,9 +67,9 @@ def layout(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def save_compact(run_dir: Path, compacted: Compacted) -> None:
-    """Write ``compact.safetensors`` (state dict) and ``compact.json`` (layout), atomically."""
-    with atomic_path(run_dir / COMPACT_WEIGHTS) as tmp:
-        save_file(clone_state(compacted.model.state_dict()), str(tmp))
+    """Write ``compact.safetensors`` (``shrinkage.save``: reload it with ``shrinkage.load(path,
+    fresh_model)``) and ``compact.json`` (a readable summary), atomically."""
+    shrinkage.save(compacted.model, run_dir / COMPACT_WEIGHTS)
     write_json(run_dir / COMPACT_LAYOUT, {
         "params": count_parameters(compacted.model),
         "factorized": compacted.factorized,
