@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from torch import Tensor
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -41,19 +38,6 @@ class Axis:
     @property
     def size(self) -> int:
         return sum(s.width for s in self.segments)
-
-    def positions(self, space: int, channels: Tensor) -> Tensor:
-        """Positions along this axis of ``channels`` of ``space``: ``(len(channels), repeat)``.
-
-        Only valid when exactly one segment covers the space (checked by the caller).
-        """
-        offset = 0
-        for seg in self.segments:
-            if seg.space == space:
-                local = channels - seg.start
-                return offset + local.unsqueeze(1) * seg.repeat + torch.arange(seg.repeat)
-            offset += seg.width
-        raise KeyError(space)
 
 
 @dataclass(frozen=True)
