@@ -8,6 +8,7 @@ from torch import nn
 
 from shrinkage.compact.surgery import SURGEONS, shrink
 from shrinkage.errors import UnsupportedModuleError
+from shrinkage.layers import ZeroWidthConv
 
 
 def _example(cls: type[nn.Module]) -> tuple[nn.Module, torch.Tensor]:
@@ -26,6 +27,16 @@ def _example(cls: type[nn.Module]) -> tuple[nn.Module, torch.Tensor]:
             m.weight.normal_()
             m.bias.normal_()
         return m.eval(), torch.randn(2, 6, *([4] * d))
+    if cls is nn.PReLU:
+        m = nn.PReLU(6)
+        with torch.no_grad():
+            m.weight.uniform_(-1, 1)
+        return m, torch.randn(2, 6, 4, 4)
+    if cls is ZeroWidthConv:  # a conv that reads no channels: its output is its bias
+        m = ZeroWidthConv(0, 6, (3, 3), (2, 2), (1, 1), (1, 1), bias=True)
+        with torch.no_grad():
+            m.bias.normal_()
+        return m, torch.randn(2, 0, 5, 5)
     raise AssertionError(f"add an example for {cls.__name__} to this conformance test")
 
 
@@ -37,7 +48,7 @@ def test_registered_surgery_keeps_exactly_the_selected_slices(cls: type[nn.Modul
     n_out = module(x).shape[in_dim]
     keep_out = torch.tensor([i % 2 == 0 for i in range(n_out)])
     keep_in = torch.tensor([i != 1 for i in range(n_in)]) if n_in != n_out or isinstance(module, nn.Linear) else keep_out
-    per_channel = isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
+    per_channel = isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | nn.PReLU)
     keep = {0: keep_out} if per_channel else {0: keep_out, 1: keep_in}
     small = shrink("layer", module, keep)
     assert type(small) is type(module)
@@ -56,3 +67,34 @@ def test_registered_surgery_keeps_exactly_the_selected_slices(cls: type[nn.Modul
 def test_unregistered_layer_is_named_in_the_error() -> None:
     with pytest.raises(UnsupportedModuleError, match="'blocks.3'.*LSTM"):
         shrink("blocks.3", nn.LSTM(4, 4), {0: torch.ones(4, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize(
+    ("module", "x", "expected"),
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True), torch.randn(2, 4, 7, 7), ZeroWidthConv),
+        (nn.Linear(4, 6), torch.randn(3, 4), nn.Linear),
+        (nn.BatchNorm2d(6), torch.randn(2, 6, 3, 3), nn.Identity),
+    ],
+    ids=["conv", "linear", "batchnorm"],
+)
+def test_removing_every_output_leaves_a_zero_width_layer(module: nn.Module, x: torch.Tensor, expected: type) -> None:
+    module.eval()
+    keep = {0: torch.zeros(6, dtype=torch.bool)}
+    small = shrink("branch.conv1", module, keep)
+    assert type(small) is expected
+    with torch.no_grad():
+        out, ref = small(x if expected is not nn.Identity else x[:, :0]), module(x)
+    assert out.shape == (ref.shape[0], 0, *ref.shape[2:])
+
+
+def test_a_conv_reading_no_channels_outputs_its_bias_over_the_right_positions() -> None:
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    small = shrink("branch.conv2", conv, {1: torch.zeros(4, dtype=torch.bool)})
+    assert isinstance(small, ZeroWidthConv)
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        expected = conv(torch.zeros_like(x))  # no input channel contributes: only the bias is left
+        got = small(x[:, :0])
+        got += 1  # callers add into it in place (out += identity): it must own its memory
+    torch.testing.assert_close(got - 1, expected)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shrinkage.compact.modules import LoweredConv2d, SelectInputs
+from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
 from shrinkage.compact.surgery import add_bias, set_submodule, shrink
 from shrinkage.errors import ShrinkageError
@@ -29,7 +29,8 @@ def plan_compaction(
         model, example_inputs, default_rules(), leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown
     )
     plan = decide(cg)
-    _plan_input_selection(model, plan, options)
+    called = {str(n.target) for n in cg.gm.graph.nodes if n.op == "call_module"}
+    _plan_input_selection(model, plan, options, called)
     return plan
 
 
@@ -42,9 +43,14 @@ def _shrunk_weight(model: nn.Module, name: str, plan: CompactionPlan) -> Tensor:
     return w
 
 
-def _plan_input_selection(model: nn.Module, plan: CompactionPlan, options: CompactOptions) -> None:
-    """Unused inputs that could not be removed upstream: select them away, or lower the conv."""
+def _plan_input_selection(model: nn.Module, plan: CompactionPlan, options: CompactOptions, called: set[str]) -> None:
+    """Unused inputs that could not be removed upstream: select them away, or lower the conv.
+
+    Only layers the model calls as modules qualify: a Linear whose weight another module
+    reads directly (``nn.MultiheadAttention.out_proj``) cannot be wrapped."""
     for name, m in model.named_modules():
+        if name not in called:
+            continue
         if isinstance(m, nn.Linear):
             w = _shrunk_weight(model, name, plan)
             used = w.ne(0).any(dim=0)
@@ -52,6 +58,8 @@ def _plan_input_selection(model: nn.Module, plan: CompactionPlan, options: Compa
                 plan.select_inputs[name] = used.nonzero().flatten()
         elif isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             w = _shrunk_weight(model, name, plan)
+            if w.numel() == 0:
+                continue  # a removed branch's layer: nothing left to select from
             cols_used = w.reshape(w.shape[0], -1).ne(0).any(dim=0)  # (C*kh*kw,)
             ch_used = cols_used.reshape(w.shape[1], -1).any(dim=1)
             if not cols_used.any():
@@ -85,6 +93,8 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         smaller = shrink(name, layer, {1: keep})
         wrapped = nn.Sequential(OrderedDict(select=SelectInputs(idx, dim), layer=smaller))
         set_submodule(new, name, wrapped.train(layer.training))
+    for name, keep in plan.heads.items():
+        set_submodule(new, name, HeadPrunedAttention.from_module(name, new.get_submodule(name), keep))
     for name, columns in plan.lowered.items():
         conv = new.get_submodule(name)
         set_submodule(new, name, LoweredConv2d(conv, columns).train(conv.training))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shrinkage.compact.modules import LoweredConv2d, SelectInputs
+from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs, ZeroWidthConv, uninitialized
 from shrinkage.errors import ShrinkageError
 
 
@@ -40,11 +40,33 @@ def _conv_args(m: nn.Module) -> dict[str, Any]:
 def _conv(cls: type[nn.Module]) -> LayoutCodec:
     def decode(a: dict[str, Any]) -> nn.Module:
         padding = a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"])
-        return cls(a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), stride=tuple(a["stride"]),
+        # uninitialized: every tensor arrives with the state dict
+        return uninitialized(cls, a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), stride=tuple(a["stride"]),
                    padding=padding, dilation=tuple(a["dilation"]), groups=a["groups"], bias=a["bias"],
                    padding_mode=a["padding_mode"])
 
     return LayoutCodec(_conv_args, decode)
+
+
+def _zero_width_decode(a: dict[str, Any]) -> nn.Module:
+    padding = a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"])
+    return ZeroWidthConv(a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), tuple(a["stride"]), padding,
+                         tuple(a["dilation"]), bias=a["bias"], padding_mode=a["padding_mode"])
+
+
+def _attention_args(m: HeadPrunedAttention) -> dict[str, Any]:
+    return {
+        "embed_dim": m.embed_dim, "num_heads": m.num_heads, "head_dim": m.head_dim, "original_heads": m.original_heads,
+        "kdim": m.kdim, "vdim": m.vdim, "bias": m.q_proj.bias is not None, "out_bias": m.out_proj.bias is not None,
+        "dropout": m.dropout, "batch_first": m.batch_first,
+    }  # fmt: skip
+
+
+def _attention_decode(a: dict[str, Any]) -> nn.Module:
+    # the projections are uninitialized here; their tensors (and ``kept``) come with the state dict
+    return HeadPrunedAttention(a["embed_dim"], a["num_heads"], a["head_dim"], a["original_heads"], kdim=a["kdim"],
+                               vdim=a["vdim"], bias=a["bias"], out_bias=a["out_bias"], dropout=a["dropout"],
+                               batch_first=a["batch_first"])
 
 
 def _batchnorm(cls: type[nn.Module]) -> LayoutCodec:
@@ -70,11 +92,14 @@ CODECS: dict[type[nn.Module], LayoutCodec] = {
     nn.Conv3d: _conv(nn.Conv3d),
     nn.Linear: LayoutCodec(
         lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
-        lambda a: nn.Linear(a["in_features"], a["out_features"], bias=a["bias"]),
+        lambda a: uninitialized(nn.Linear, a["in_features"], a["out_features"], bias=a["bias"]),
     ),
     nn.BatchNorm1d: _batchnorm(nn.BatchNorm1d),
     nn.BatchNorm2d: _batchnorm(nn.BatchNorm2d),
     nn.BatchNorm3d: _batchnorm(nn.BatchNorm3d),
+    ZeroWidthConv: LayoutCodec(_conv_args, _zero_width_decode),
+    nn.Identity: LayoutCodec(lambda m: {}, lambda a: nn.Identity()),
+    HeadPrunedAttention: LayoutCodec(_attention_args, _attention_decode),
     # containers made by compaction/factorization: children are described by their own entries
     nn.Sequential: LayoutCodec(lambda m: {"children": [n for n, _ in m.named_children()]},
                                lambda a: nn.Sequential()),

@@ -10,6 +10,13 @@ A channel of a space can be removed when
 
 The constants are not derived by hand per layer type: the graph builder recorded every
 consumer's actual input on the example inputs, and a dead channel is read off it.
+
+When *every* channel of a space can go, the space is removed entirely if every op it
+passes through works on a tensor with no channels: that is SSL's depth-wise removal.
+A residual branch whose last layer reads nothing (or whose first keeps no filter) then
+costs nothing, and only the shortcut (plus the constant the branch emitted) remains.
+Attention heads are decided per module: a head goes when its value or output weights
+are zero (see :mod:`shrinkage.layers.attention`).
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from shrinkage.compact.surgery import ZERO_WIDTH
 from shrinkage.graph.builder import ChannelGraph, channel_positions
+from shrinkage.graph.rules import handles_zero_width
 from shrinkage.graph.spaces import Space, Use
+from shrinkage.layers import HeadPrunedAttention, removable_heads
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ class CompactionPlan:
     bias_delta: dict[str, Tensor] = field(default_factory=dict)  # consumer module -> added bias
     select_inputs: dict[str, Tensor] = field(default_factory=dict)  # module -> kept input positions
     lowered: dict[str, Tensor] = field(default_factory=dict)  # conv module -> kept im2col columns
+    heads: dict[str, Tensor] = field(default_factory=dict)  # attention module -> bool mask of kept heads
     spaces: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +76,8 @@ class CompactionPlan:
             modules.setdefault(name, {})["select_inputs"] = idx.tolist()
         for name, idx in self.lowered.items():
             modules.setdefault(name, {})["lowered_columns"] = idx.tolist()
+        for name, mask in self.heads.items():
+            modules.setdefault(name, {})["kept_heads"] = mask.nonzero().flatten().tolist()
         return {"modules": modules, "spaces": self.spaces}
 
 
@@ -131,16 +144,51 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     return ok, delta
 
 
+def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node]) -> bool:
+    """Can every channel of ``space`` go? Each layer owning one of its slices must have a
+    zero-width surgery, and each op its tensors pass through must accept no channels."""
+    modules = {s.module for s in space.producers} | {u.module for u in space.passthrough + space.consumers}
+    if any(type(cg.module(m)) not in ZERO_WIDTH for m in modules):
+        return False
+    return all(
+        n is not None and handles_zero_width(n, cg.module(str(n.target)) if n.op == "call_module" else None)
+        for n in nodes
+    )
+
+
+def _nodes_by_space(cg: ChannelGraph, nodes: dict[str, fx.Node]) -> dict[int, list[fx.Node | None]]:
+    """Root space -> the graph nodes whose output carries some of its channels (``None``
+    for a piece of a split, which is never safe to empty)."""
+    out: dict[int, list[fx.Node | None]] = {}
+    for name, axis in cg.axes.items():
+        for seg in axis.segments:
+            out.setdefault(cg.table.find(seg.space), []).append(nodes.get(name))
+    return out
+
+
+def _decide_heads(cg: ChannelGraph, plan: CompactionPlan) -> None:
+    for name, module in cg.gm.named_modules():
+        if not isinstance(module, nn.MultiheadAttention | HeadPrunedAttention) or name in cg.heads_fixed:
+            continue
+        if isinstance(module, nn.MultiheadAttention) and (module.bias_k is not None or module.add_zero_attn):
+            continue  # extra key/value tokens: not supported by HeadPrunedAttention
+        keep = ~removable_heads(name, module)
+        if not keep.all():
+            plan.heads[name] = keep
+
+
 def decide(cg: ChannelGraph) -> CompactionPlan:
-    """Compute the keep masks and bias folds of every space of ``cg``."""
+    """Compute the keep masks and bias folds of every space of ``cg``, and the kept heads."""
     plan = CompactionPlan()
     nodes = {n.name: n for n in cg.gm.graph.nodes}
+    space_nodes = _nodes_by_space(cg, nodes)
+    _decide_heads(cg, plan)
     for root in cg.table.roots():
         space = cg.table.get(root)
         n = space.size
         summary = {"nodes": space.nodes, "size": n, "kept": n, "pinned": sorted(set(space.pinned))}
         plan.spaces.append(summary)
-        if space.pinned or space.is_input or not space.consumers:
+        if space.pinned or space.is_input or not space.consumers or n == 0:
             continue
         unread = torch.ones(n, dtype=torch.bool)
         for use in space.consumers:
@@ -157,8 +205,8 @@ def decide(cg: ChannelGraph) -> CompactionPlan:
             foldable &= ok
             deltas[use.module] = delta
         remove = unread | (candidates & foldable)
-        if remove.all():
-            remove[0] = False  # a layer needs at least one channel; keep the first
+        if remove.all() and not _zero_width_ok(cg, space, space_nodes.get(root, [])):
+            remove[0] = False  # some op cannot run on zero channels: keep the first
         if not remove.any():
             continue
         if (candidates & foldable & remove).any():

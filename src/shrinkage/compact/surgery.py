@@ -11,17 +11,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from shrinkage.layers import ZeroWidthConv, uninitialized
 from shrinkage.errors import UnsupportedModuleError
 
 #: (module, keep masks by dim) -> new module of the same type with the dims shrunk
 Surgeon = Callable[[nn.Module, dict[int, Tensor]], nn.Module]
 SURGEONS: dict[type[nn.Module], Surgeon] = {}
+#: types whose surgeon accepts keeping *no* entry of a dim (a removed branch, see plan.py)
+ZERO_WIDTH: set[type[nn.Module]] = set()
 
 
-def surgeon(*types: type[nn.Module]) -> Callable[[Surgeon], Surgeon]:
+def surgeon(*types: type[nn.Module], zero_width: bool = False) -> Callable[[Surgeon], Surgeon]:
     def register(fn: Surgeon) -> Surgeon:
         for t in types:
             SURGEONS[t] = fn
+            if zero_width:
+                ZERO_WIDTH.add(t)
         return fn
 
     return register
@@ -49,7 +54,7 @@ def _copy(dst: Tensor, src: Tensor) -> None:
         dst.copy_(src)
 
 
-@surgeon(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@surgeon(nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv, zero_width=True)
 def _conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     out_idx = _idx(keep, 0, m.out_channels)
     if m.groups == 1:
@@ -62,31 +67,41 @@ def _conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
         weight = m.weight.detach()[out_idx]
     else:
         raise UnsupportedModuleError(f"cannot shrink grouped conv with groups={m.groups}")
-    new = type(m)(
-        in_ch, len(out_idx), m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-        groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode,
-        device=m.weight.device, dtype=m.weight.dtype,
-    )  # fmt: skip
+    if in_ch == 0 or len(out_idx) == 0:
+        new = ZeroWidthConv(
+            in_ch, len(out_idx), m.kernel_size, m.stride, m.padding, m.dilation, bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+        ).to(device=m.weight.device, dtype=m.weight.dtype)  # fmt: skip
+    else:
+        new = uninitialized(
+            type(m), in_ch, len(out_idx), m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+            groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+            device=m.weight.device, dtype=m.weight.dtype,
+        )  # fmt: skip
     _copy(new.weight, weight)
     if m.bias is not None:
         _copy(new.bias, m.bias.detach()[out_idx])
     return new
 
 
-@surgeon(nn.Linear)
+@surgeon(nn.Linear, zero_width=True)
 def _linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     out_idx = _idx(keep, 0, m.out_features)
     in_idx = _idx(keep, 1, m.in_features)
-    new = nn.Linear(len(in_idx), len(out_idx), bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+    new = uninitialized(
+        nn.Linear, len(in_idx), len(out_idx), bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype
+    )
     _copy(new.weight, m.weight.detach()[out_idx][:, in_idx])
     if m.bias is not None:
         _copy(new.bias, m.bias.detach()[out_idx])
     return new
 
 
-@surgeon(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+@surgeon(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, zero_width=True)
 def _batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     idx = _idx(keep, 0, m.num_features)
+    if len(idx) == 0:
+        return nn.Identity()  # normalizing no channels is the identity on an empty tensor
     new = type(m)(len(idx), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
     new = new.to(device=next(iter(m.buffers()), torch.empty(0)).device)
     if m.affine:
@@ -96,6 +111,14 @@ def _batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
         _copy(new.running_mean, m.running_mean[idx])
         _copy(new.running_var, m.running_var[idx])
         _copy(new.num_batches_tracked, m.num_batches_tracked)
+    return new
+
+
+@surgeon(nn.PReLU)
+def _prelu(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    idx = _idx(keep, 0, m.num_parameters)
+    new = nn.PReLU(len(idx), device=m.weight.device, dtype=m.weight.dtype)
+    _copy(new.weight, m.weight.detach()[idx])
     return new
 
 

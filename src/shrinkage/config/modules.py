@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from shrinkage.layers import HeadPrunedAttention
+
 MODULE_TYPES: dict[str, type[nn.Module]] = {
     cls.__name__: cls
     for cls in (
@@ -23,6 +25,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
         nn.GroupNorm,
         nn.Embedding,
         nn.MultiheadAttention,
+        HeadPrunedAttention,
         nn.Sequential,
     )
 }

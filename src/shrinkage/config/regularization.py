@@ -52,6 +52,8 @@ class GroupName(Enum):
     MATRIX = "matrix"
     #: a channel with everything removed with it, across layers (shrinkage.groups.coupled)
     COUPLED = "coupled"
+    #: an attention head: its q/k/v rows and output columns (shrinkage.groups.kinds.Heads)
+    HEADS = "heads"
 
     @classmethod
     def _missing_(cls, value: object) -> GroupName | None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from shrinkage.config.modules import MODULE_TYPES
 from shrinkage.config.regularization import GroupName, RegularizationConfig, RuleConfig, SelectConfig
-from shrinkage.groups import Channels, CoupledChannels, Depth, Filters, GroupKind, Matrix, Shapes
+from shrinkage.groups import Channels, CoupledChannels, Depth, Filters, GroupKind, Heads, Matrix, Shapes
 from shrinkage.optim import AllOf, ModuleType, NamePattern, Rule, Selector
 
 GROUP_KINDS: dict[GroupName, GroupKind] = {
@@ -22,6 +22,7 @@ GROUP_KINDS: dict[GroupName, GroupKind] = {
     GroupName.SHAPES: Shapes(),
     GroupName.DEPTH: Depth(),
     GroupName.MATRIX: Matrix(),
+    GroupName.HEADS: Heads(),
 }
 
 

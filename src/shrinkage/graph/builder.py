@@ -22,12 +22,15 @@ from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: tuple[type[nn.Module], ...]) -> None:
+    def __init__(self, leaves: tuple[type[nn.Module], ...], ruled: frozenset[type[nn.Module]]) -> None:
         super().__init__()
         self._leaves = leaves
+        self._ruled = ruled
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
+        # a type with a rule is one op; its subclasses may compute something else, so only
+        # the exact type (or an explicitly declared leaf) stops the tracer
+        return isinstance(m, self._leaves) or type(m) in self._ruled or super().is_leaf_module(m, qualname)
 
 
 class _Recorder(fx.Interpreter):
@@ -49,6 +52,8 @@ class ChannelGraph:
     table: SpaceTable
     axes: dict[str, Axis] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    #: attention modules whose per-head weights the model reads: their heads all stay
+    heads_fixed: set[str] = field(default_factory=set)
 
     def module(self, name: str) -> nn.Module:
         return self.gm.get_submodule(name)
@@ -162,7 +167,11 @@ def _input_axis(b: GraphBuilder, node: fx.Node, value: Any) -> Axis | None:
 
 
 class RuleSet:
-    """Per-operation rules keyed by module type, function object or tensor-method name."""
+    """Per-operation rules keyed by module type, function object or tensor-method name.
+
+    Every module type with a rule is traced as a leaf (one node), so a custom module is
+    supported by registering a rule for its type.
+    """
 
     def __init__(self) -> None:
         self.modules: dict[type[nn.Module], RuleFn] = {}
@@ -198,7 +207,7 @@ def build_channel_graph(
     allow_unknown: bool = False,
 ) -> ChannelGraph:
     """Trace ``model`` (left unchanged), run it once on ``example_inputs`` and find its spaces."""
-    tracer = _Tracer(leaf_modules)
+    tracer = _Tracer(tuple(leaf_modules), frozenset(rules.modules))
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; name the model and the first line

@@ -15,9 +15,10 @@ from torch import fx, nn
 
 from shrinkage.graph.builder import GraphBuilder, RuleSet
 from shrinkage.graph.spaces import Axis, Segment
+from shrinkage.layers import HeadPrunedAttention, ZeroWidthConv
 
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
 )  # fmt: skip
@@ -40,6 +41,16 @@ _ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh", "contiguous", "clone", "detac
 def passthrough(b: GraphBuilder, node: fx.Node) -> Axis | None:
     """Channel ``c`` of the output depends only on channel ``c`` of the input."""
     return b.axis(node.args[0])
+
+
+def prelu(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """PReLU with one slope per channel passes channel ``c`` on, scaled by slope ``c``."""
+    axis = b.axis(node.args[0])
+    if axis is not None and b.module(node).num_parameters > 1:
+        if axis.dim != 1:
+            return b.unknown(node, f"per-channel PReLU '{node.target}' on an input without a channel-first axis")
+        b.use(node, axis, "weight", 0, consumer=False)
+    return axis
 
 
 def spatial(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -325,10 +336,16 @@ def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
 
 
 def attention(b: GraphBuilder, node: fx.Node) -> Axis | None:
-    """``nn.MultiheadAttention``: its channels are kept (heads as removable groups need an
-    attention surgery that does not exist yet). Output is ``(attn_output, weights)``."""
+    """``nn.MultiheadAttention``: the model-width channels it reads and writes are kept;
+    its heads are removed as units of their own (see ``shrinkage.layers.attention``).
+    Output is ``(attn_output, weights)``."""
     for arg in b.tensor_inputs(node):
         b.pin(b.axis(arg), f"input of attention '{node.target}'")
+    weights_read = any(
+        u.users if u.target is operator.getitem else True for u in node.users if not (u.target is operator.getitem and u.args[1] == 0)
+    )
+    if weights_read:  # the per-head attention weights are used: every head must stay
+        b.g.heads_fixed.add(str(node.target))
     out = b.value(node)[0]
     axis = b.new_space(node, out.shape[-1], out.dim() - 1)
     b.pin(axis, f"output of attention '{node.target}'")
@@ -360,6 +377,30 @@ def reduce(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return axis if keepdim else Axis(axis.dim - sum(d < axis.dim for d in dims), axis.segments)
 
 
+def handles_zero_width(node: fx.Node, module: nn.Module | None) -> bool:
+    """Whether ``node`` computes correctly on a tensor with no channels (a removed branch).
+
+    Pooling, reshapes, splits and reductions are left out: some PyTorch kernels refuse
+    an empty channel dim, and a space they touch keeps one channel instead.
+    """
+    if node.op == "call_module":
+        return type(module) in _ZERO_WIDTH_MODULES
+    if node.op == "call_function":
+        return node.target in _ZERO_WIDTH_FUNCTIONS
+    if node.op == "call_method":
+        return str(node.target) in _ZERO_WIDTH_METHODS
+    return False
+
+
+_ZERO_WIDTH_MODULES = frozenset(
+    _ELEMENTWISE_MODULES + (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+)
+_ZERO_WIDTH_FUNCTIONS = frozenset(
+    _ELEMENTWISE_FUNCTIONS + (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, operator.truediv)
+)
+_ZERO_WIDTH_METHODS = frozenset(_ELEMENTWISE_METHODS + ("add", "add_", "mul", "div"))
+
+
 def size_like(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return None
 
@@ -381,7 +422,8 @@ def default_rules() -> RuleSet:
         rules.modules[cls] = passthrough
     for cls in _SPATIAL_MODULES:
         rules.modules[cls] = spatial
-    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    rules.modules[nn.PReLU] = prelu
+    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv):
         rules.modules[cls] = conv
     rules.modules[nn.Linear] = linear
     for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
@@ -390,6 +432,7 @@ def default_rules() -> RuleSet:
     for cls in (nn.LayerNorm, nn.GroupNorm):
         rules.modules[cls] = norm_across_channels
     rules.modules[nn.MultiheadAttention] = attention
+    rules.modules[HeadPrunedAttention] = attention
     rules.modules[nn.Embedding] = embedding
     for fn in _ELEMENTWISE_FUNCTIONS:
         rules.functions[fn] = passthrough

@@ -2,7 +2,7 @@
 
 from shrinkage.groups.base import AxisGrouping, ColumnGrouping, FlatGrouping, Grouping, SliceGrouping
 from shrinkage.groups.coupled import CoupledChannels
-from shrinkage.groups.kinds import Channels, Depth, Filters, GroupKind, Matrix, Shapes
+from shrinkage.groups.kinds import Channels, Depth, Filters, GroupKind, Heads, Matrix, Shapes
 
 __all__ = [
     "AxisGrouping",
@@ -14,6 +14,7 @@ __all__ = [
     "FlatGrouping",
     "GroupKind",
     "Grouping",
+    "Heads",
     "Matrix",
     "Shapes",
     "SliceGrouping",

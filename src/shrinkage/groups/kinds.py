@@ -19,6 +19,7 @@ from torch import nn
 
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.groups.base import AxisGrouping, ColumnGrouping, FlatGrouping, Grouping, SliceGrouping
+from shrinkage.layers import head_layout
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -120,3 +121,16 @@ class Matrix(GroupKind):
         if _is_transposed(module):
             raise UnsupportedModuleError(f"module '{name}': transposed convolutions are not supported")
         return [AxisGrouping(name, weight, 0)]
+
+
+@dataclass(frozen=True)
+class Heads(GroupKind):
+    """Attention heads: group ``h`` holds head ``h``'s query, key and value rows (with their
+    biases) and its columns of the output projection, so q/k/v of a head vanish together
+    and compaction removes the head (``nn.MultiheadAttention`` or ``HeadPrunedAttention``)."""
+
+    def build(self, name: str, module: nn.Module) -> list[Grouping]:
+        layout = head_layout(name, module)
+        if layout.heads == 0:
+            return []
+        return [SliceGrouping(name, tuple((s.param, s.dim, s.index) for s in layout.slices))]
