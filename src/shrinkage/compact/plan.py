@@ -3,7 +3,8 @@
 A channel of a space can be removed when
 
 * every consumer's weight slice for it is zero (nobody reads it), or
-* it is *dead* (every producer's weight rows are zero, or a BatchNorm scale is zero) so it
+* it is *dead* (its value is a constant by construction: zero producer rows, a zero
+  BatchNorm scale, on every path that reaches the consumers) so it
   carries an input-independent constant, and that constant can be folded into the bias
   of every consumer: a Linear always, a conv only when it pads nothing (zero padding
   would turn the constant into a border pattern) or the constant is exactly zero.
@@ -31,7 +32,7 @@ from torch import Tensor, fx, nn
 from shrinkage.compact.surgery import ZERO_WIDTH
 from shrinkage.graph.builder import ChannelGraph, channel_positions
 from shrinkage.graph.rules import handles_zero_width
-from shrinkage.graph.spaces import Space, Use
+from shrinkage.graph.spaces import Axis, Space, Use
 from shrinkage.layers import HeadPrunedAttention, removable_heads
 
 log = logging.getLogger(__name__)
@@ -95,15 +96,49 @@ def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
     return zero
 
 
-def _producer_dead(cg: ChannelGraph, space: Space) -> Tensor:
-    dead = torch.zeros(space.size, dtype=torch.bool)
-    weights = [s for s in space.producers if s.attr == "weight"]
-    if weights:
-        dead = torch.ones(space.size, dtype=torch.bool)
-        for s in weights:
+def _present(cg: ChannelGraph, axis: Axis, root: int, n: int) -> Tensor:
+    """Bool ``(n,)``: which channels of space ``root`` the tensor with ``axis`` carries."""
+    present = torch.zeros(n, dtype=torch.bool)
+    for seg in axis.segments:
+        if cg.table.find(seg.space) == root:
+            present[seg.start : seg.stop] = True
+    return present
+
+
+def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list[fx.Node | None]) -> dict[str, Tensor]:
+    """Node name -> bool ``(n,)``: channels of ``root`` that node outputs as an input-independent
+    constant, *by construction* (never judged from recorded values, which can look constant
+    by chance: a ReLU that happened to see only negatives).
+
+    Walking the nodes that carry the space in graph order: a producer's channel is constant
+    when its weight row is zero; a zero BatchNorm scale or depthwise kernel makes it so;
+    any other op is constant where all of its inputs that carry the space are (an add of a
+    zero branch to a live shortcut is not).
+    """
+    n = space.size
+    weights = {s.module: s for s in space.producers if s.attr == "weight"}
+    kills: dict[str, list[Use]] = {}
+    for use in space.passthrough:
+        if use.zero_kills:
+            kills.setdefault(use.node, []).append(use)
+    const: dict[str, Tensor] = {}
+    for node in carriers:
+        if node is None:
+            continue  # a piece of a split: its getitem node carries it again
+        carried = _present(cg, cg.axes[node.name], root, n)
+        if node.op == "call_module" and str(node.target) in weights:
+            s = weights[str(node.target)]
             w = _param(cg, s.module, s.attr).movedim(s.dim, 0)
-            dead &= ~w.reshape(w.shape[0], -1).ne(0).any(dim=1)
-    return dead
+            c = ~w.reshape(w.shape[0], -1).ne(0).any(dim=1) if w.numel() else torch.ones(n, dtype=torch.bool)
+        else:
+            inputs = [a for a in node.all_input_nodes if a.name in const]
+            c = torch.zeros(n, dtype=torch.bool) if not inputs else torch.ones(n, dtype=torch.bool)
+            for a in inputs:
+                c &= const[a.name] | ~_present(cg, cg.axes[a.name], root, n)
+        for use in kills.get(node.name, []):
+            c |= _zero_channels(cg, use, root, n) & _present(cg, use.axis, root, n)
+        const[node.name] = c & carried
+    return const
 
 
 def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: int, candidates: Tensor):
@@ -193,10 +228,11 @@ def decide(cg: ChannelGraph) -> CompactionPlan:
         unread = torch.ones(n, dtype=torch.bool)
         for use in space.consumers:
             unread &= _zero_channels(cg, use, root, n)
-        dead = _producer_dead(cg, space)
-        for use in space.passthrough:
-            if use.zero_kills:
-                dead |= _zero_channels(cg, use, root, n)
+        const = _constant_channels(cg, root, space, space_nodes.get(root, []))
+        dead = torch.ones(n, dtype=torch.bool)
+        for use in space.consumers:  # constant where every consumer reads it
+            x = nodes[use.node].args[0]
+            dead &= const.get(x.name, torch.zeros(n, dtype=torch.bool)) | ~_present(cg, use.axis, root, n)
         candidates = dead & ~unread
         foldable = candidates.clone()
         deltas: dict[str, Tensor] = {}

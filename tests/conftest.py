@@ -1,0 +1,12 @@
+"""Suite-wide settings."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # parallel workers already fill the cores; several intra-op threads each would make
+    # them spin against one another (a 0.5 s test then takes 20 s)
+    torch.set_num_threads(1)
