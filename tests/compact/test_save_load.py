@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 from support.sparsity import randomize_norm_stats, zero_random_structures
+from support.zoo import FAST, build, zero_coupled, zero_heads
 from torch import nn
 
 import shrinkage
@@ -92,3 +93,31 @@ def test_save_is_atomic(tmp_path, monkeypatch) -> None:
         shrinkage.save(MLP(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def _tiny_vit(seed: int) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+
+
+TORCHVISION = {**FAST, "vit_tiny": 32}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_torchvision_round_trip_rebuilds_from_a_fresh_model(name: str, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("torchvision")
+    make = _tiny_vit if name == "vit_tiny" else lambda seed: build(name, seed)
+    model = make(0)
+    gen = torch.Generator().manual_seed(0)
+    randomize_norm_stats(model, gen)
+    shape = (2, 3, TORCHVISION[name], TORCHVISION[name])
+    zero_coupled(model, shape, gen, 0.3)
+    zero_heads(model, gen, 0.5)
+    small = shrinkage.compact(model, (torch.randn(shape, generator=gen),))
+    path = shrinkage.save(small, tmp_path / f"{name}.safetensors")
+    _no_pickle(monkeypatch)
+    loaded = shrinkage.load(path, make(123)).eval()  # different weights: all must come from the file
+    assert max_output_difference(small, loaded, (torch.randn(shape, generator=gen),)) == 0
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())

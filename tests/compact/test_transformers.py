@@ -1,5 +1,6 @@
-"""GPT-2-style decoder and BERT-style encoder: MLP neurons are removed exactly; the
-residual stream (normalized by LayerNorm) and attention are kept, as documented."""
+"""GPT-2-style decoder and BERT-style encoder: MLP neurons and attention heads are
+removed exactly, whole sub-blocks too; the residual stream (normalized by LayerNorm)
+is kept, as documented."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from torch import nn
 
 import shrinkage
 from shrinkage.compact import max_output_difference
-from shrinkage.groups import CoupledChannels
+from shrinkage.groups import CoupledChannels, Heads
+from shrinkage.layers import HeadPrunedAttention, removable_heads
+from shrinkage.optim import ModuleType, NamePattern, ProximalOptimizer, Regularizer, Rule
+from shrinkage.penalties import GroupLasso
 
 E, HEADS, T, VOCAB = 32, 4, 8, 50
 
@@ -124,3 +128,47 @@ def test_bert_mlp_neurons_are_removed_exactly() -> None:
     assert max_output_difference(model, small, (_ids(),)) <= 1e-5
     assert small.blocks[1].mlp.fc.out_features == 4 * E - 4 * E // 3
     assert param_count(small) < param_count(model)
+
+
+def test_gpt_heads_and_neurons_trained_to_zero_by_proximal_group_lasso_are_removed() -> None:
+    torch.manual_seed(0)
+    model, ids = GPT(), _ids()
+    with torch.no_grad():  # weaker even heads, so the penalty removes those first
+        for block in model.blocks:
+            (grouping,) = Heads().build("attn", block.attn)
+            grouping.scatter_(grouping.gather() * torch.tensor([0.2, 1.0, 0.2, 1.0]).unsqueeze(1))
+    rules = [
+        Rule(ModuleType((nn.MultiheadAttention,)), Heads(), GroupLasso(2.0)),
+        Rule(NamePattern("*.mlp.fc"), CoupledChannels(tuple(ids.shape), vocab=VOCAB), GroupLasso(0.3)),
+    ]
+    opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), Regularizer(model, rules))
+    targets = torch.randint(0, VOCAB, ids.shape, generator=torch.Generator().manual_seed(2))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten()).backward()
+        opt.step()
+    model.eval()
+    gone = [int(removable_heads(f"blocks.{i}.attn", model.blocks[i].attn).sum()) for i in range(2)]
+    assert gone == [2, 2]  # whole heads reached exactly zero: q, k, v and output together
+    small = shrinkage.compact(model, (ids,))
+    assert max_output_difference(model, small, (_ids(),)) <= 1e-5
+    for i in range(2):
+        attn = small.blocks[i].attn
+        assert (attn.num_heads if isinstance(attn, HeadPrunedAttention) else HEADS) == HEADS - gone[i]
+    assert param_count(small) < param_count(model)
+
+
+def test_gpt_sub_blocks_with_every_head_or_neuron_zeroed_are_removed(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, ids = GPT().eval(), _ids()
+    with torch.no_grad():
+        model.blocks[0].attn.out_proj.weight.zero_()  # no head of block 0 is read
+        model.blocks[1].mlp.fc.weight.zero_()  # no neuron of block 1 is fed...
+        model.blocks[1].mlp.fc.bias.zero_()  # ...or biased
+    small = shrinkage.compact(model, (ids,))
+    assert max_output_difference(model, small, (_ids(),)) <= 1e-5
+    assert small.blocks[0].attn.num_heads == 0
+    assert small.blocks[1].mlp.fc.out_features == small.blocks[1].mlp.proj.in_features == 0
+    loaded = shrinkage.load(shrinkage.save(small, tmp_path / "gpt.safetensors"), GPT()).eval()
+    assert max_output_difference(small, loaded, (_ids(),)) == 0
+    assert loaded.head.weight is loaded.tok.weight  # still tied after the round trip

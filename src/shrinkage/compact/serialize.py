@@ -9,11 +9,12 @@ original model and loads the tensors; no pickle is involved at any point.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from shrinkage.compact.layout import describe, rebuild
 from shrinkage.errors import DataError, ShrinkageError
@@ -25,11 +26,34 @@ FORMAT = "shrinkage.model/1"
 def save(model: nn.Module, path: str | Path) -> Path:
     """Write ``model`` (any model whose changed layers have a layout codec) to ``path``."""
     path = Path(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "base": type(model).__name__, "layout": json.dumps(describe(model))}
+    state, aliases = _unshared(model.state_dict())
+    metadata = {"format": FORMAT, "base": type(model).__name__, "layout": json.dumps(describe(model)),
+                "aliases": json.dumps(aliases)}  # fmt: skip
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
+
+
+def _unshared(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors safetensors can write (it refuses two names for one memory), plus the
+    aliases: tied weights (a language model's input and output embedding) are stored once
+    and the second name points at the first."""
+    out: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        ptr = tensor.untyped_storage().data_ptr()
+        key = (ptr, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        shared = tensor.numel() > 0 and ptr in storages  # overlaps another tensor without being it
+        storages.add(ptr)
+        out[name] = (tensor.clone() if shared else tensor).contiguous().cpu()
+    return out, aliases
 
 
 def load(path: str | Path, base_model: nn.Module) -> nn.Module:
@@ -49,6 +73,15 @@ def load(path: str | Path, base_model: nn.Module) -> nn.Module:
         raise ShrinkageError(f"{path} holds a {metadata.get('base')}, but the base model is a {type(base_model).__name__}")
     rebuild(base_model, json.loads(metadata["layout"]))
     state = load_file(str(path))
+    aliases = json.loads(metadata.get("aliases", "{}"))
+    for name, source in aliases.items():
+        if source not in state:
+            raise DataError(f"{path}: tensor '{name}' is stored as '{source}', which the file lacks")
+        state[name] = state[source]
+    # modules check the version of the layout their tensors were saved in (MNASNet refuses
+    # none); the file was written from this very architecture, so its versions are the base's
+    state = OrderedDict(state)
+    state._metadata = getattr(base_model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     missing, unexpected = base_model.load_state_dict(state, strict=False)
     if missing or unexpected:
         key = (missing or unexpected)[0]
