@@ -12,6 +12,7 @@ from shrinkage.groups import CoupledChannels, Heads
 FAST = {
     "resnet18": 32, "vgg11_bn": 32, "alexnet": 64, "squeezenet1_1": 64, "mobilenet_v2": 32,
     "mobilenet_v3_small": 32, "mnasnet0_5": 32, "efficientnet_b0": 32, "regnet_y_400mf": 32, "googlenet": 64,
+    "shufflenet_v2_x0_5": 32,
 }  # fmt: skip
 SLOW = {
     "resnet50": 32, "resnext50_32x4d": 32, "wide_resnet50_2": 32, "vgg11": 32, "densenet121": 32, "inception_v3": 75,

@@ -100,8 +100,8 @@ class GraphBuilder:
 
     def use(self, node: fx.Node, axis: Axis, attr: str, dim: int, *, consumer: bool, zero_kills: bool = False) -> None:
         use = Use(str(node.target), node.name, Slice(str(node.target), attr, dim), axis, zero_kills)
-        for seg in axis.segments:
-            space = self.g.table.get(seg.space)
+        for root in dict.fromkeys(self.g.table.find(seg.space) for seg in axis.segments):  # once per space
+            space = self.g.table.get(root)
             (space.consumers if consumer else space.passthrough).append(use)
 
     def pin(self, axis: Axis | None, reason: str) -> None:
@@ -179,6 +179,12 @@ class RuleSet:
         self.methods: dict[str, RuleFn] = {}
 
     def apply(self, b: GraphBuilder, node: fx.Node) -> Axis | None:
+        if any((a := b.axis(arg)) is not None and a.grid is not None for arg in node.all_input_nodes):
+            # a channel axis split over two dims: only the ops of a channel shuffle know it
+            fn = self.methods.get(str(node.target)) if node.op == "call_method" else self.functions.get(node.target)
+            if fn is None or not getattr(fn, "handles_grid", False):
+                return b.unknown(node, f"{node.target} on a channel axis split over two dims")
+            return fn(b, node)
         if node.op == "call_module":
             mod = b.module(node)
             for cls in type(mod).__mro__:

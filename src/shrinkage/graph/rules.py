@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from shrinkage.graph.builder import GraphBuilder, RuleSet
-from shrinkage.graph.spaces import Axis, Segment
+from shrinkage.graph.spaces import Axis, Grid, Segment
 from shrinkage.layers import HeadPrunedAttention, ZeroWidthConv
 
 _ELEMENTWISE_MODULES = (
@@ -35,7 +35,7 @@ _SPATIAL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
 )  # fmt: skip
-_ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "relu_", "sigmoid_")
+_ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh", "detach", "relu_", "sigmoid_")
 
 
 def passthrough(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -147,11 +147,42 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
     before = tuple(b.value(node.args[0]).shape)
     after = tuple(b.value(node).shape)
     d = axis.dim
+    if axis.grid is not None:
+        if before[d : d + 2] == axis.grid.sizes and after == before[:d] + (before[d] * before[d + 1],) + before[d + 2 :]:
+            return _merge_grid(axis)
+        return b.unknown(node, f"a reshape from {list(before)} to {list(after)} of a channel axis split over two dims")
+    splits = len(after) == len(before) + 1 and after[:d] == before[:d] and after[d + 2 :] == before[d + 1 :]
+    if splits and after[d] * after[d + 1] == before[d] and min(after[d], after[d + 1]) > 1:
+        if any(seg.repeat != 1 for seg in axis.segments):
+            return b.unknown(node, "a split of a flattened channel axis over two dims")
+        # A shuffle of C' < C channels is a different permutation, not the old one restricted
+        # to the kept channels, so the channels it permutes are kept; the layers around it
+        # (a ShuffleNet branch's hidden width) still shrink.
+        b.pin(axis, f"channel shuffle at '{node.name}' (its order depends on the channel count)")
+        return Axis(d, axis.segments, Grid((after[d], after[d + 1]), (after[d + 1], 1)))  # channel shuffle, step 1
     if after[: d + 1] == before[: d + 1] and len(after) >= d + 1:
         return axis if _prod(after[d + 1 :]) == _prod(before[d + 1 :]) else b.unknown(node, "reshape")
     if len(after) == d + 1 and after[:d] == before[:d]:
         return _flatten_axis(b, node, d, len(before) - 1)
     return b.unknown(node, f"a reshape from {list(before)} to {list(after)} across the channel dim")
+
+
+def _merge_grid(axis: Axis) -> Axis:
+    """The permuted axis a channel shuffle leaves: one segment per run of consecutive channels."""
+    flat = [(seg.space, c) for seg in axis.segments for c in range(seg.start, seg.stop)]
+    segs: list[Segment] = []
+    for space, c in (flat[p] for p in axis.grid.merged_order()):
+        last = segs[-1] if segs else None
+        if last is not None and last.space == space and last.stop == c:
+            segs[-1] = Segment(space, last.start, c + 1)
+        else:
+            segs.append(Segment(space, c, c + 1))
+    return Axis(axis.dim, tuple(segs))
+
+
+def layout_only(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """``contiguous``/``clone``: same values, so the same axis (a split one included)."""
+    return b.axis(node.args[0])
 
 
 def _prod(xs: tuple[int, ...]) -> int:
@@ -307,7 +338,15 @@ def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
     else:  # permute(x, dims) or x.permute(*dims)
         dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
         before = [int(d) % nd for d in dims]
-    return Axis(before.index(axis.dim), axis.segments)
+    if axis.grid is None:
+        return Axis(before.index(axis.dim), axis.segments)
+    first, second = before.index(axis.dim), before.index(axis.dim + 1)
+    if second == first + 1:
+        return Axis(first, axis.segments, axis.grid)
+    if first == second + 1:  # the two dims swapped: channel shuffle, step 2
+        g = axis.grid
+        return Axis(second, axis.segments, Grid(g.sizes[::-1], g.strides[::-1]))
+    return b.unknown(node, "a permute that separates the two dims of a split channel axis")
 
 
 def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -398,7 +437,7 @@ _ZERO_WIDTH_MODULES = frozenset(
 _ZERO_WIDTH_FUNCTIONS = frozenset(
     _ELEMENTWISE_FUNCTIONS + (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, operator.truediv)
 )
-_ZERO_WIDTH_METHODS = frozenset(_ELEMENTWISE_METHODS + ("add", "add_", "mul", "div"))
+_ZERO_WIDTH_METHODS = frozenset(_ELEMENTWISE_METHODS + ("contiguous", "clone", "add", "add_", "mul", "div"))
 
 
 def size_like(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -414,6 +453,10 @@ def _torchvision_rules(rules: RuleSet) -> None:
     # drops whole samples (rows of the batch) in training, identity in eval: per-channel safe
     rules.functions[stochastic_depth] = passthrough
     rules.modules[StochasticDepth] = passthrough
+
+
+for _fn in (reshape, transpose, layout_only):
+    _fn.handles_grid = True  # type: ignore[attr-defined]
 
 
 def default_rules() -> RuleSet:
@@ -455,6 +498,7 @@ def default_rules() -> RuleSet:
     for fn in (torch.mean, torch.sum, torch.amax):
         rules.functions[fn] = reduce
     rules.methods.update({m: passthrough for m in _ELEMENTWISE_METHODS})
+    rules.methods.update({"contiguous": layout_only, "clone": layout_only})
     rules.methods.update({"flatten": flatten_call, "view": reshape, "reshape": reshape, "add": add, "add_": add})
     rules.methods.update({"mul": mul, "div": scalar_mul, "size": size_like, "dim": size_like})
     rules.methods.update({"split": split, "chunk": split, "transpose": transpose, "permute": transpose})

@@ -29,11 +29,31 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """A channel axis split over two dims (a channel shuffle's ``view(N, g, C/g, ...)``).
+
+    The axis then spans dims ``dim`` and ``dim + 1`` with these ``sizes``; element
+    ``[i, j]`` is position ``i * strides[0] + j * strides[1]`` of the unsplit axis. A
+    transpose of the two dims swaps both pairs; a view merging them back yields the
+    permuted axis.
+    """
+
+    sizes: tuple[int, int]
+    strides: tuple[int, int]
+
+    def merged_order(self) -> list[int]:
+        """Unsplit position of each position of the axis after merging the two dims back."""
+        (a, b), (sa, sb) = self.sizes, self.strides
+        return [i * sa + j * sb for i in range(a) for j in range(b)]
+
+
+@dataclass(frozen=True)
 class Axis:
     """The channel axis of one tensor value: which dim it is and what it is made of."""
 
     dim: int
     segments: tuple[Segment, ...]
+    grid: Grid | None = None
 
     @property
     def size(self) -> int:
@@ -111,7 +131,8 @@ class SpaceTable:
         if sa.size != sb.size:
             raise ValueError(f"cannot merge channel spaces of sizes {sa.size} and {sb.size}")
         for name in ("producers", "passthrough", "consumers", "pinned", "nodes"):
-            getattr(sa, name).extend(getattr(sb, name))
+            # a use that read both spaces is listed once in the merged one
+            setattr(sa, name, list(dict.fromkeys(getattr(sa, name) + getattr(sb, name))))
         sa.is_input = sa.is_input or sb.is_input
         self._parent[rb] = ra
         return ra

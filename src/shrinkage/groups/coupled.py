@@ -66,11 +66,25 @@ class CoupledChannels(GroupKind):
                 param = params.get(f"{use.slice.module}.{use.slice.attr}")
                 if param is None:
                     continue  # running statistics are buffers, not trained
-                found = channel_positions(graph, use, root)
-                if len(found) != 1 or found[0][0].numel() != space.size:
+                index = _positions_by_channel(channel_positions(graph, use, root), space.size)
+                if index is None:
                     log.warning("coupled group of %s skips %s: it reads only part of the channels",
                                 "+".join(producers), use.module)
                     continue
-                members.append((param, use.slice.dim, found[0][1]))
+                members.append((param, use.slice.dim, index))
             groupings.append(SliceGrouping("+".join(producers), tuple(members)))
         return groupings
+
+
+def _positions_by_channel(found: list[tuple[torch.Tensor, torch.Tensor]], size: int) -> torch.Tensor | None:
+    """``(size, k)`` positions of each channel along a use's dim, from its segments (a
+    channel may sit in several: a permuted or repeated axis); ``None`` unless every
+    channel sits in the same number of positions."""
+    per_channel: list[list[torch.Tensor]] = [[] for _ in range(size)]
+    for channels, positions in found:
+        for c, pos in zip(channels.tolist(), positions, strict=True):
+            per_channel[c].append(pos)
+    widths = {sum(p.numel() for p in ps) for ps in per_channel}
+    if len(widths) != 1 or 0 in widths:
+        return None
+    return torch.stack([torch.cat(ps) for ps in per_channel])
