@@ -146,3 +146,34 @@ def test_plan_is_json_serializable() -> None:
     data = json.loads(json.dumps(plan.to_dict()))
     assert len(data["modules"]["conv1"]["keep_dim0"]) == 18
     assert len(data["modules"]["conv2"]["keep_dim1"]) == 18
+
+
+class _SharedLayer(nn.Module):
+    """One conv registered under two names, as weight-sharing code sometimes does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.alias = self.conv
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)))
+
+
+@pytest.mark.parametrize("build", [lambda: resnet20(in_channels=3), _SharedLayer], ids=["resnet20", "aliased"])
+def test_compacted_model_shares_nothing_with_the_original(build) -> None:
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        first.weight[:2] = 0
+        if first.bias is not None:
+            first.bias[:2] = 0
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    small = shrinkage.compact(model, (x,))
+    original = {id(t) for t in list(model.parameters()) + list(model.buffers())}
+    assert not original & {id(t) for t in list(small.parameters()) + list(small.buffers())}
+    assert not {id(m) for m in model.modules()} & {id(m) for m in small.modules()}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -88,11 +88,14 @@ def _param(cg: ChannelGraph, module: str, attr: str) -> Tensor:
 
 def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
     """Bool ``(n,)``: channel's slice of ``use``'s parameter is entirely zero."""
-    p = _param(cg, use.slice.module, use.slice.attr).movedim(use.slice.dim, 0)
+    p = _param(cg, use.slice.module, use.slice.attr)
+    dim = use.slice.dim % p.dim()
+    others = tuple(d for d in range(p.dim()) if d != dim)
+    # one pass over the tensor, no copy of it: which positions along ``dim`` hold a non-zero
+    used = p.ne(0).any(dim=others) if others else p.ne(0)
     zero = torch.ones(n, dtype=torch.bool)
     for ch, pos in channel_positions(cg, use, root):
-        block = p[pos.reshape(-1)].reshape(pos.shape[0], -1)
-        zero[ch] &= ~block.ne(0).any(dim=1)
+        zero[ch] &= ~used[pos].any(dim=1)
     return zero
 
 

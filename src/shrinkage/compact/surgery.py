@@ -49,6 +49,11 @@ def _idx(keep: dict[int, Tensor], dim: int, size: int) -> Tensor:
     return torch.arange(size) if mask is None else mask.nonzero().flatten()
 
 
+def _select(t: Tensor, dim: int, idx: Tensor, size: int) -> Tensor:
+    """``t.index_select(dim, idx)``, without the copy when every index is kept."""
+    return t if len(idx) == size else t.index_select(dim, idx)
+
+
 def _copy(dst: Tensor, src: Tensor) -> None:
     with torch.no_grad():
         dst.copy_(src)
@@ -91,7 +96,7 @@ def _linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     new = uninitialized(
         nn.Linear, len(in_idx), len(out_idx), bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype
     )
-    _copy(new.weight, m.weight.detach()[out_idx][:, in_idx])
+    _copy(new.weight, _select(_select(m.weight.detach(), 0, out_idx, m.out_features), 1, in_idx, m.in_features))
     if m.bias is not None:
         _copy(new.bias, m.bias.detach()[out_idx])
     return new
