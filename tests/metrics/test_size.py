@@ -102,3 +102,22 @@ def test_conv_macs_counts_non_conv_replacements_by_name() -> None:
     dense_conv = conv_macs(count_macs(dense, x), dense)
     assert conv_macs(count_macs(compact, x), compact) == 0  # no conv module left
     assert conv_macs(count_macs(compact, x), compact, conv_names=["0"]) == dense_conv == 6 * 4 * 25
+
+
+class _Attention(nn.Module):
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_macs_are_counted_on_the_cpu(need_weights: bool) -> None:
+    """Projections (4 of 64x64 per token) plus Q K^T and weights V (10x10x64 each)."""
+    x = torch.randn(2, 10, 64)
+    expected = 2 * (10 * 64 * 64 * 4 + 2 * 10 * 10 * 64)
+    assert count_macs(_Attention(need_weights).eval(), (x,)).total == expected
+    assert torch.backends.mha.get_fastpath_enabled()  # restored afterwards

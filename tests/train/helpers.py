@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from shrinkage.config import (
+    DataConfig,
     FinetuneConfig,
     GroupLassoConfig,
     GroupName,
@@ -19,7 +20,6 @@ from shrinkage.config import (
     RunConfig,
     SelectConfig,
     StepSchedule,
-    DataConfig,
 )
 from shrinkage.data import ImageDataset
 

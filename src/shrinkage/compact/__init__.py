@@ -2,10 +2,10 @@
 
 from shrinkage.compact.api import apply_plan, compact, max_output_difference, plan_compaction
 from shrinkage.compact.factorize import LayerFactorization, factorize, plan_factorization, rank_for_energy
-from shrinkage.layers import LoweredConv2d, SelectInputs
 from shrinkage.compact.plan import CompactionPlan, CompactOptions
 from shrinkage.compact.serialize import load, save
 from shrinkage.compact.surgery import SURGEONS, shrink
+from shrinkage.layers import LoweredConv2d, SelectInputs
 
 __all__ = [
     "SURGEONS",

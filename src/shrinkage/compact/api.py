@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
 from shrinkage.compact.surgery import add_bias, set_submodule, shrink
 from shrinkage.errors import ShrinkageError
 from shrinkage.graph.builder import build_channel_graph
 from shrinkage.graph.rules import default_rules
+from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs, ZeroWidthConv, uninitialized
 from shrinkage.errors import ShrinkageError
+from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs, ZeroWidthConv, uninitialized
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from shrinkage.layers import ZeroWidthConv, uninitialized
 from shrinkage.errors import UnsupportedModuleError
+from shrinkage.layers import ZeroWidthConv, uninitialized
 
 #: (module, keep masks by dim) -> new module of the same type with the dims shrunk
 Surgeon = Callable[[nn.Module, dict[int, Tensor]], nn.Module]

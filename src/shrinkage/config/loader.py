@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from shrinkage.config.convert import convert, field_types, fail, key_suggestion, unwrap_optional, variants
+from shrinkage.config.convert import convert, fail, field_types, key_suggestion, unwrap_optional, variants
 from shrinkage.config.schema import RunConfig
 from shrinkage.errors import ConfigError
 

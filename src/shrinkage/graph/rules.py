@@ -380,16 +380,23 @@ def attention(b: GraphBuilder, node: fx.Node) -> Axis | None:
     Output is ``(attn_output, weights)``."""
     for arg in b.tensor_inputs(node):
         b.pin(b.axis(arg), f"input of attention '{node.target}'")
-    weights_read = any(
-        u.users if u.target is operator.getitem else True for u in node.users if not (u.target is operator.getitem and u.args[1] == 0)
-    )
-    if weights_read:  # the per-head attention weights are used: every head must stay
+    if _reads_attention_weights(node):  # removing heads would change them: every head stays
         b.g.heads_fixed.add(str(node.target))
     out = b.value(node)[0]
     axis = b.new_space(node, out.shape[-1], out.dim() - 1)
     b.pin(axis, f"output of attention '{node.target}'")
     b.g.axes[f"{node.name}.0"] = axis
     return axis
+
+
+def _reads_attention_weights(node: fx.Node) -> bool:
+    """Whether the model uses output 1 (the weights) or the output tuple as a whole."""
+    for user in node.users:
+        if user.target is not operator.getitem:
+            return True
+        if user.args[1] != 0 and user.users:
+            return True
+    return False
 
 
 def embedding(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -432,7 +439,8 @@ def handles_zero_width(node: fx.Node, module: nn.Module | None) -> bool:
 
 
 _ZERO_WIDTH_MODULES = frozenset(
-    _ELEMENTWISE_MODULES + (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    _ELEMENTWISE_MODULES
+    + (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 )
 _ZERO_WIDTH_FUNCTIONS = frozenset(
     _ELEMENTWISE_FUNCTIONS + (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, operator.truediv)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shrinkage.layers.compacted import uninitialized
 from shrinkage.errors import UnsupportedModuleError
+from shrinkage.layers.compacted import uninitialized
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 M = TypeVar("M", bound=nn.Module)
 
 

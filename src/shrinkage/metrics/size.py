@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +64,20 @@ def _strip_root(name: str, root: str) -> str | None:
     return None
 
 
+def _cpu_attention_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """Scaled dot-product attention on the CPU: ``Q K^T`` and ``weights V``, 2 FLOPs per MAC.
+    (torch's counter has formulas for the GPU kernels only.)"""
+    *batch, length, dim = query
+    source, value_dim = key[-2], value[-1]
+    n = 1
+    for b in batch:
+        n *= b
+    return 2 * n * length * source * (dim + value_dim)
+
+
+_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def count_macs(model: nn.Module, example_inputs: tuple[object, ...] | Tensor) -> MacCount:
     """Count the MACs of ``model(*example_inputs)``.
 
@@ -78,9 +93,16 @@ def count_macs(model: nn.Module, example_inputs: tuple[object, ...] | Tensor) ->
         raise ConfigError(
             f"count_macs: example_inputs must be a tuple of inputs, got {type(example_inputs).__name__}"
         )
-    counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), counter:
-        model(*example_inputs)
+    counter = FlopCounterMode(display=False, custom_mapping=_ATTENTION_FLOPS)
+    # nn.MultiheadAttention's fused inference kernel is invisible to the flop counter
+    # (it would count 0); its regular path runs ops the counter knows
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with eval_mode(model), torch.no_grad(), counter:
+            model(*example_inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     flops = counter.get_flop_counts()
     # The flop counter names the root module after its class; named_modules() calls it "".
     root = type(model).__name__
