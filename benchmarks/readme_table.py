@@ -113,8 +113,39 @@ def torch_pruning_table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def structures_table(results: Path) -> str:
+    path = results / "graph" / "structures.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    batches = sorted({x["batch_size"] for r in d["rows"] for x in r["latency"]})
+    lines = [
+        "### Removing whole structures: residual branches and attention heads",
+        "",
+        "Random weights with structures zeroed as a trained group Lasso leaves them, compacted by "
+        "`shrinkage.compact` (outputs checked), dense and compact timed side by side in one process, "
+        f"median of {d['repeats']} interleaved rounds (torch {d['torch']}, {d['threads']} threads; `{d['command']}`).",
+        "",
+        "| model | params dense → compact | MACs ÷ | max diff | " + " | ".join(f"speedup b{b}" for b in batches) + " |",
+        "|---|---|---|---|" + "---|" * len(batches),
+    ]
+    for r in d["rows"]:
+        speed = {x["batch_size"]: x["speedup"] for x in r["latency"]}
+        lines.append(
+            f"| {r['description']} | {r['params']['dense']:,} → {r['params']['compact']:,} | {_x(r['mac_ratio'])} "
+            f"| {r['max_abs_diff']:.0e} | " + " | ".join(_x(speed.get(b)) for b in batches) + " |"
+        )
+    lines += [
+        "",
+        "The last row is a control: no head removed, only `nn.MultiheadAttention` replaced by "
+        "`HeadPrunedAttention`; its ratio is the cost of our attention module plus measurement noise.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def render(results: Path) -> str:
-    return "## Results\n\n" + mnist_table(results) + "\n" + torch_pruning_table(results)
+    return "## Results\n\n" + mnist_table(results) + "\n" + torch_pruning_table(results) + "\n" + structures_table(results)
 
 
 def main() -> int:
