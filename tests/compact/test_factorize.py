@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import shrinkage
-from shrinkage.compact import plan_factorization, rank_for_energy
+from shrinkage.compact import max_output_difference, plan_factorization, rank_for_energy
 from shrinkage.errors import ConfigError
 from shrinkage.zoo import LeNet
 
@@ -81,3 +81,23 @@ def test_layers_filter_limits_factorization_to_matching_names() -> None:
     outer = nn.Sequential()
     outer.add_module("fc1", wrapped)
     assert [r.name for r in plan_factorization(outer, 0.5, layers=["fc1"])] == ["fc1.0"]
+
+
+def test_vit_factorizes_around_attention_and_removed_branches() -> None:
+    """nn.MultiheadAttention reads out_proj.weight itself: that layer is left alone; the
+    projections of a HeadPrunedAttention and the MLPs factor; zero-width layers are skipped."""
+    tv = pytest.importorskip("torchvision.models.vision_transformer")
+    torch.manual_seed(0)
+    model = tv.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+    x = torch.randn(2, 3, 32, 32)
+    dense = shrinkage.factorize(model, 1.0, only_if_cheaper=False)
+    assert isinstance(dense.encoder.layers[0].self_attention.out_proj, nn.Linear)
+    assert max_output_difference(model, dense, (x,)) < 1e-4
+    with torch.no_grad():
+        model.encoder.layers[1].mlp[3].weight.zero_()
+        model.encoder.layers[0].self_attention.out_proj.weight[:, :8] = 0
+    small = shrinkage.compact(model, (x,))
+    lowrank = shrinkage.factorize(small, 1.0, only_if_cheaper=False)
+    assert isinstance(lowrank.encoder.layers[0].self_attention.q_proj, nn.Sequential)
+    assert lowrank.encoder.layers[1].mlp[0].out_features == 0
+    assert max_output_difference(small, lowrank, (x,)) < 1e-4

@@ -98,8 +98,14 @@ def plan_factorization(
     matches the layers inside a module of that name (``fc1`` matches ``fc1.layer``).
     """
     rows = []
+    # nn.MultiheadAttention reads out_proj.weight itself instead of calling out_proj, so a
+    # pair of layers there would never run (HeadPrunedAttention calls its projections)
+    read_directly = {
+        f"{name}.{child}" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        for child, _ in m.named_children()
+    }  # fmt: skip
     for name, m in model.named_modules():
-        if not _factorable(m) or not _selected(name, layers):
+        if not _factorable(m) or not _selected(name, layers) or name in read_directly:
             continue
         e = energy.get(name, 1.0) if isinstance(energy, Mapping) else energy
         check_energy(e, f"energy[{name}]" if isinstance(energy, Mapping) else "energy")
@@ -118,7 +124,8 @@ def _selected(name: str, layers: Sequence[str] | None) -> bool:
 
 
 def _factorable(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    layer = isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    return layer and m.weight.numel() > 0  # a removed branch's zero-width layer has nothing to factor
 
 
 def factorize(
