@@ -50,6 +50,8 @@ EXPERIMENTS = (
     Experiment("mlp_baseline", "mlp_baseline.yaml", "MLP baseline"),
     Experiment("mlp_ssl", "mlp_ssl.yaml", "MLP, SSL input pixels + neurons"),
     Experiment("mlp_ssl_retrain", "mlp_ssl_retrain.yaml", "MLP, SSL input pixels + neurons, retrained structure"),
+    Experiment("resnet20_baseline", "resnet20_baseline.yaml", "ResNet-20 baseline"),
+    Experiment("resnet20_ssl_depth", "resnet20_ssl_depth.yaml", "ResNet-20, SSL depth (residual branches)"),
 )
 
 

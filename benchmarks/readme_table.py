@@ -84,7 +84,7 @@ def mnist_table(results: Path) -> str:
 
 _ORDER = (
     "lenet_baseline", "lenet_ssl_filters_channels", "lenet_ssl_shapes", "lenet_nuclear", "lenet_nuclear_sgl",
-    "mlp_baseline", "mlp_ssl", "mlp_ssl_retrain",
+    "mlp_baseline", "mlp_ssl", "mlp_ssl_retrain", "resnet20_baseline", "resnet20_ssl_depth",
 )
 
 
