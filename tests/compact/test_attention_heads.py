@@ -153,3 +153,16 @@ def test_compaction_removes_heads_unless_their_weights_are_read(return_weights: 
         assert isinstance(small.attn, nn.MultiheadAttention)
     else:
         assert isinstance(small.attn, HeadPrunedAttention) and small.attn.num_heads == 2
+
+
+def test_a_compacted_attention_compacts_again() -> None:
+    torch.manual_seed(0)
+    model = _Block(return_weights=False).eval()
+    _zero_heads(model.attn, values=[1], outputs=[])
+    x = torch.randn(2, 5, E)
+    once = shrinkage.compact(model, (x,))
+    with torch.no_grad():  # a later round of training zeroes original head 3 (now the third kept)
+        once.attn.out_proj.weight[:, 2 * D : 3 * D] = 0
+    twice = shrinkage.compact(once, (x,))
+    assert twice.attn.kept.tolist() == [0, 2]
+    assert max_output_difference(once, twice, (torch.randn(2, 5, E),)) <= 1e-5
