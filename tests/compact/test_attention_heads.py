@@ -166,3 +166,24 @@ def test_a_compacted_attention_compacts_again() -> None:
     twice = shrinkage.compact(once, (x,))
     assert twice.attn.kept.tolist() == [0, 2]
     assert max_output_difference(once, twice, (torch.randn(2, 5, E),)) <= 1e-5
+
+
+class _Opaque(nn.Module):
+    """A custom block declared a leaf: what it does with its attention is not visible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(E, H, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, weights = self.attn(x, x, x)
+        return out + weights.sum()  # reads the weights, which head removal would change
+
+
+def test_attention_inside_an_opaque_leaf_keeps_its_heads() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(_Opaque()).eval()
+    _zero_heads(model[0].attn, values=[1], outputs=[])
+    options = shrinkage.CompactOptions(leaf_modules=(_Opaque,), allow_unknown=True)
+    small = shrinkage.compact(model, (torch.randn(2, 5, E),), options)
+    assert isinstance(small[0].attn, nn.MultiheadAttention)

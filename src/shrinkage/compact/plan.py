@@ -199,14 +199,18 @@ def _nodes_by_space(cg: ChannelGraph, nodes: dict[str, fx.Node]) -> dict[int, li
     for a piece of a split, which is never safe to empty)."""
     out: dict[int, list[fx.Node | None]] = {}
     for name, axis in cg.axes.items():
-        for seg in axis.segments:
-            out.setdefault(cg.table.find(seg.space), []).append(nodes.get(name))
+        for root in dict.fromkeys(cg.table.find(seg.space) for seg in axis.segments):  # a shuffle: many segments
+            out.setdefault(root, []).append(nodes.get(name))
     return out
 
 
 def _decide_heads(cg: ChannelGraph, plan: CompactionPlan) -> None:
+    # only attentions the graph calls itself: inside another leaf, who knows what reads them
+    called = {str(n.target) for n in cg.gm.graph.nodes if n.op == "call_module"}
     for name, module in cg.gm.named_modules():
         if not isinstance(module, nn.MultiheadAttention | HeadPrunedAttention) or name in cg.heads_fixed:
+            continue
+        if name not in called:
             continue
         if isinstance(module, nn.MultiheadAttention) and (module.bias_k is not None or module.add_zero_attn):
             continue  # extra key/value tokens: not supported by HeadPrunedAttention
