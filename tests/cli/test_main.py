@@ -92,6 +92,22 @@ def test_train_compact_report_end_to_end(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["-q", "report", str(run)]) == 0
     assert "# Report: demo" in capsys.readouterr().out
 
+    # the report measures the saved file: a smaller model saved there shows up in it
+    smaller = shrinkage.compact(_without_conv2_filter(loaded), (torch.randn(2, 1, 28, 28),))
+    shrinkage.save(smaller, run / "compact.safetensors")
+    assert main(["-q", "report", str(run)]) == 0
+    capsys.readouterr()
+    report = json.loads((run / "report.json").read_text())
+    assert report["size"]["compact"]["params"] == sum(p.numel() for p in smaller.parameters())
+    assert report["equivalence"]["max_abs_diff"] > 0  # rechecked against the dense model, not copied
+
+
+def _without_conv2_filter(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        model.conv2.weight[0] = 0
+        model.conv2.bias[0] = 0
+    return model.eval()
+
 
 def test_usage_error_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 import shrinkage
 from shrinkage.compact import max_output_difference
 from shrinkage.config import CompactConfig
+from shrinkage.errors import DataError
 from shrinkage.io import write_json
 from shrinkage.metrics import count_parameters
 
@@ -84,3 +86,20 @@ def example_inputs(images: Tensor, n: int = CHECK_SAMPLES) -> Tensor:
     """The first ``n`` images of a split: real inputs exercise real activation patterns."""
     with torch.no_grad():
         return images[:n].clone()
+
+
+def load_compact(run_dir: Path, base: nn.Module) -> Compacted:
+    """The compact model saved in ``run_dir``, rebuilt inside ``base`` (a freshly built model
+    of the run's architecture), with the exactness figures recorded when it was saved."""
+    path = run_dir / COMPACT_LAYOUT
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    try:
+        figures = (float(summary["max_abs_diff"]), str(summary["checked_on"]), bool(summary["factorized"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: missing or malformed key {exc}") from exc
+    model = shrinkage.load(run_dir / COMPACT_WEIGHTS, base)
+    return Compacted(model.eval(), *figures)
+

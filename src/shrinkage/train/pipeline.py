@@ -16,11 +16,19 @@ from typing import Any
 import yaml
 from torch import nn
 
+from shrinkage.compact import max_output_difference
 from shrinkage.config import RunConfig, load_config, to_dict
 from shrinkage.data import ImageDataset
 from shrinkage.errors import ConfigError
 from shrinkage.io import load_checkpoint, write_yaml
-from shrinkage.train.compaction import Compacted, compact_model, example_inputs, save_compact
+from shrinkage.train.compaction import (
+    COMPACT_WEIGHTS,
+    Compacted,
+    compact_model,
+    example_inputs,
+    load_compact,
+    save_compact,
+)
 from shrinkage.train.report import build_report
 from shrinkage.train.setup import build_model, load_datasets, resolve_device, seed_everything
 from shrinkage.train.trainer import CHECKPOINT, Trainer, check_same_training
@@ -106,8 +114,20 @@ def compact_run(run_dir: str | Path) -> Compacted:
 
 
 def report_run(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
-    """Redo the measurements and the report of a trained run (compaction is recomputed:
-    it is deterministic, and the saved compact weights carry no module classes)."""
+    """Redo the measurements and the report of a trained run.
+
+    The report measures the compact model the run saved (``compact.safetensors``, the
+    file a user ships), rebuilt inside a fresh model; a run without one (interrupted
+    before compaction) is compacted again, which is deterministic."""
     run = load_run(run_dir)
-    compacted = compact_model(run.model, run.config.compact, example_inputs(run.test.images))
-    return build_report(run.config, Path(run_dir), run.model, compacted, run.test, run.rows, command)
+    run_dir = Path(run_dir)
+    if (run_dir / COMPACT_WEIGHTS).is_file():
+        compacted = load_compact(run_dir, build_model(run.config.model))  # rebuilt on the CPU...
+        compacted.model.to(next(run.model.parameters()).device)  # ...then moved with everything in it
+        if not compacted.factorized:  # exact by design: check the file against the dense model again
+            check = example_inputs(run.test.images)
+            diff = max_output_difference(run.model.eval(), compacted.model, (check,))
+            compacted = Compacted(compacted.model, diff, f"{check.shape[0]} test images", False)
+    else:
+        compacted = compact_model(run.model, run.config.compact, example_inputs(run.test.images))
+    return build_report(run.config, run_dir, run.model, compacted, run.test, run.rows, command)
