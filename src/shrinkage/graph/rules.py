@@ -158,7 +158,7 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
         # A shuffle of C' < C channels is a different permutation, not the old one restricted
         # to the kept channels, so the channels it permutes are kept; the layers around it
         # (a ShuffleNet branch's hidden width) still shrink.
-        b.pin(axis, f"channel shuffle at '{node.name}' (its order depends on the channel count)")
+        b.pin(axis, f"channel dim split over two dims at '{node.name}' (a shuffle's order depends on the channel count)")
         return Axis(d, axis.segments, Grid((after[d], after[d + 1]), (after[d + 1], 1)))  # channel shuffle, step 1
     if after[: d + 1] == before[: d + 1] and len(after) >= d + 1:
         return axis if _prod(after[d + 1 :]) == _prod(before[d + 1 :]) else b.unknown(node, "reshape")
