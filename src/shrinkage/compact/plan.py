@@ -31,7 +31,6 @@ from torch import Tensor, fx, nn
 
 from shrinkage.compact.surgery import ZERO_WIDTH
 from shrinkage.graph.builder import ChannelGraph, channel_positions
-from shrinkage.graph.rules import handles_zero_width
 from shrinkage.graph.spaces import Axis, Space, Use
 from shrinkage.layers import HeadPrunedAttention, removable_heads
 
@@ -188,8 +187,10 @@ def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node]) -> bool
     modules = {s.module for s in space.producers} | {u.module for u in space.passthrough + space.consumers}
     if any(type(cg.module(m)) not in ZERO_WIDTH for m in modules):
         return False
-    return all(
-        n is not None and handles_zero_width(n, cg.module(str(n.target)) if n.op == "call_module" else None)
+    rules = cg.rules
+    return rules is not None and all(
+        n is not None
+        and getattr(rules.rule_for(n, cg.module(str(n.target)) if n.op == "call_module" else None), "zero_width", False)
         for n in nodes
     )
 

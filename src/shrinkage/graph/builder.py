@@ -54,6 +54,8 @@ class ChannelGraph:
     values: dict[str, Any] = field(default_factory=dict)
     #: attention modules whose per-head weights the model reads: their heads all stay
     heads_fixed: set[str] = field(default_factory=set)
+    #: the rules the spaces were found with (compaction asks them which ops run on zero channels)
+    rules: RuleSet | None = None
 
     def module(self, name: str) -> nn.Module:
         return self.gm.get_submodule(name)
@@ -178,28 +180,30 @@ class RuleSet:
         self.functions: dict[Any, RuleFn] = {}
         self.methods: dict[str, RuleFn] = {}
 
+    def rule_for(self, node: fx.Node, module: nn.Module | None) -> RuleFn | None:
+        """The rule of ``node`` (``module`` is its module for a ``call_module``), if any."""
+        if node.op == "call_module":
+            return next((self.modules[c] for c in type(module).__mro__ if c in self.modules), None)
+        if node.op == "call_function":
+            return self.functions.get(node.target)
+        if node.op == "call_method":
+            return self.methods.get(str(node.target))
+        return None
+
     def apply(self, b: GraphBuilder, node: fx.Node) -> Axis | None:
+        module = b.module(node) if node.op == "call_module" else None
+        fn = self.rule_for(node, module)
         if any((a := b.axis(arg)) is not None and a.grid is not None for arg in node.all_input_nodes):
             # a channel axis split over two dims: only the ops of a channel shuffle know it
-            fn = self.methods.get(str(node.target)) if node.op == "call_method" else self.functions.get(node.target)
             if fn is None or not getattr(fn, "handles_grid", False):
                 return b.unknown(node, f"{node.target} on a channel axis split over two dims")
+        if fn is not None:
             return fn(b, node)
-        if node.op == "call_module":
-            mod = b.module(node)
-            for cls in type(mod).__mro__:
-                if cls in self.modules:
-                    return self.modules[cls](b, node)
-            return b.unknown(node, f"module '{node.target}' ({type(mod).__name__})")
+        if module is not None:
+            return b.unknown(node, f"module '{node.target}' ({type(module).__name__})")
         if node.op == "call_function":
-            fn = self.functions.get(node.target)
-            if fn is not None:
-                return fn(b, node)
             return b.unknown(node, f"function {getattr(node.target, '__name__', node.target)}")
         if node.op == "call_method":
-            fn = self.methods.get(str(node.target))
-            if fn is not None:
-                return fn(b, node)
             return b.unknown(node, f"tensor method .{node.target}()")
         return b.unknown(node, f"operation {node.op}")
 
@@ -229,6 +233,6 @@ def build_channel_graph(
     finally:
         for m, flag in was_training.items():
             m.training = flag
-    cg = ChannelGraph(gm=gm, table=SpaceTable(), values=recorder.values)
+    cg = ChannelGraph(gm=gm, table=SpaceTable(), values=recorder.values, rules=rules)
     GraphBuilder(cg, allow_unknown).run(rules)
     return cg

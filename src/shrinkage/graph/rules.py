@@ -423,31 +423,6 @@ def reduce(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return axis if keepdim else Axis(axis.dim - sum(d < axis.dim for d in dims), axis.segments)
 
 
-def handles_zero_width(node: fx.Node, module: nn.Module | None) -> bool:
-    """Whether ``node`` computes correctly on a tensor with no channels (a removed branch).
-
-    Pooling, reshapes, splits and reductions are left out: some PyTorch kernels refuse
-    an empty channel dim, and a space they touch keeps one channel instead.
-    """
-    if node.op == "call_module":
-        return type(module) in _ZERO_WIDTH_MODULES
-    if node.op == "call_function":
-        return node.target in _ZERO_WIDTH_FUNCTIONS
-    if node.op == "call_method":
-        return str(node.target) in _ZERO_WIDTH_METHODS
-    return False
-
-
-_ZERO_WIDTH_MODULES = frozenset(
-    _ELEMENTWISE_MODULES
-    + (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-)
-_ZERO_WIDTH_FUNCTIONS = frozenset(
-    _ELEMENTWISE_FUNCTIONS + (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, operator.truediv)
-)
-_ZERO_WIDTH_METHODS = frozenset(_ELEMENTWISE_METHODS + ("contiguous", "clone", "add", "add_", "mul", "div"))
-
-
 def size_like(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return None
 
@@ -465,6 +440,11 @@ def _torchvision_rules(rules: RuleSet) -> None:
 
 for _fn in (reshape, transpose, layout_only):
     _fn.handles_grid = True  # type: ignore[attr-defined]
+# Ops that compute correctly on a tensor with no channels (a removed branch). Pooling,
+# reshapes, splits and reductions are not marked: some PyTorch kernels refuse an empty
+# channel dim, and a space they touch keeps one channel instead.
+for _fn in (passthrough, layout_only, add, mul, scalar_mul, conv, linear, batchnorm):
+    _fn.zero_width = True  # type: ignore[attr-defined]
 
 
 def default_rules() -> RuleSet:
