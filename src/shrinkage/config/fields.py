@@ -13,6 +13,19 @@ from typing import Any
 
 from shrinkage.errors import ConfigError
 
+# Upper bounds of integer settings. They are far above any sensible run, yet low enough
+# that a typo (an extra zero, a wrong unit) fails at load time instead of running for
+# years or failing deep inside torch.
+#: torch.manual_seed takes 64-bit values; staying in the signed range keeps the seed an
+#: exact integer in every format it is written to (YAML, JSON, C long long)
+MAX_SEED = 2**63 - 1
+MAX_EPOCHS = 100_000
+#: a batch of 2**20 images is already gigabytes for MNIST-sized inputs
+MAX_BATCH_SIZE = 2**20
+#: latency batches are timed many times: 65536 images per forward pass is plenty
+MAX_LATENCY_BATCH_SIZE = 2**16
+MAX_REPEATS = 10_000
+
 
 class FieldError(ConfigError):
     """A field of one config dataclass has an invalid value."""
@@ -40,10 +53,12 @@ def non_negative(field: str, value: Any) -> None:
         raise FieldError(field, f"must be a finite number >= 0, got {value!r}")
 
 
-def count(field: str, value: Any, minimum: int = 0) -> None:
-    """``value`` must be an integer >= ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise FieldError(field, f"must be an integer >= {minimum}, got {value!r}")
+def count(field: str, value: Any, minimum: int = 0, maximum: int | None = None) -> None:
+    """``value`` must be an integer >= ``minimum`` (and <= ``maximum`` when given)."""
+    too_large = maximum is not None and isinstance(value, int) and value > maximum
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or too_large:
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise FieldError(field, f"must be an integer {bound}, got {value!r}")
 
 
 def in_range(field: str, value: Any, low: float, high: float, *, low_open: bool, high_open: bool) -> None:

@@ -25,6 +25,78 @@ from shrinkage.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _INDEX = re.compile(r"^([^\[\]]*)((?:\[\d+\])+)$")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping repeats a key; ``key`` is its dotted path, ``line`` the repeat's (1-based)."""
+
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(f"line {line}: duplicate key '{key}'")
+        self.key = key
+        self.line = line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping.
+
+    Plain YAML loading lets the last occurrence silently win, so a config that sets
+    ``lr`` twice would train with whichever came last. Keys brought in by a merge
+    (``<<: *anchor``) may still be overridden: that is what merges are for.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # dotted paths are computed once up front: a mapping constructor only sees its node
+        self._paths = _node_paths(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # checked before the base class flattens merges into node.value (merged keys would look repeated)
+        if isinstance(node, yaml.MappingNode):
+            self._check_unique(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _check_unique(self, node: yaml.MappingNode) -> None:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            try:
+                if key in seen:
+                    where = getattr(self, "_paths", {}).get(id(node), "")
+                    raise DuplicateKeyError(_join_key(where, key), key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # unhashable key: the base class reports it
+                continue
+
+
+def _join_key(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _node_paths(root: yaml.Node) -> dict[int, str]:
+    """``id(node) -> dotted path`` for every mapping/sequence under ``root`` (first path wins)."""
+    paths: dict[int, str] = {}
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in paths:  # an alias: already seen (also stops recursive anchors)
+            continue
+        if isinstance(node, yaml.MappingNode):
+            paths[id(node)] = path
+            for key_node, value_node in reversed(node.value):
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                stack.append((value_node, path if key_node.tag == _MERGE_TAG else _join_key(path, key)))
+        elif isinstance(node, yaml.SequenceNode):
+            paths[id(node)] = path
+            stack.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(node.value))))
+    return paths
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` on a repeated mapping key."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -42,7 +114,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
 def parse_config(text: str, source: str, overrides: Sequence[str] = ()) -> RunConfig:
     """Like :func:`load_config` for YAML ``text``; ``source`` names it in error messages."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except DuplicateKeyError as error:
+        raise ConfigError(f"{source}: line {error.line}: duplicate key '{error.key}'") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -88,7 +162,9 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         else:
             raise ConfigError(f"--set {text}: empty component in key '{key}'")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = load_yaml(value_text) if value_text.strip() else None
+    except DuplicateKeyError as error:
+        raise ConfigError(f"--set {text}: duplicate key '{_dotted([*keys, error.key])}' in the value") from None
     except yaml.YAMLError:
         raise ConfigError(f"--set {text}: the value is not valid YAML") from None
     return keys, value

@@ -13,7 +13,19 @@ from typing import ClassVar
 
 import torch
 
-from shrinkage.config.fields import FieldError, count, in_range, non_empty, non_negative, positive
+from shrinkage.config.fields import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LATENCY_BATCH_SIZE,
+    MAX_REPEATS,
+    MAX_SEED,
+    FieldError,
+    count,
+    in_range,
+    non_empty,
+    non_negative,
+    positive,
+)
 from shrinkage.config.regularization import RegularizationConfig
 
 
@@ -49,8 +61,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         non_empty("name", self.name)
-        count("batch_size", self.batch_size, minimum=1)
-        count("test_batch_size", self.test_batch_size, minimum=1)
+        count("batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        count("test_batch_size", self.test_batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         if self.limit_train is not None:
             count("limit_train", self.limit_train, minimum=1)
 
@@ -74,7 +86,7 @@ class StepSchedule:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        count("step_size", self.step_size, minimum=1)
+        count("step_size", self.step_size, minimum=1, maximum=MAX_EPOCHS)
         in_range("gamma", self.gamma, 0.0, 1.0, low_open=True, high_open=False)
 
     def build(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -112,10 +124,10 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
-        count("epochs", self.epochs)
+        count("epochs", self.epochs, maximum=MAX_EPOCHS)
         in_range("momentum", self.momentum, 0.0, 1.0, low_open=False, high_open=True)
         non_negative("weight_decay", self.weight_decay)
-        count("seed", self.seed)
+        count("seed", self.seed, maximum=MAX_SEED)
         if not isinstance(self.nesterov, bool):
             raise FieldError("nesterov", f"must be true or false, got {self.nesterov!r}")
         if self.nesterov and self.momentum == 0:
@@ -139,7 +151,7 @@ class FinetuneConfig:
     reinitialize: bool = False
 
     def __post_init__(self) -> None:
-        count("epochs", self.epochs)
+        count("epochs", self.epochs, maximum=MAX_EPOCHS)
         if self.lr is not None:
             positive("lr", self.lr)
 
@@ -172,8 +184,8 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         for size in self.latency_batch_sizes:
-            count("latency_batch_sizes", size, minimum=1)
-        count("repeats", self.repeats, minimum=1)
+            count("latency_batch_sizes", size, minimum=1, maximum=MAX_LATENCY_BATCH_SIZE)
+        count("repeats", self.repeats, minimum=1, maximum=MAX_REPEATS)
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
