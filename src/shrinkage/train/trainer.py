@@ -25,7 +25,7 @@ from tqdm import tqdm
 from shrinkage.config import RunConfig, resolve_rule, resolve_rules, to_dict
 from shrinkage.data import ImageDataset, batches
 from shrinkage.errors import ConfigError, TrainingError
-from shrinkage.io import load_checkpoint, save_checkpoint
+from shrinkage.io import load_checkpoint, reporting_write_errors, save_checkpoint
 from shrinkage.metrics import evaluate
 from shrinkage.optim import Regularizer
 from shrinkage.train.history import structure_stats, term_labels, write_metrics
@@ -51,21 +51,35 @@ class TrainResult:
     epochs: int
 
 
+def first_difference(saved: Any, current: Any, path: str = "", ignore: frozenset[str] = frozenset()) -> str | None:
+    """``"<dotted key>: <saved> there, <current> now"`` for the first key that differs, else ``None``.
+
+    Walks mappings key by key and lists of equal length item by item, so the message
+    names the innermost key (``regularization.rules[1].penalty.strength``), not a section.
+    Keys in ``ignore`` (dotted) may differ.
+    """
+    if path in ignore:
+        return None
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in dict.fromkeys([*saved, *current]):
+            found = first_difference(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key), ignore)
+            if found:
+                return found
+        return None
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        for i, (a, b) in enumerate(zip(saved, current)):
+            found = first_difference(a, b, f"{path}[{i}]", ignore)
+            if found:
+                return found
+        return None
+    return None if saved == current else f"{path}: {saved!r} there, {current!r} now"
+
+
 def check_same_training(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
     """Raise if ``config`` would train differently from the run saved in ``where``."""
     current = to_dict(config)
-
-    def first_difference(a: Any, b: Any, path: str) -> str | None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in list(dict.fromkeys([*a, *b])):
-                found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-                if found:
-                    return found
-            return None
-        return None if a == b or path in RESUME_MAY_CHANGE else f"{path}: {a!r} there, {b!r} now"
-
     for section in TRAINING_SECTIONS:
-        diff = first_difference(saved.get(section), current.get(section), section)
+        diff = first_difference(saved.get(section), current.get(section), section, RESUME_MAY_CHANGE)
         if diff:
             raise ConfigError(
                 f"{where} holds a run with a different config ({diff}); use another --out or delete it"
@@ -120,7 +134,8 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Run (or finish) training; returns when every phase is complete."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with reporting_write_errors("run directory", self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         start_phase, start_epoch, saved_runtime = self._resume()
         resumed_at = len(self.rows)
         for index in range(start_phase, len(self.phases)):
@@ -220,13 +235,18 @@ class Trainer:
             "rng": rng,
             "rows": self.rows,
         }
-        save_checkpoint(self.checkpoint_path, self.model.state_dict(), state)
-        write_metrics(self.run_dir / METRICS, self.rows)
+        # a full disk or a directory gone read-only mid-run: one line, and the last checkpoint stays intact
+        with reporting_write_errors("checkpoint", self.checkpoint_path):
+            save_checkpoint(self.checkpoint_path, self.model.state_dict(), state)
+        with reporting_write_errors("metrics", self.run_dir / METRICS):
+            write_metrics(self.run_dir / METRICS, self.rows)
         self._last_good = f"phase '{phase}', epoch {epoch}"
 
     def _resume(self) -> tuple[int, int, dict[str, Any] | None]:
         if not self.checkpoint_path.exists():
             return 0, 0, None
+        # a damaged file raises DataError("checkpoint X is corrupted ...") here, before anything is
+        # restored: it is never taken for, nor reported as, the last good checkpoint
         checkpoint = load_checkpoint(self.checkpoint_path)
         state = checkpoint.state
         check_same_training(state["config"], self.config, self.run_dir)
