@@ -5,9 +5,16 @@ Structured Sparsity Learning (Wen et al., 2016) and compression-aware training
 steps, then removal of the zeroed structures and low-rank factorization.
 """
 
+from shrinkage.budget import Achieved, Budget, BudgetError, PruneResult, prune
 from shrinkage.compact import CompactOptions, compact, factorize, load, plan_compaction, save
 from shrinkage.errors import ShrinkageError
 
 __version__ = "0.1.0"
 
-__all__ = ["CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction", "save"]
+__all__ = [
+    "Achieved",
+    "Budget",
+    "BudgetError",
+    "PruneResult",
+    "prune",
+    "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction", "save"]

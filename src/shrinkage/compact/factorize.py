@@ -22,12 +22,16 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from shrinkage.compact.surgery import set_submodule
 from shrinkage.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shrinkage.budget.spec import Budget
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,36 @@ def _factor_linear(m: nn.Linear, r: int, u: Tensor, s: Tensor, vh: Tensor) -> nn
     return nn.Sequential(OrderedDict(project=first, expand=second))
 
 
+def _read_directly(model: nn.Module) -> set[str]:
+    # nn.MultiheadAttention reads out_proj.weight itself instead of calling out_proj, so a
+    # pair of layers there would never run (HeadPrunedAttention calls its projections)
+    return {
+        f"{name}.{child}" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        for child, _ in m.named_children()
+    }  # fmt: skip
+
+
+def candidate_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, nn.Module]:
+    """The Conv2d/Linear layers factorization may replace, by name; a ``layers`` pattern
+    that matches none of them is an error naming it (a typo would otherwise do nothing)."""
+    read_directly = _read_directly(model)
+    found = {
+        name: m for name, m in model.named_modules()
+        if _factorable(m) and _selected(name, layers) and name not in read_directly
+    }  # fmt: skip
+    for pattern in layers or ():
+        if not any(_selected(name, [pattern]) for name in found):
+            raise ConfigError(f"factorize: layers pattern {pattern!r} matches no factorable Conv2d/Linear layer")
+    return found
+
+
+def _check_energy_names(energy: Mapping[str, float], found: Mapping[str, nn.Module]) -> None:
+    for name in energy:
+        if name not in found:
+            close = ", ".join(sorted(found)[:8])
+            raise ConfigError(f"factorize: energy[{name!r}] names no factorable layer (known: {close})")
+
+
 def plan_factorization(
     model: nn.Module,
     energy: float | Mapping[str, float] = 0.9,
@@ -94,27 +128,28 @@ def plan_factorization(
 ) -> list[LayerFactorization]:
     """The rank each Conv2d/Linear would get, and whether replacing it lowers MACs.
 
-    ``layers``: name globs of the layers to consider (default: all); a pattern also
-    matches the layers inside a module of that name (``fc1`` matches ``fc1.layer``).
+    ``energy``: the fraction of the squared singular values (``sum sigma_i^2``, the
+    squared Frobenius norm) each layer keeps. ``layers``: name globs of the layers to
+    consider (default: all); a pattern also matches the layers inside a module of that
+    name (``fc1`` matches ``fc1.layer``).
     """
     rows = []
-    # nn.MultiheadAttention reads out_proj.weight itself instead of calling out_proj, so a
-    # pair of layers there would never run (HeadPrunedAttention calls its projections)
-    read_directly = {
-        f"{name}.{child}" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-        for child, _ in m.named_children()
-    }  # fmt: skip
-    for name, m in model.named_modules():
-        if not _factorable(m) or not _selected(name, layers) or name in read_directly:
-            continue
+    found = candidate_layers(model, layers)
+    if isinstance(energy, Mapping):
+        _check_energy_names(energy, found)
+    for name, m in found.items():
         e = energy.get(name, 1.0) if isinstance(energy, Mapping) else energy
         check_energy(e, f"energy[{name}]" if isinstance(energy, Mapping) else "energy")
         w = m.weight.detach().reshape(m.weight.shape[0], -1)
-        out_dim, in_dim = w.shape
         r = max(1, rank_for_energy(torch.linalg.svdvals(w.double()), e))
-        before, after = out_dim * in_dim, r * (in_dim + out_dim)
-        rows.append(LayerFactorization(name, r, min(w.shape), before, after, after < before or not only_if_cheaper))
+        rows.append(_row(name, w.shape, r, only_if_cheaper))
     return rows
+
+
+def _row(name: str, shape: torch.Size, r: int, only_if_cheaper: bool) -> LayerFactorization:
+    out_dim, in_dim = shape
+    before, after = out_dim * in_dim, r * (in_dim + out_dim)
+    return LayerFactorization(name, r, min(shape), before, after, after < before or not only_if_cheaper)
 
 
 def _selected(name: str, layers: Sequence[str] | None) -> bool:
@@ -130,30 +165,51 @@ def _factorable(m: nn.Module) -> bool:
 
 def factorize(
     model: nn.Module,
-    energy: float | Mapping[str, float] = 0.9,
+    energy: float | Mapping[str, float] | None = None,
     *,
+    budget: Budget | None = None,
+    example_inputs: tuple[Any, ...] | Tensor | None = None,
     only_if_cheaper: bool = True,
     layers: Sequence[str] | None = None,
+    min_rank: int = 1,
+    min_energy: float | None = None,
 ) -> nn.Module:
     """Return a copy of ``model`` with Conv2d/Linear layers replaced by low-rank pairs.
 
-    ``energy`` is one fraction for all layers or a mapping from layer name to fraction
-    (unlisted layers keep full energy). A layer is replaced only where the pair costs
-    fewer multiply-accumulates than the original, unless ``only_if_cheaper=False``.
-    ``layers`` restricts factorization to layers matching these name globs: typically the
-    layers trained with a nuclear norm (truncating an unregularized classifier to rank 8
-    of 10 costs far more accuracy than it saves).
+    Either ``energy`` (default 0.9): one fraction of the squared singular values kept by
+    every layer, or a mapping from layer name to fraction (unlisted layers keep full
+    energy); or ``budget`` (:class:`shrinkage.Budget`): ranks chosen globally so that the
+    factorized model meets it with the least normalized energy lost (see
+    :mod:`shrinkage.budget.ranks`; MAC and latency budgets need ``example_inputs``).
+    ``min_rank`` / ``min_energy`` are per-layer floors under a budget. A layer is replaced
+    only where the pair costs fewer MACs than the original, unless
+    ``only_if_cheaper=False`` (energy mode). ``layers`` restricts factorization to layers
+    matching these name globs: typically the layers trained with a nuclear norm
+    (truncating an unregularized classifier to rank 8 of 10 costs far more accuracy than
+    it saves).
     """
+    if budget is not None:
+        if energy is not None:
+            raise ConfigError("factorize: give either energy or budget, not both")
+        from shrinkage.budget.factorize import ranks_under_budget  # budget builds on this module
+
+        ranks = ranks_under_budget(model, budget, example_inputs, layers, min_rank, min_energy)
+        return build_factorized(model, ranks)
+    energy = 0.9 if energy is None else energy
     if not isinstance(energy, Mapping):
         check_energy(energy)
+    rows = plan_factorization(model, energy, only_if_cheaper=only_if_cheaper, layers=layers)
+    return build_factorized(model, {row.name: row.rank for row in rows if row.replaced})
+
+
+def build_factorized(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
+    """A copy of ``model`` with each named layer replaced by its rank-``r`` pair."""
     new = copy.deepcopy(model)
-    for row in plan_factorization(model, energy, only_if_cheaper=only_if_cheaper, layers=layers):
-        if not row.replaced:
-            continue
-        m = new.get_submodule(row.name)
+    for name, rank in ranks.items():
+        m = new.get_submodule(name)
         w = m.weight.detach().reshape(m.weight.shape[0], -1).double()
         u, s, vh = (t.to(m.weight.dtype) for t in torch.linalg.svd(w, full_matrices=False))
-        pair = _factor_linear(m, row.rank, u, s, vh) if isinstance(m, nn.Linear) else _factor_conv(m, row.rank, u, s, vh)
-        set_submodule(new, row.name, pair.train(m.training))
-        log.info("factorized %s: rank %d of %d", row.name, row.rank, row.full_rank)
+        pair = _factor_linear(m, rank, u, s, vh) if isinstance(m, nn.Linear) else _factor_conv(m, rank, u, s, vh)
+        set_submodule(new, name, pair.train(m.training))
+        log.info("factorized %s: rank %d of %d", name, rank, min(w.shape))
     return new

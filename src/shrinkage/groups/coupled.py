@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from shrinkage.errors import ConfigError
-from shrinkage.graph.builder import build_channel_graph, channel_positions
+from shrinkage.graph.builder import ChannelGraph, build_channel_graph, channel_positions
 from shrinkage.graph.rules import default_rules
 from shrinkage.groups.base import Grouping, SliceGrouping
 from shrinkage.groups.kinds import GroupKind
@@ -54,26 +54,33 @@ class CoupledChannels(GroupKind):
         groupings: list[Grouping] = []
         for root in graph.table.roots():
             space = graph.table.get(root)
-            producers = sorted({s.module for s in space.producers})
-            if space.pinned or space.is_input or not selected.intersection(producers):
+            if space.pinned or space.is_input or not selected.intersection(s.module for s in space.producers):
                 continue
-            members = []
-            for s in space.producers:
-                param = params.get(f"{s.module}.{s.attr}")
-                if param is not None:
-                    members.append((param, s.dim, torch.arange(space.size).unsqueeze(1)))
-            for use in space.passthrough + space.consumers:
-                param = params.get(f"{use.slice.module}.{use.slice.attr}")
-                if param is None:
-                    continue  # running statistics are buffers, not trained
-                index = _positions_by_channel(channel_positions(graph, use, root), space.size)
-                if index is None:
-                    log.warning("coupled group of %s skips %s: it reads only part of the channels",
-                                "+".join(producers), use.module)
-                    continue
-                members.append((param, use.slice.dim, index))
-            groupings.append(SliceGrouping("+".join(producers), tuple(members)))
+            groupings.append(space_grouping(graph, params, root))
         return groupings
+
+
+def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: int) -> SliceGrouping:
+    """One group per channel of space ``root``: its producers' rows, the per-channel
+    parameters passing it on and every consumer's slice for it (what must vanish together)."""
+    space = graph.table.get(root)
+    producers = sorted({s.module for s in space.producers})
+    members = []
+    for s in space.producers:
+        param = params.get(f"{s.module}.{s.attr}")
+        if param is not None:
+            members.append((param, s.dim, torch.arange(space.size).unsqueeze(1)))
+    for use in space.passthrough + space.consumers:
+        param = params.get(f"{use.slice.module}.{use.slice.attr}")
+        if param is None:
+            continue  # running statistics are buffers, not trained
+        index = _positions_by_channel(channel_positions(graph, use, root), space.size)
+        if index is None:
+            log.warning("coupled group of %s skips %s: it reads only part of the channels",
+                        "+".join(producers), use.module)
+            continue
+        members.append((param, use.slice.dim, index))
+    return SliceGrouping("+".join(producers), tuple(members))
 
 
 def _positions_by_channel(found: list[tuple[torch.Tensor, torch.Tensor]], size: int) -> torch.Tensor | None:

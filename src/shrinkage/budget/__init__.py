@@ -1,0 +1,6 @@
+"""Budgets: a target in (MACs, parameters, latency), the most accurate model meeting it out."""
+
+from shrinkage.budget.prune import BudgetError, PruneResult, prune
+from shrinkage.budget.spec import Achieved, Budget
+
+__all__ = ["Achieved", "Budget", "BudgetError", "PruneResult", "prune"]
