@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
 from shrinkage.compact import max_output_difference
 from shrinkage.config import RunConfig, load_config, to_dict
+from shrinkage.config.loader import load_yaml
 from shrinkage.data import ImageDataset
 from shrinkage.errors import ConfigError
-from shrinkage.io import load_checkpoint, write_yaml
+from shrinkage.io import load_checkpoint, read_checkpoint_state, reporting_write_errors, write_yaml
 from shrinkage.train.compaction import (
     COMPACT_WEIGHTS,
     Compacted,
@@ -31,7 +33,13 @@ from shrinkage.train.compaction import (
 )
 from shrinkage.train.report import build_report
 from shrinkage.train.setup import build_model, load_datasets, resolve_device, seed_everything
-from shrinkage.train.trainer import CHECKPOINT, Trainer, check_same_training
+from shrinkage.train.trainer import (
+    CHECKPOINT,
+    RESUME_MAY_CHANGE,
+    Trainer,
+    check_same_training,
+    first_difference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +51,91 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path(config.out_dir) / config.name
 
 
+#: keys a rerun into a finished run may change: where the data is, eval batching, and
+#: out_dir (``--out`` replaces it); anything else would mix two configs in one directory
+RERUN_MAY_CHANGE = RESUME_MAY_CHANGE | {"out_dir"}
+
+
 def _write_config(config: RunConfig, run_dir: Path) -> None:
     """Write the resolved config, refusing to overwrite a different run's (resume safety)."""
     path = run_dir / CONFIG
-    if (run_dir / CHECKPOINT).exists() and path.exists():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        check_same_training(saved, config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(path, to_dict(config))
+    with reporting_write_errors("run directory", run_dir):
+        if (run_dir / CHECKPOINT).exists() and path.exists():
+            # checked before anything is written: a refused run leaves the old config.yaml as it was
+            check_same_training(_saved_config(path, raw=True), config, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(path, to_dict(config))
+
+
+def _saved_config(path: Path, *, raw: bool = False) -> dict[str, Any]:
+    """The config a run directory saved, as plain data.
+
+    Unless ``raw``, it is read through the schema first, so that a section an older
+    shrinkage did not write compares equal to its defaults.
+    """
+    if not raw:
+        try:
+            return to_dict(load_config(path))
+        except ConfigError:
+            pass  # no longer valid under the schema: compare what the file says
+    try:
+        saved = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"{path}: cannot read the saved config of this run ({reason}); use another --out") from None
+    return saved if isinstance(saved, dict) else {}
+
+
+def _refuse_changed_rerun(config: RunConfig, run_dir: Path) -> None:
+    """Refuse to redo a *finished* run with other settings: it would overwrite its results.
+
+    Compaction and the report would be redone with the new settings over the old
+    run's outputs. An identical config is fine (it re-compacts and re-reports); an
+    unfinished run may change compact/report settings, and the trainer checks the rest.
+    """
+    path, checkpoint = run_dir / CONFIG, run_dir / CHECKPOINT
+    with reporting_write_errors("run directory", run_dir):  # e.g. a directory we may not list
+        if not (path.is_file() and checkpoint.is_file()):
+            return
+    if not read_checkpoint_state(checkpoint).get("finished"):
+        return
+    diff = first_difference(_saved_config(path), to_dict(config), ignore=RERUN_MAY_CHANGE)
+    if diff is None:
+        return
+    advice = "train into another directory with --out"
+    if diff.startswith(("compact.", "report.")):
+        advice += (f", or edit {path} and run 'shrinkage compact {run_dir}' and 'shrinkage report {run_dir}' "
+                   "to redo only those steps")
+    raise ConfigError(f"{run_dir} holds a finished run with other settings ({diff}) that this run would "
+                      f"overwrite; {advice}")
+
+
+def _check_latency_batch_fits(model: nn.Module, image_shape: tuple[int, ...], config: RunConfig) -> None:
+    """One no-grad forward pass at the largest ``report.latency_batch_sizes``, before training.
+
+    The report times the models at these batch sizes after training; a size that does
+    not fit in memory would otherwise fail only then, with all the training done.
+    """
+    sizes = config.report.latency_batch_sizes
+    if not sizes:
+        return
+    size = max(sizes)
+    device = next(model.parameters(), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((size, *image_shape), device=device))
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ConfigError(
+            f"report.latency_batch_sizes: the model cannot run a batch of {size} on {device} ({reason}); "
+            "use smaller latency batch sizes"
+        ) from None
+    finally:
+        model.train(was_training)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand back what the pass reserved before training starts
 
 
 def run_experiment(
@@ -64,11 +149,13 @@ def run_experiment(
     """Train (or resume) the run in ``run_dir``, compact it and write its report; returns the report."""
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
+    _refuse_changed_rerun(config, run_dir)
     seed_everything(config.train.seed)
     train, test = load_datasets(config, device)
     model = build_model(config.model).to(device)
     trainer = Trainer(config, model, train, test, run_dir, progress=progress, on_epoch_end=on_epoch_end)
-    _write_config(config, run_dir)  # after the Trainer accepted the rules: a bad config leaves no run dir
+    _check_latency_batch_fits(model, tuple(test.images.shape[1:]), config)
+    _write_config(config, run_dir)  # after every check: a refused config leaves no run dir
     result = trainer.fit()
     compacted = compact_model(model, config.compact, example_inputs(test.images))
     save_compact(run_dir, compacted)
