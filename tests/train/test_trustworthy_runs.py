@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import random
 import re
 import struct
 import subprocess
@@ -21,6 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -33,7 +35,7 @@ from shrinkage.config import ReportConfig, RunConfig, parse_config, to_dict
 from shrinkage.config.loader import load_yaml
 from shrinkage.errors import ConfigError, DataError
 from shrinkage.io import load_checkpoint, save_checkpoint
-from shrinkage.train import CHECKPOINT, Trainer, pipeline, run_experiment
+from shrinkage.train import CHECKPOINT, Trainer, pipeline, run_experiment, seed_everything
 
 from .helpers import tiny_config, tiny_data, tiny_model
 
@@ -114,14 +116,18 @@ def test_out_of_range_values_name_key_value_and_bound(override: str, expected: s
     assert config_error(BASE, (override,)) == f"--set {override}: {expected}"
 
 
-def test_largest_seed_is_accepted_and_usable() -> None:
-    import torch
-
-    from shrinkage.train import seed_everything
-
-    config = parse_config(BASE, "run.yaml", ("train.seed=9223372036854775807",))
-    seed_everything(config.train.seed)
-    torch.Generator().manual_seed(config.train.seed)
+def test_values_at_the_bounds_are_accepted_and_the_largest_seed_seeds_everything() -> None:
+    bounds = ("train.seed=9223372036854775807", "train.epochs=100000", "report.latency_batch_sizes=[65536]")
+    config = parse_config(BASE, "run.yaml", bounds)
+    assert (config.train.seed, config.train.epochs, config.report.latency_batch_sizes) == (2**63 - 1, 100000, (65536,))
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        seed_everything(config.train.seed)  # torch, NumPy (seed % 2**32) and random all take it
+        assert torch.initial_seed() == 2**63 - 1
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
 
 
 # --- shared: a whole run (train, compact, report) in about a second ----------------------
