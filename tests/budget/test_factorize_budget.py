@@ -1,0 +1,110 @@
+"""factorize(budget=...): ranks chosen globally, the budget met within 2%, floors respected,
+bad names and unreachable budgets reported in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import shrinkage
+from shrinkage import Budget, BudgetError
+from shrinkage.budget.ranks import DENSE, LayerSpectrum, Totals, select_ranks
+from shrinkage.errors import ConfigError
+from shrinkage.metrics import count_macs, count_parameters
+from shrinkage.zoo import ModelSpec, build_model
+from support.zoo import build
+
+TOLERANCE = 0.02
+
+
+def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    if name == "lenet":
+        return build_model(ModelSpec("lenet", 1, 10, 28)).eval(), torch.randn(2, 1, 28, 28)
+    if name == "resnet20":
+        return build_model(ModelSpec("resnet20", 3, 10, 32)).eval(), torch.randn(2, 3, 32, 32)
+    return build(name), torch.randn(1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet20", "resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("budget", [Budget(macs=0.4), Budget(params=0.3)], ids=["macs", "params"])
+def test_budget_is_met_within_two_percent(name: str, budget: Budget) -> None:
+    model, x = _model(name)
+    f = shrinkage.factorize(model, budget=budget, example_inputs=x)
+    got = {"macs": count_macs(f, x).total / count_macs(model, x).total,
+           "params": count_parameters(f) / count_parameters(model)}  # fmt: skip
+    (key, target), = budget.targets().items()
+    assert (1 - TOLERANCE) * target <= got[key] <= target, f"{name}: {got} for {budget}"
+    with torch.no_grad():  # a lossy approximation, but of the same function: same shapes, finite
+        out = f(torch.randn_like(x))
+    assert out.shape == model(x[:1].expand_as(x)).shape and torch.isfinite(out).all()
+
+
+def test_low_rank_layers_are_truncated_before_full_rank_ones() -> None:
+    """Global choice: a layer whose energy sits in 3 singular values is cut to a low rank
+    (the slack then buys it a few near-empty ones), while the full-rank layer stays dense."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(64, 3) @ torch.randn(3, 64) + 1e-4 * torch.randn(64, 64))
+    x = torch.randn(4, 64)
+    f = shrinkage.factorize(model, budget=Budget(macs=0.6), example_inputs=x)
+    assert 3 <= f[0].project.out_features <= 6
+    assert isinstance(f[1], nn.Linear)
+
+
+def test_floors_are_respected() -> None:
+    model, x = _model("lenet")
+    f = shrinkage.factorize(model, budget=Budget(macs=0.45), example_inputs=x, min_rank=4, min_energy=0.5)
+    replaced = {name: m.project for name, m in f.named_children() if isinstance(m, nn.Sequential)}
+    assert replaced
+    for name, first in replaced.items():
+        w = getattr(model, name).weight.detach().reshape(getattr(model, name).weight.shape[0], -1)
+        s = torch.linalg.svdvals(w.double())
+        r = first.weight.shape[0]
+        assert r >= 4 and float(s[:r].pow(2).sum() / s.pow(2).sum()) >= 0.5, name
+
+
+def test_select_ranks_matches_an_exhaustive_search_on_a_small_case() -> None:
+    torch.manual_seed(1)
+    layers = [
+        LayerSpectrum(f"l{i}", torch.linalg.svdvals(torch.randn(12, 20, dtype=torch.float64) * s), 12, 20, 1.0, 0, 1)
+        for i, s in enumerate((1.0, 0.1, 3.0))
+    ]
+    totals = Totals(macs=3 * 240.0, params=3 * 240.0)
+    budget = Budget(macs=0.5)
+
+    def fractions(ranks: list[int]) -> float:
+        return sum(layer.macs(r) for layer, r in zip(layers, ranks, strict=True)) / totals.macs
+
+    def meets(ranks: list[int], f: dict[str, float]) -> bool:
+        return f["macs"] <= 0.5
+
+    chosen = select_ranks(layers, budget, totals, meets)
+    lost = sum(layer.lost(r) for layer, r in zip(layers, chosen, strict=True))
+    best = min(
+        sum(layer.lost(r) for layer, r in zip(layers, combo, strict=True))
+        for combo in ((a, b, c) for a in layers[0].options() for b in layers[1].options() for c in layers[2].options())
+        if fractions(list(combo)) <= 0.5
+    )
+    assert fractions(chosen) <= 0.5 and lost == pytest.approx(best, abs=1e-12)
+    assert DENSE not in chosen
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"budget": Budget(macs=0.001)}, r"Budget\(macs=0.001\) cannot be met by factorizing 4 layers: the smallest reachable is macs=0\.0\d+"),
+    ({"budget": Budget(macs=0.5), "example_inputs": None}, "needs example_inputs"),
+    ({"budget": Budget(macs=0.5), "energy": 0.9}, "either energy or budget"),
+    ({"budget": Budget(macs=0.5), "layers": ["conv9"]}, "layers pattern 'conv9' matches no factorable"),
+    ({"energy": {"fc9": 0.5}}, r"energy\['fc9'\] names no factorable layer"),
+    ({"layers": ["nothing*"]}, "layers pattern 'nothing\\*' matches no factorable"),
+    ({"budget": Budget(macs=0.5), "min_rank": 0}, "min_rank must be an integer >= 1"),
+    ({"budget": Budget(macs=0.5), "min_energy": 1.5}, "min_energy must be in"),
+])  # fmt: skip
+def test_bad_input_gives_one_line(kwargs: dict[str, object], match: str) -> None:
+    model, x = _model("lenet")
+    kwargs = {"example_inputs": x, **kwargs} if "budget" in kwargs else kwargs
+    with pytest.raises((ConfigError, BudgetError), match=match) as info:
+        shrinkage.factorize(model, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
