@@ -1,0 +1,142 @@
+"""Aggregate results/budget/*.json (one file per dataset, model and seed) over seeds.
+
+    python benchmarks/budget_report.py     # writes results/budget/summary.json and one chart per dataset/model
+
+Every figure is a mean ± sample standard deviation over the seeds found; a drop is the
+per-seed difference to that seed's unregularized baseline (same total epochs), averaged.
+``readme_table.py`` renders the README section from the same aggregation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "budget"
+METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl")
+LABELS = {
+    "baseline": "baseline (plain, E+F epochs)",
+    "plain+svd": "plain + SVD (ranks under the budget)",
+    "plain+svd@nuclear-ranks": "plain + SVD at the nuclear run's ranks",
+    "nuclear": "compression-aware: nuclear norm",
+    "nuclear+sgl": "compression-aware: nuclear + sparse group Lasso",
+    "plain+prune": "plain + pruning (coupled channels)",
+    "ssl": "SSL, coupled group Lasso, strength by the budget controller",
+}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}  # fmt: skip
+
+
+def load(results: Path = RESULTS) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("*-seed*.json"))]
+
+
+def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"dataset/model": {"meta": ..., "rows": [per (method, budget) stats]}}``."""
+    out: dict[str, Any] = {}
+    by_setup: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in files:
+        by_setup[f"{f['dataset']}/{f['model']}"].append(f)
+    for setup, runs in sorted(by_setup.items()):
+        baseline = {r["seed"]: r["accuracy"] for f in runs for r in f["rows"] if r["method"] == "baseline"}
+        groups: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
+        for f in runs:
+            for r in f["rows"]:
+                groups[(r["method"], r["budget_macs"])].append(r)
+        rows = []
+        for (method, budget), rs in groups.items():
+            rows.append({
+                "method": method, "label": LABELS.get(method, method), "budget_macs": budget, "seeds": sorted(r["seed"] for r in rs),
+                "error": _stats([1 - r["accuracy"] for r in rs]),
+                "error_selected": _stats([1 - r["accuracy_selected"] for r in rs]),
+                "drop": _stats([baseline[r["seed"]] - r["accuracy"] for r in rs if r["seed"] in baseline]),
+                "macs": _stats([r["macs"] for r in rs]), "params": _stats([r["params"] for r in rs]),
+                "conv_macs": _stats([r["conv_macs"] for r in rs]),
+                "epochs": rs[0]["epochs"], "finetune_epochs": rs[0]["finetune_epochs"],
+            })  # fmt: skip
+        rows.sort(key=lambda r: (r["budget_macs"] is not None, -(r["budget_macs"] or 0), METHOD_ORDER.index(r["method"])
+                                 if r["method"] in METHOD_ORDER else 99))  # fmt: skip
+        first = runs[0]
+        meta = {k: first.get(k) for k in ("machine", "torch", "device", "epochs", "finetune_epochs", "limit_train")}
+        meta["commands"] = sorted({f["command"] for f in runs})
+        out[setup] = {"meta": meta, "rows": rows}
+    return out
+
+
+def chart(setup: str, data: dict[str, Any], path: Path) -> None:
+    """Test error against the MAC fraction, every method and the baseline, error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in METHOD_ORDER:
+        rows = [r for r in data["rows"] if r["method"] == method]
+        if not rows:
+            continue
+        if method == "baseline":
+            e = 100 * rows[0]["error"]["mean"]
+            ax.axhline(e, color="black", lw=1, ls="--", label=f"baseline ({e:.2f}%)")
+            continue
+        xs = [100 * r["macs"]["mean"] for r in rows]
+        ys = [100 * r["error"]["mean"] for r in rows]
+        es = [100 * r["error"]["std"] for r in rows]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABELS[method])
+    ax.set_xlabel("MACs, % of the dense model")
+    ax.set_ylabel("test error after fine-tuning, %")
+    ax.set_title(f"{setup}: error vs MACs (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pm(s: dict[str, float], scale: float = 100, digits: int = 2) -> str:
+    return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The README section: one table per dataset/model, and the chart links."""
+    if not summary:
+        return "_No budget results recorded yet: run `python benchmarks/budget_results.py`._\n"
+    lines = ["### Budgets: compression-aware training vs compressing afterwards", ""]
+    for setup, data in summary.items():
+        meta = data["meta"]
+        n = max(r["error"]["n"] for r in data["rows"])
+        lines += [
+            f"**{setup}** ({n} seeds; E = {meta['epochs']} epochs of training, then F = {meta['finetune_epochs']} of "
+            f"fine-tuning after selection; the baseline trains E + F; full test set; "
+            f"torch {meta['torch']} on {meta['machine'].get('gpu') or 'the CPU'})",
+            "",
+            "| method | MAC budget | MACs | params | conv MACs | error after selection | error after fine-tuning | drop vs baseline (points) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in data["rows"]:
+            budget = "–" if r["budget_macs"] is None else f"{100 * r['budget_macs']:.0f}%"
+            lines.append(f"| {r['label']} | {budget} | {_pm(r['macs'])}% | {_pm(r['params'])}% | {_pm(r['conv_macs'])}% "
+                         f"| {_pm(r['error_selected'])}% | {_pm(r['error'])}% | {_pm(r['drop'])} |")  # fmt: skip
+        slug = setup.replace("/", "-")
+        lines += ["", f"![{setup}: error vs MACs](results/budget/{slug}.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    summary = aggregate(load())
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    for setup, data in summary.items():
+        chart(setup, data, RESULTS / f"{setup.replace('/', '-')}.png")
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    main()
