@@ -28,6 +28,7 @@ from shrinkage.config.schema import (
     ScheduleConfig,
     StepSchedule,
 )
+from shrinkage.config.target import SelectionMethod, TargetConfig, default_selection
 
 __all__ = [
     "GROUP_KINDS",
@@ -50,8 +51,11 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "SelectConfig",
+    "SelectionMethod",
     "SparseGroupLassoConfig",
     "StepSchedule",
+    "TargetConfig",
+    "default_selection",
     "load_config",
     "parse_config",
     "parse_override",

@@ -27,6 +27,7 @@ from shrinkage.config.fields import (
     positive,
 )
 from shrinkage.config.regularization import RegularizationConfig
+from shrinkage.config.target import TargetConfig
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ class RunConfig:
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     compact: CompactConfig = field(default_factory=CompactConfig)
+    #: a budget to cut the trained model down to, then fine-tune; None: no target
+    target: TargetConfig | None = None
     report: ReportConfig = field(default_factory=ReportConfig)
     out_dir: str = "runs"
     device: str = "cpu"

@@ -1,0 +1,107 @@
+"""The ``target:`` block of a run config: a budget to compress to, and how to recover.
+
+A run with a target is, after training and compaction, cut down to the budget (MACs,
+parameters and/or latency relative to the dense model) and fine-tuned::
+
+    target:
+      macs: 0.25            # at most a quarter of the dense model's multiply-accumulates
+      round_to: 8           # kept channel counts are multiples of 8 (pruning only)
+      finetune_epochs: 3
+      distill_weight: 0.5   # half of the loss from the dense model as teacher
+      temperature: 4.0
+
+Omitting the block (or ``target: null``) means no target. How the model is cut down is
+not a setting: it follows from the run's regularization (:func:`default_selection`);
+``shrinkage compress --method`` overrides it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from shrinkage.budget.spec import Budget
+from shrinkage.config.fields import (
+    MAX_EPOCHS,
+    MAX_LATENCY_BATCH_SIZE,
+    FieldError,
+    count,
+    in_range,
+    positive,
+)
+from shrinkage.config.regularization import NuclearNormConfig, RegularizationConfig
+
+#: a channel multiple beyond this is no hardware width anyone asks for: a typo
+MAX_ROUND_TO = 4096
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """A budget (fractions of the dense model; every given one must hold) plus recovery.
+
+    ``macs`` / ``params``: fractions in (0, 1] of the dense model's. ``latency_ms``:
+    milliseconds per forward pass of ``batch_size`` images on the run's device.
+    ``round_to``: kept channel counts are rounded up to a multiple of it (pruning only;
+    factorization ranks are not rounded). Recovery: ``finetune_epochs`` of SGD at
+    ``finetune_lr`` (default: the run's fine-tuning, else training, learning rate), with
+    ``distill_weight`` of the loss taken from the dense model as a teacher at
+    ``temperature``.
+    """
+
+    macs: float | None = None
+    params: float | None = None
+    latency_ms: float | None = None
+    batch_size: int = 1
+    round_to: int = 1
+    finetune_epochs: int = 0
+    finetune_lr: float | None = None
+    distill_weight: float = 0.0
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        for key in ("macs", "params"):
+            if getattr(self, key) is not None:
+                in_range(key, getattr(self, key), 0.0, 1.0, low_open=True, high_open=False)
+        if self.latency_ms is not None:
+            positive("latency_ms", self.latency_ms)
+        if self.macs is None and self.params is None and self.latency_ms is None:
+            raise FieldError("macs", "a target needs at least one of macs, params, latency_ms")
+        count("batch_size", self.batch_size, minimum=1, maximum=MAX_LATENCY_BATCH_SIZE)
+        count("round_to", self.round_to, minimum=1, maximum=MAX_ROUND_TO)
+        count("finetune_epochs", self.finetune_epochs, maximum=MAX_EPOCHS)
+        if self.finetune_lr is not None:
+            positive("finetune_lr", self.finetune_lr)
+        in_range("distill_weight", self.distill_weight, 0.0, 1.0, low_open=False, high_open=False)
+        positive("temperature", self.temperature)
+
+    def budget(self) -> Budget:
+        """The targets as a :class:`shrinkage.Budget` (what the selection functions take)."""
+        return Budget(macs=self.macs, params=self.params, latency_ms=self.latency_ms, batch_size=self.batch_size)
+
+    @classmethod
+    def of_budget(cls, budget: Budget, **recovery: object) -> TargetConfig:
+        """A target with ``budget``'s values and the given recovery settings (the CLI's way in)."""
+        return cls(macs=budget.macs, params=budget.params, latency_ms=budget.latency_ms,
+                   batch_size=budget.batch_size, **recovery)  # type: ignore[arg-type]
+
+
+class SelectionMethod(Enum):
+    """How a trained model is cut down to a budget."""
+
+    #: zero the weakest coupled channels, heads and residual branches (shrinkage.prune), then compact
+    PRUNE = "prune"
+    #: replace Conv2d/Linear layers by rank-r pairs, ranks chosen under the budget (shrinkage.factorize)
+    FACTORIZE = "factorize"
+
+
+def default_selection(regularization: RegularizationConfig) -> SelectionMethod:
+    """The selection that fits how the model was trained.
+
+    A nuclear-norm penalty (in any rule) concentrates each layer's energy in a few
+    singular values, so ranks chosen under the budget lose little of it:
+    factorization. Otherwise (group Lasso, other penalties or none) whole channels,
+    heads and branches are what training made weak, and what compaction removes:
+    pruning.
+    """
+    nuclear = any(isinstance(rule.penalty, NuclearNormConfig) for rule in regularization.rules)
+    return SelectionMethod.FACTORIZE if nuclear else SelectionMethod.PRUNE
