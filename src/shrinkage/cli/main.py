@@ -1,4 +1,4 @@
-"""``shrinkage`` command line: train | compact | report | demo.
+"""``shrinkage`` command line: train | compact | report | compress | demo.
 
 The only place that prints: results go to stdout, errors to stderr as one line
 ``error: <message>`` with exit status 2 (no traceback for problems the user can fix).
@@ -15,8 +15,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shrinkage.errors import ShrinkageError
+from shrinkage.errors import ConfigError, ShrinkageError
+
+if TYPE_CHECKING:
+    from shrinkage.budget import Budget
 
 log = logging.getLogger("shrinkage.cli")
 
@@ -44,12 +48,33 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("run_dir", type=Path, help="a run directory written by 'shrinkage train'")
         cmd.set_defaults(handler=_compact if name == "compact" else _report)
 
+    _add_compress(sub)
+
     demo = sub.add_parser("demo", help="LeNet + SSL on the bundled MNIST, end to end (a few minutes)")
     demo.add_argument("--out", type=Path, help="run directory (default: a new temporary directory)")
     demo.add_argument("--epochs", type=int, help="regularized training epochs (default: from the demo config)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser("compress", help="cut a trained run down to a budget, fine-tune it, save it with a report")
+    cmd.add_argument("run_dir", type=Path, help="a run directory written by 'shrinkage train'")
+    cmd.add_argument("--target", action="append", required=True, metavar="KEY=VALUE",
+                     help="a budget: macs=0.25 or params=0.1 (fractions of the dense model), latency_ms=5 "
+                     "(at batch_size=N, default 1); repeatable, every target must hold")
+    cmd.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="recovery epochs (default 0)")
+    cmd.add_argument("--lr", type=float, help="recovery learning rate (default: the run's fine-tuning, else its lr)")
+    cmd.add_argument("--distill", type=float, default=0.0, metavar="W",
+                     help="weight in [0, 1] of distillation from the dense model (default 0)")
+    cmd.add_argument("--temperature", type=float, default=4.0, metavar="T", help="of distillation (default 4)")
+    cmd.add_argument("--round-to", type=int, default=1, metavar="K", help="kept channel counts: multiples of K")
+    cmd.add_argument("--method", metavar="prune|factorize",
+                     help="how to select (default: factorize after a nuclear-norm run, else prune)")
+    cmd.add_argument("--baseline", type=Path, metavar="RUN_DIR", help="an unregularized run to compare accuracy with")
+    cmd.add_argument("--out", type=Path, help="output directory (default: RUN_DIR-<target>, e.g. runs/x-macs0.25)")
+    cmd.set_defaults(handler=_compress)
 
 
 @contextlib.contextmanager
@@ -111,6 +136,63 @@ def _report(args: argparse.Namespace, command: str) -> int:
 
     report_run(args.run_dir, command=command)
     print((args.run_dir / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+#: --target keys and the type of their values (the fields of shrinkage.Budget)
+_BUDGET_KEYS: dict[str, type] = {"macs": float, "params": float, "latency_ms": float, "batch_size": int}
+#: TargetConfig fields set by compress flags, for errors that name the flag
+_RECOVERY_FLAGS = {"finetune_epochs": "--finetune-epochs", "finetune_lr": "--lr", "distill_weight": "--distill",
+                   "temperature": "--temperature", "round_to": "--round-to"}
+
+
+def parse_budget(items: Sequence[str]) -> Budget:
+    """``["macs=0.25", "params=0.1"]`` -> ``Budget(macs=0.25, params=0.1)``; one-line errors."""
+    from shrinkage.budget import Budget
+
+    values: dict[str, float | int] = {}
+    for item in items:
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise ConfigError(f"--target {item}: expected KEY=VALUE, e.g. macs=0.25")
+        if key not in _BUDGET_KEYS:
+            raise ConfigError(f"--target: unknown key '{key}' (known: {', '.join(_BUDGET_KEYS)})")
+        if key in values:
+            raise ConfigError(f"--target: '{key}' is given twice")
+        kind = _BUDGET_KEYS[key]
+        try:
+            values[key] = kind(text)
+        except ValueError:
+            wanted = "an integer" if kind is int else "a number"
+            raise ConfigError(f"--target {item}: '{text}' is not {wanted}") from None
+    try:
+        return Budget(**values)  # type: ignore[arg-type]
+    except ConfigError as error:  # out of range, or batch_size alone
+        raise ConfigError(f"--target: {error}") from None
+
+
+def _compress(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.config import SelectionMethod, TargetConfig
+    from shrinkage.config.fields import FieldError
+    from shrinkage.train import compress_run
+    from shrinkage.train.report import TARGET_MD
+
+    budget = parse_budget(args.target)
+    method = None
+    if args.method is not None:
+        known = {m.value: m for m in SelectionMethod}
+        if args.method not in known:
+            raise ConfigError(f"--method: unknown method '{args.method}' (known: {', '.join(known)})")
+        method = known[args.method]
+    try:
+        target = TargetConfig.of_budget(budget, finetune_epochs=args.finetune_epochs, finetune_lr=args.lr,
+                                        distill_weight=args.distill, temperature=args.temperature,
+                                        round_to=args.round_to)  # fmt: skip
+    except FieldError as error:
+        raise ConfigError(f"{_RECOVERY_FLAGS.get(error.field, '--target ' + error.field)}: {error.reason}") from None
+    out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command)
+    print((out / TARGET_MD).read_text(encoding="utf-8"))
+    print(f"compressed model written to {out}")
     return 0
 
 

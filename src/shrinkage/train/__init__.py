@@ -1,4 +1,4 @@
-"""Training loop, checkpoints, and the train -> compact -> report pipeline."""
+"""Training loop, checkpoints, the train -> compact -> report pipeline, compression to a budget."""
 
 from shrinkage.train.compaction import Compacted, compact_model, save_compact
 from shrinkage.train.phases import FINETUNE, REGULARIZE, Phase, PhaseRuntime, plan_phases
@@ -11,6 +11,8 @@ from shrinkage.train.pipeline import (
     report_run,
     run_experiment,
 )
+from shrinkage.train.compress import compress, compress_run, default_out_dir
+from shrinkage.train.recover import finetune
 from shrinkage.train.report import build_report
 from shrinkage.train.setup import build_model, load_datasets, seed_everything
 from shrinkage.train.trainer import CHECKPOINT, METRICS, Trainer, TrainResult, check_same_training
@@ -32,7 +34,11 @@ __all__ = [
     "check_same_training",
     "compact_model",
     "compact_run",
+    "compress",
+    "compress_run",
+    "default_out_dir",
     "default_run_dir",
+    "finetune",
     "load_datasets",
     "load_run",
     "plan_phases",

@@ -159,7 +159,20 @@ def run_experiment(
     result = trainer.fit()
     compacted = compact_model(model, config.compact, example_inputs(test.images))
     save_compact(run_dir, compacted)
+    _meet_target(config, run_dir, model, train, test, command)
     return build_report(config, run_dir, model, compacted, test, result.rows, command)
+
+
+def _meet_target(
+    config: RunConfig, run_dir: Path, model: nn.Module, train: ImageDataset, test: ImageDataset, command: str | None
+) -> None:
+    """With a ``target:`` block: select under the budget and fine-tune into the run directory
+    (``target.safetensors``, ``target.json``, ``target.md``), before the report that shows them."""
+    if config.target is None:
+        return
+    from shrinkage.train.compress import compress  # compress builds on load_run from this module
+
+    compress(config, model, train, test, run_dir, command=command)
 
 
 @dataclass(frozen=True)

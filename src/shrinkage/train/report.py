@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import platform
 import re
@@ -32,6 +33,11 @@ from shrinkage.train.compaction import Compacted
 log = logging.getLogger(__name__)
 
 PLOTS = "plots"
+#: what a run with a ``target:`` block (or ``shrinkage compress``) writes: the selected and
+#: fine-tuned model (``shrinkage.save``), its results as JSON, and the same for people
+TARGET_WEIGHTS = "target.safetensors"
+TARGET_JSON = "target.json"
+TARGET_MD = "target.md"
 _LAYERS = (nn.Conv2d, nn.Linear)
 
 
@@ -139,6 +145,9 @@ def build_report(
     if config.report.plots:
         report["plots"] = write_plots(run_dir, dense, report["layers"], config.compact.energy)
     markdown = render_markdown(report) + "\n" + _training_markdown(report["training"])
+    if config.target is not None:
+        report["target"] = target_section(run_dir)
+        markdown += "\n" + target_markdown(report["target"])
     if report.get("plots"):
         markdown += "\n## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in report["plots"]) + "\n"
     # JSON first: report.md is what people open, and it should never describe a missing JSON
@@ -146,3 +155,66 @@ def build_report(
     write_text(run_dir / "report.md", markdown)
     log.info("wrote %s and %s", run_dir / "report.json", run_dir / "report.md")
     return report
+
+
+# --- target: the budget and what the selected, fine-tuned model achieved -------------------
+
+_METRICS = {"macs": "MACs (fraction of dense)", "params": "parameters (fraction of dense)"}
+
+
+def target_section(run_dir: Path) -> dict[str, Any]:
+    """The results ``shrinkage.train.compress`` wrote into ``run_dir`` (``target.json``)."""
+    path = run_dir / TARGET_JSON
+    try:
+        section = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        log.warning("the config has a target, but %s cannot be read (%s)", path, reason)
+        return {"missing": f"{TARGET_JSON} cannot be read ({reason})"}
+    return section if isinstance(section, dict) else {"missing": f"{TARGET_JSON} is not a JSON object"}
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "–"
+
+
+def _metric_name(key: str, budget: dict[str, Any]) -> str:
+    if key == "latency_ms":
+        return f"latency, batch {budget.get('batch_size', 1)} (ms)"
+    return _METRICS.get(key, key)
+
+
+def target_markdown(result: dict[str, Any], level: int = 2) -> str:
+    """Target and achieved side by side, accuracy at each step, epochs (``target.md`` and
+    the target section of ``report.md``)."""
+    head = "#" * level
+    if "missing" in result:
+        return f"{head} Target\n\nNo target results: {result['missing']}.\n"
+    budget = result.get("budget", {})
+    method = result.get("settings", {}).get("method", "?")
+    lines = [f"{head} Target ({method})\n", "| | target | achieved | met |", "|---|---|---|---|"]
+    for key, row in result.get("side_by_side", {}).items():
+        got = row.get("achieved")
+        lines.append(f"| {_metric_name(key, budget)} | {row['target']:.4g} | "
+                     f"{'–' if got is None else f'{got:.4g}'} | {'yes' if row.get('met') else '**no**'} |")
+    acc = result.get("accuracy", {})
+    epochs = result.get("epochs", {})
+    lines += ["", f"| accuracy (full test set, {acc.get('n', '?')} images) | |", "|---|---|",
+              f"| dense | {_percent(acc.get('dense'))} |", f"| after selection | {_percent(acc.get('selected'))} |",
+              f"| after fine-tuning ({epochs.get('recovery', 0)} epochs) | {_percent(acc.get('finetuned'))} |"]
+    base = result.get("baseline")
+    if base:
+        lines.append(f"| baseline `{base['run']}` | {_percent(base['accuracy'])} "
+                     f"(final is {100 * base['drop']:.2f} points lower) |")
+    dense = epochs.get("dense_run", {})
+    text = (f"Epochs: dense run {dense.get('train', '?')} training + {dense.get('finetune', '?')} fine-tuning, "
+            f"then {epochs.get('recovery', 0)} recovery: {epochs.get('total', '?')} in all")
+    if base:
+        same = "the same total" if base["epochs"] == epochs.get("total") else "not the same total"
+        text += f"; baseline {base['epochs']} ({same}, {'regularized' if base.get('regularized') else 'unregularized'})"
+    lines += ["", text + ".", "",
+              f"Seed {result.get('seed', '?')}, torch {result.get('torch', '?')}, {result.get('time_s', 0):.0f} s; "
+              f"model in `{TARGET_WEIGHTS}`."]
+    if result.get("command"):
+        lines.append(f"Command: `{result['command']}`")
+    return "\n".join(lines) + "\n"
