@@ -130,6 +130,17 @@ def test_distillation_changes_the_loss_and_follows_its_formula() -> None:
         finetune(plain, data, data, 1, 0.01, distill_weight=0.5)
 
 
+def test_finetuning_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    _, pruned, data = pruned_lenet()
+    first, second = copy.deepcopy(pruned.model), copy.deepcopy(pruned.model)
+    state = torch.get_rng_state()
+    a = finetune(first, data, data, 1, 0.01, batch_size=32, mask=pruned.zero_mask(), seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = finetune(second, data, data, 1, 0.01, batch_size=32, seed=7)
+    assert a[0]["train_loss"] == b[0]["train_loss"] and a[0]["test_accuracy"] == b[0]["test_accuracy"]
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters()))
+
+
 def test_factorize_method_under_a_mac_budget(dense_run: Path, tmp_path: Path) -> None:
     out, result = compress_run(dense_run, TargetConfig(macs=0.3, finetune_epochs=1), tmp_path / "out",
                                method=SelectionMethod.FACTORIZE)  # fmt: skip
@@ -156,6 +167,8 @@ def test_a_directory_with_other_settings_is_never_overwritten(dense_run: Path, t
     out = tmp_path / "out"
     compress_run(dense_run, TargetConfig(params=0.5), out)
     before = (out / "target.json").read_text()
+    # a params target: MACs are shown achieved, with no target of their own
+    assert "| MACs (fraction of dense) | – | " in (out / "target.md").read_text()
     with pytest.raises(ConfigError) as info:
         compress_run(dense_run, TargetConfig(params=0.5, finetune_epochs=1), out)
     assert "target.finetune_epochs: 0 there, 1 now" in str(info.value) and "\n" not in str(info.value)

@@ -290,6 +290,7 @@ def compress(
         "settings": settings,
         "budget": {**budget.targets(), "batch_size": budget.batch_size},
         "side_by_side": achieved.side_by_side(budget),
+        "achieved": {"macs": achieved.macs, "params": achieved.params, "latency_ms": achieved.latency_ms},
         "met": achieved.meets(budget),
         "size": sizes,
         "accuracy": accuracy,

@@ -193,10 +193,14 @@ def target_markdown(result: dict[str, Any], level: int = 2) -> str:
     budget = result.get("budget", {})
     method = result.get("settings", {}).get("method", "?")
     lines = [f"{head} Target ({method})\n", "| | target | achieved | met |", "|---|---|---|---|"]
-    for key, row in result.get("side_by_side", {}).items():
-        got = row.get("achieved")
-        lines.append(f"| {_metric_name(key, budget)} | {row['target']:.4g} | "
-                     f"{'–' if got is None else f'{got:.4g}'} | {'yes' if row.get('met') else '**no**'} |")
+    targeted = result.get("side_by_side", {})
+    achieved = {**{k: row.get("achieved") for k, row in targeted.items()}, **result.get("achieved", {})}
+    # MACs and parameters always (what a latency target cost in size is worth seeing); latency if targeted
+    for key in ["macs", "params", *(k for k in targeted if k not in ("macs", "params"))]:
+        row, got = targeted.get(key), achieved.get(key)
+        target = "–" if row is None else f"{row['target']:.4g}"
+        met = "–" if row is None else ("yes" if row.get("met") else "**no**")
+        lines.append(f"| {_metric_name(key, budget)} | {target} | {'–' if got is None else f'{got:.4g}'} | {met} |")
     acc = result.get("accuracy", {})
     epochs = result.get("epochs", {})
     lines += ["", f"| accuracy (full test set, {acc.get('n', '?')} images) | |", "|---|---|",
