@@ -1,0 +1,272 @@
+"""Compression to a MAC budget: compression-aware training against compressing afterwards.
+
+    python benchmarks/budget_results.py                          # every dataset/model/seed, in parallel
+    python benchmarks/budget_results.py --only mnist:lenet:0     # one (dataset, model, seed)
+    python benchmarks/budget_results.py --device cuda --jobs 9   # where a GPU is available
+
+For each (dataset, model, seed), with the same total epochs for every row (``E``
+regularized or plain, then ``F`` of fine-tuning after selection):
+
+* ``baseline``: plain training for ``E + F`` epochs (the reference every drop is measured
+  against); ``plain``: plain training for ``E`` epochs, the starting point of the
+  after-the-fact methods;
+* at each MAC budget: ``plain+svd`` (ranks chosen globally under the budget), ``plain+prune``
+  (coupled channels pruned under the budget), ``nuclear`` and ``nuclear+sgl``
+  (compression-aware training, Alvarez & Salzmann, then the same rank selection),
+  ``plain+svd@nuclear-ranks`` (the plain model cut to the ranks the nuclear run chose),
+  and ``ssl`` (coupled group Lasso whose strength a controller drives to the budget
+  during training, then the exact selection); each reported right after selection and
+  after ``F`` epochs of fine-tuning (the removed structures held at zero).
+
+MACs are whole-model (conv MACs are reported beside them), accuracy is on the full test
+set. One JSON per (dataset, model, seed) goes to results/budget/; run
+``python benchmarks/budget_report.py`` to aggregate seeds (mean ± std), draw the charts
+and refresh the README table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import shrinkage
+from shrinkage import Budget
+from shrinkage.budget.factorize import ranks_under_budget
+from shrinkage.compact.factorize import build_factorized
+from shrinkage.config import RunConfig, parse_config
+from shrinkage.data import ImageDataset, batches
+from shrinkage.io import write_json
+from shrinkage.metrics import count_macs, count_parameters, evaluate
+from shrinkage.train.recover import finetune
+from shrinkage.train.setup import build_model, load_datasets, resolve_device, seed_everything
+from shrinkage.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "budget"
+BUDGETS = (0.10, 0.05)
+#: (dataset, model) pairs and the layers the low-rank methods act on (the classifier stays)
+SETUPS = {
+    ("mnist", "lenet"): ("conv1", "conv2", "fc1"),
+    ("fashion-mnist", "lenet"): ("conv1", "conv2", "fc1"),
+    ("fashion-mnist", "convnet"): ("conv1", "conv2", "conv3"),
+}
+SEEDS = (0, 1, 2)
+log = logging.getLogger("budget_results")
+
+_COMMON = """
+name: {name}
+model: {{name: {model}}}
+data: {{name: {dataset}, batch_size: 64, test_batch_size: 1000}}
+train: {{lr: 0.02, momentum: 0.9, weight_decay: 5.0e-4, epochs: {epochs}, lr_schedule: {{kind: cosine}}, seed: {seed}}}
+finetune: {{epochs: 0}}
+compact: {{factorize: false}}
+report: {{latency_batch_sizes: [1], repeats: 1}}
+"""
+_NUCLEAR = """
+    - select: {{names: [{layers}]}}
+      groups: [matrix]
+      penalty: {{kind: nuclear_norm, strength: {strength}}}
+      every: 5
+"""
+_SGL = """
+    - select: {{names: [{layers}]}}
+      groups: [filters]
+      penalty: {{kind: sparse_group_lasso, strength: 3.0e-3, alpha: 0.5}}
+"""
+_SSL = """
+    - select: {{names: [{layers}]}}
+      groups: [coupled]
+      penalty: {{kind: group_lasso, strength: 1.0e-3, scale_by_size: true}}
+"""
+
+
+def _config(dataset: str, model: str, seed: int, epochs: int, rules: str, extra: list[str], device: str) -> RunConfig:
+    text = _COMMON.format(name=f"{dataset}-{model}", model=model, dataset=dataset, epochs=epochs, seed=seed)
+    text += "regularization:\n  mode: proximal\n  rules:" + (rules if rules else " []\n")
+    overrides = [f"device={device}", *extra]
+    if os.environ.get("SHRINKAGE_DATA_DIR"):
+        overrides.append(f"data.dir={os.environ['SHRINKAGE_DATA_DIR']}")
+    return parse_config(text, "budget_results", overrides)
+
+
+class Bench:
+    """One (dataset, model, seed): its data, trained models and measured rows."""
+
+    def __init__(self, dataset: str, model: str, seed: int, epochs: int, finetune_epochs: int,
+                 device: str, runs: Path, limit_train: int | None) -> None:  # fmt: skip
+        self.dataset, self.model_name, self.seed = dataset, model, seed
+        self.epochs, self.finetune_epochs = epochs, finetune_epochs
+        self.device = device
+        self.layers = SETUPS[(dataset, model)]
+        self.runs = runs / f"{dataset}-{model}-{seed}"
+        self.extra = [f"data.limit_train={limit_train}"] if limit_train else []
+        base = _config(dataset, model, seed, epochs, "", self.extra, device)
+        self.train_device = resolve_device(device)
+        self.train_set, self.test_set = load_datasets(base, self.train_device)
+        self.example = self.test_set.images[:1].clone().cpu()
+        self.rows: list[dict[str, Any]] = []
+        self.dense_macs = self.dense_params = self.dense_conv_macs = 0
+
+    # -- training ------------------------------------------------------------------------
+    def train(self, tag: str, rules: str, epochs: int, extra: tuple[str, ...] = ()) -> tuple[nn.Module, float]:
+        config = _config(self.dataset, self.model_name, self.seed, epochs, rules, [*self.extra, *extra], self.device)
+        seed_everything(config.train.seed)
+        model = build_model(config.model).to(resolve_device(self.device))
+        started = time.perf_counter()
+        Trainer(config, model, self.train_set, self.test_set, self.runs / tag).fit()
+        # selection and compaction run on the CPU copy (the graph capture and MAC counts are
+        # device-independent); fine-tuning moves the selected model back to the device
+        return model.cpu().eval(), time.perf_counter() - started
+
+    def accuracy(self, model: nn.Module) -> float:
+        """Full test set, on the training device; the model comes back on the CPU."""
+        result = evaluate(model.to(self.train_device), batches(self.test_set, 1000, shuffle=False)).accuracy
+        model.cpu()
+        return result
+
+    def sizes(self, model: nn.Module) -> dict[str, float]:
+        macs = count_macs(model, self.example)
+        conv = sum(v for k, v in macs.per_operator.items() if "convolution" in k)
+        return {"macs": macs.total / self.dense_macs, "params": count_parameters(model) / self.dense_params,
+                "conv_macs": conv / self.dense_conv_macs}  # fmt: skip
+
+    def select_and_recover(self, method: str, budget: float, selected: nn.Module, train_s: float,
+                           tune: nn.Module | None = None, mask: Any = None, **extra: Any) -> None:  # fmt: skip
+        """Measure ``selected`` (a compact CPU model), fine-tune ``tune`` (``selected`` itself, or the
+        masked model a pruning left) on the training device, and record both."""
+        selected_accuracy = self.accuracy(selected)
+        model = (tune if tune is not None else selected).to(self.train_device)
+        started = time.perf_counter()
+        finetune(model, self.train_set, self.test_set, self.finetune_epochs, 0.005, batch_size=64, momentum=0.9,
+                 weight_decay=5e-4, mask=mask, seed=self.seed)  # fmt: skip
+        tuned = model.cpu().eval()
+        if tune is not None:  # a masked model: compact it again (exact, checked) to measure what ships
+            tuned = shrinkage.compact(tuned, (self.example,))
+        self.record(method, budget, selected_accuracy, tuned, train_s, time.perf_counter() - started, **extra)
+
+    def record(self, method: str, budget: float | None, selected_accuracy: float, final: nn.Module,
+               train_s: float, tune_s: float, **extra: Any) -> None:  # fmt: skip
+        row = {"method": method, "budget_macs": budget, "seed": self.seed, "epochs": self.epochs,
+               "finetune_epochs": self.finetune_epochs if budget is not None else 0,
+               "accuracy_selected": selected_accuracy, "accuracy": self.accuracy(final), **self.sizes(final),
+               "train_s": round(train_s, 1), "finetune_s": round(tune_s, 1), **extra}  # fmt: skip
+        log.info("%s %s seed %d budget %s: accuracy %.4f -> %.4f, MACs %.4f, params %.4f", self.dataset,
+                 method, self.seed, budget, row["accuracy_selected"], row["accuracy"], row["macs"], row["params"])  # fmt: skip
+        self.rows.append(row)
+
+    # -- methods -------------------------------------------------------------------------
+    def factorized(self, model: nn.Module, budget: float) -> tuple[nn.Module, dict[str, int]]:
+        """Compact first (exact; a sparse group Lasso may have zeroed whole units), then
+        choose ranks so the whole model meets ``budget`` of the *dense* model's MACs."""
+        small = shrinkage.compact(model, (self.example,))
+        relative = budget * self.dense_macs / count_macs(small, self.example).total
+        if relative >= 1:
+            return small, {}
+        layers = [n for n in self.layers if any(m == n or m.startswith(n + ".") for m, _ in small.named_modules())]
+        ranks = ranks_under_budget(small, Budget(macs=relative), (self.example,), layers)
+        return build_factorized(small, ranks), ranks
+
+    def run(self) -> dict[str, Any]:
+        layers = ", ".join(self.layers)
+        baseline, t_base = self.train("baseline", "", self.epochs + self.finetune_epochs)
+        count = count_macs(baseline, self.example)
+        self.dense_macs, self.dense_params = count.total, count_parameters(baseline)
+        self.dense_conv_macs = sum(v for k, v in count.per_operator.items() if "convolution" in k)
+        self.record("baseline", None, self.accuracy(baseline), baseline, t_base, 0.0)
+        plain, t_plain = self.train("plain", "", self.epochs)
+        nuclear, t_nuc = self.train("nuclear", _NUCLEAR.format(layers=layers, strength="1.0e-2"), self.epochs)
+        nsgl, t_nsgl = self.train("nuclear_sgl", _NUCLEAR.format(layers=layers, strength="1.0e-2")
+                                  + _SGL.format(layers=layers), self.epochs)  # fmt: skip
+        for budget in BUDGETS:
+            for method, model, t in (("plain+svd", plain, t_plain), ("nuclear", nuclear, t_nuc), ("nuclear+sgl", nsgl, t_nsgl)):
+                selected, ranks = self.factorized(model, budget)
+                self.select_and_recover(method, budget, selected, t, ranks=ranks)
+                if method == "nuclear":  # the same ranks on the plain model: is it the training or the ranks?
+                    same = build_factorized(shrinkage.compact(plain, (self.example,)), ranks)
+                    self.select_and_recover("plain+svd@nuclear-ranks", budget, same, t_plain, ranks=ranks)
+            pruned = shrinkage.prune(plain, self.example, Budget(macs=budget))
+            self.select_and_recover("plain+prune", budget, pruned.compact, t_plain, pruned.model, pruned.zero_mask())
+            ssl, t_ssl = self.train(f"ssl-{budget}", _SSL.format(layers=layers), self.epochs, (f"target.macs={budget}",))
+            zeroed = _zero_fraction(ssl, self.example, self.dense_macs)
+            pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget))
+            self.select_and_recover("ssl", budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
+                                    macs_zeroed_by_training=zeroed)  # fmt: skip
+        return {"dataset": self.dataset, "model": self.model_name, "seed": self.seed, "rows": self.rows}
+
+
+def _zero_fraction(model: nn.Module, example: torch.Tensor, dense: int) -> float:
+    """MAC fraction of the model compaction alone leaves (what training zeroed)."""
+    return count_macs(shrinkage.compact(model, (example,)), example).total / dense
+
+
+def _meta(command: str, device: str) -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"benchmark": "budget_results", "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "gpu": gpu},
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}  # fmt: skip
+
+
+def _one(key: str, args: argparse.Namespace) -> Path:
+    dataset, model, seed = key.split(":")
+    bench = Bench(dataset, model, int(seed), args.epochs, args.finetune_epochs, args.device, args.runs_dir, args.limit_train)
+    result = bench.run()
+    path = args.out / f"{dataset}-{model}-seed{seed}.json"
+    write_json(path, {**_meta(" ".join(["python", "benchmarks/budget_results.py", "--only", key]), args.device),
+                      "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+                      "limit_train": args.limit_train, **result})  # fmt: skip
+    return path
+
+
+def _parallel(keys: list[str], args: argparse.Namespace, argv: list[str]) -> None:
+    """One process per key (each single-threaded on the CPU side), at most ``--jobs`` at once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pending, running = list(keys), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            key = pending.pop(0)
+            log_path = args.runs_dir / f"{key.replace(':', '-')}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, __file__, *argv, "--only", key]
+            running.append((key, subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)))
+        time.sleep(2)
+        for key, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((key, proc))
+                print(f"{key}: {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="dataset:model:seed keys (default: all)")
+    parser.add_argument("--epochs", type=int, default=8, help="regularized / plain epochs (E)")
+    parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after selection (F)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="processes at once when running several keys")
+    parser.add_argument("--limit-train", type=int, help="smoke test only: train on the first N images")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "budget")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    keys = args.only or [f"{d}:{m}:{s}" for (d, m) in SETUPS for s in SEEDS]
+    if len(keys) == 1:
+        torch.set_num_threads(1 if os.environ.get("OMP_NUM_THREADS") == "1" else torch.get_num_threads())
+        print(_one(keys[0], args))
+        return
+    argv = [a for a in sys.argv[1:] if a not in ("--only", *(args.only or []))]
+    _parallel(keys, args, argv)
+
+
+if __name__ == "__main__":
+    main()
