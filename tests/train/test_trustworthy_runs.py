@@ -478,3 +478,28 @@ def test_temp_file_of_a_killed_writer_is_removed_by_the_next_save(tmp_path: Path
     save_checkpoint(path, tiny_model().state_dict(), {"epoch": 2})
     assert not (tmp_path / temp_name).exists()
     assert load_checkpoint(path).state["epoch"] == 2
+
+
+def test_compact_and_report_into_an_unwritable_run_dir_give_one_line(tmp_path, monkeypatch) -> None:
+    """``shrinkage compact`` / ``report`` write into an existing run directory; a write that
+    fails there (read-only mount, full disk) is one line naming it, not a traceback."""
+    import shrinkage.train.pipeline as pipeline
+    from shrinkage.errors import DataError
+
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(config=SimpleNamespace(compact=None), model=None, test=SimpleNamespace(images=None), rows=[])
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pipeline, "load_run", lambda run_dir: fake)
+    monkeypatch.setattr(pipeline, "compact_model", lambda *a, **k: object())
+    monkeypatch.setattr(pipeline, "example_inputs", lambda images: None)
+    monkeypatch.setattr(pipeline, "save_compact", refuse)
+    with pytest.raises(DataError, match=r"cannot write compact model into .*: Permission denied"):
+        pipeline.compact_run(tmp_path)
+    monkeypatch.setattr(pipeline, "COMPACT_WEIGHTS", "absent.safetensors")
+    monkeypatch.setattr(pipeline, "build_report", refuse)
+    with pytest.raises(DataError, match=r"cannot write report into .*: Permission denied"):
+        pipeline.report_run(tmp_path)

@@ -158,9 +158,11 @@ def run_experiment(
     _write_config(config, run_dir)  # after every check: a refused config leaves no run dir
     result = trainer.fit()
     compacted = compact_model(model, config.compact, example_inputs(test.images))
-    save_compact(run_dir, compacted)
+    with reporting_write_errors("compact model into", run_dir):  # the disk may fill up after training
+        save_compact(run_dir, compacted)
     _meet_target(config, run_dir, model, train, test, command)
-    return build_report(config, run_dir, model, compacted, test, result.rows, command)
+    with reporting_write_errors("report into", run_dir):
+        return build_report(config, run_dir, model, compacted, test, result.rows, command)
 
 
 def _meet_target(
@@ -209,7 +211,8 @@ def compact_run(run_dir: str | Path) -> Compacted:
     """Redo the compaction of a trained run and save ``compact.safetensors``/``compact.json``."""
     run = load_run(run_dir)
     compacted = compact_model(run.model, run.config.compact, example_inputs(run.test.images))
-    save_compact(Path(run_dir), compacted)
+    with reporting_write_errors("compact model into", run_dir):
+        save_compact(Path(run_dir), compacted)
     return compacted
 
 
@@ -230,4 +233,5 @@ def report_run(run_dir: str | Path, command: str | None = None) -> dict[str, Any
             compacted = Compacted(compacted.model, diff, f"{check.shape[0]} test images", False)
     else:
         compacted = compact_model(run.model, run.config.compact, example_inputs(run.test.images))
-    return build_report(run.config, run_dir, run.model, compacted, run.test, run.rows, command)
+    with reporting_write_errors("report into", run_dir):
+        return build_report(run.config, run_dir, run.model, compacted, run.test, run.rows, command)
