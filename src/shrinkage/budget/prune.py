@@ -320,6 +320,15 @@ def prune(
     _check_round_to(round_to, min_channels)
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "cpu":  # selection and compaction decide on the CPU (see compact())
+        inputs = tuple(x.cpu() if isinstance(x, Tensor) else x for x in example_inputs)
+        result = prune(copy.deepcopy(model).cpu(), inputs, budget, round_to=round_to, min_channels=min_channels,
+                       depth=depth, options=options)  # fmt: skip
+        result.model.to(device)  # in place: the zero mask keeps pointing at its parameters
+        result.compact.to(device)
+        result._masks = {k: (p, keep.to(device)) for k, (p, keep) in result._masks.items()}
+        return result
     search = _Search(model, example_inputs, budget, options or CompactOptions(), round_to, min_channels, depth)
     if not search.units:
         raise BudgetError(f"prune: {type(model).__name__} has no removable channel or head to meet {budget}")

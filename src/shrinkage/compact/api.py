@@ -167,6 +167,13 @@ def compact(
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "cpu":
+        # the plan's masks, folds and index sets are CPU tensors; deciding on a CPU copy
+        # keeps every rule device-agnostic, and the result is moved back where it came from
+        on_cpu = copy.deepcopy(model).cpu()
+        inputs = tuple(x.cpu() if isinstance(x, Tensor) else x for x in example_inputs)
+        return compact(on_cpu, inputs, options, atol=atol).to(device)
     plan = plan_compaction(model, example_inputs, options)
     new = apply_plan(model, plan)
     reference, got = _outputs(model, example_inputs), _outputs(new, example_inputs)
