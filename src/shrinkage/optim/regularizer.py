@@ -1,10 +1,18 @@
-"""A model's regularization: rules resolved once into (grouping, penalty) terms."""
+"""A model's regularization: rules resolved once into (grouping, penalty) terms.
+
+Each rule's strength can be scaled at run time by a multiplier, ``scales[rule]``
+(default 1.0): penalties are frozen dataclasses, so whatever adapts the strength during
+training (:mod:`shrinkage.optim.controller`) changes the multiplier, not the penalty.
+Both the proximal threshold and :meth:`Regularizer.value` use it.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +22,7 @@ from shrinkage.groups.base import Grouping
 from shrinkage.groups.kinds import GroupKind
 from shrinkage.optim.rules import Rule
 from shrinkage.penalties.base import Penalty
+from shrinkage.penalties.nuclear_norm import NuclearNorm
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +47,27 @@ def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
+class StrengthController(Protocol):
+    """What adapts a regularizer's ``scales`` during training (see ``attach_controller``).
+
+    A :class:`ProximalOptimizer` calls ``before_prox`` between its gradient step and the
+    prox, and ``after_prox`` after the prox; the state travels in the regularizer's (and so
+    the optimizer's) ``state_dict``; ``stats`` are added to the per-epoch metrics rows.
+    """
+
+    def before_prox(self, optimizer: Any) -> None: ...
+
+    def after_prox(self, optimizer: Any) -> None: ...
+
+    def stats(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Regularizer:
-    """``sum_terms penalty(grouping)`` over a model, with value, prox and statistics."""
+    """``sum_terms scale[rule] * penalty(grouping)`` over a model, with value, prox and statistics."""
 
     def __init__(self, model: nn.Module, rules: Sequence[Rule]) -> None:
         terms: list[Term] = []
@@ -50,19 +78,47 @@ class Regularizer:
             for grouping in rule.groups.build_for(model, chosen):
                 terms.append(Term(i, grouping, rule.penalty, rule.groups, rule.every))
         self.terms: tuple[Term, ...] = tuple(terms)
+        #: strength multiplier per rule index; the threshold is ``lr * every * scale * strength``
+        self.scales: dict[int, float] = {i: 1.0 for i in range(len(rules))}
+        #: set by ``attach_controller``; ProximalOptimizer calls it around each prox
+        self.controller: StrengthController | None = None
         log.info("regularizer: %d terms from %d rules", len(self.terms), len(rules))
+
+    def scale_of(self, term: Term) -> float:
+        return self.scales.get(term.rule, 1.0)
+
+    def set_scale(self, rule: int, scale: float) -> None:
+        """Set rule ``rule``'s strength multiplier (finite, >= 0)."""
+        if rule not in self.scales:
+            raise ConfigError(f"regularizer has no rule {rule} (rules 0..{len(self.scales) - 1})")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise ConfigError(f"strength scale of rule {rule} must be a finite number >= 0, got {scale!r}")
+        self.scales[rule] = float(scale)
 
     def value(self) -> Tensor:
         """Differentiable total penalty (add it to the loss in the subgradient mode)."""
         total: Tensor | None = None
         for term in self.terms:
-            v = term.penalty.value(term.grouping.gather())
+            v = self.scale_of(term) * term.penalty.value(term.grouping.gather())
             total = v if total is None else total + v
         return total if total is not None else torch.zeros(())
 
+    def step_for(self, term: Term, step_of: dict[int, float]) -> float:
+        """The prox step of ``term``: ``lr * every * scale`` (the penalty multiplies in its strength).
+
+        ``step_of`` maps ``id(parameter)`` to the learning rate its threshold uses.
+        """
+        lrs = {step_of[id(p)] for p in term.grouping.parameters}
+        if len(lrs) != 1:
+            raise ConfigError(
+                f"term {term.label}: its parameters have different learning rates {sorted(lrs)}; "
+                "put them in one optimizer parameter group"
+            )
+        return lrs.pop() * term.every * self.scale_of(term)
+
     @torch.no_grad()
     def prox_(self, step_of: dict[int, float], step_count: int = 1) -> None:
-        """Apply every term's proximal map with ``step = lr`` of its parameters.
+        """Apply every term's proximal map with ``step = lr * scale`` of its parameters.
 
         ``step_of`` maps ``id(parameter)`` to its learning rate. Terms with ``every = k``
         run on every k-th call with a k-times larger step.
@@ -70,15 +126,54 @@ class Regularizer:
         for term in self.terms:
             if step_count % term.every:
                 continue
-            lrs = {step_of[id(p)] for p in term.grouping.parameters}
-            if len(lrs) != 1:
-                raise ConfigError(
-                    f"term {term.label}: its parameters have different learning rates {sorted(lrs)}; "
-                    "put them in one optimizer parameter group"
-                )
+            step = self.step_for(term, step_of)
+            if step == 0:
+                continue  # the identity map (a rule switched off by its scale)
             matrix = term.grouping.gather()
-            term.penalty.prox_(matrix, lrs.pop() * term.every)
+            term.penalty.prox_(matrix, step)
             term.grouping.scatter_(matrix)
+
+    @torch.no_grad()
+    def hard_threshold_(self, step_of: dict[int, float]) -> int:
+        """Remove, without shrinking anything else, what one prox step would remove.
+
+        For zero-inducing penalties: every weight that ``prox_`` at this step would set to
+        zero (whole groups, and single weights of L1 parts) is set to zero, the others keep
+        their values. For the nuclear norm: singular values ``sigma_i <= step * strength``
+        are truncated, the others kept (``W <- U_r S_r V_r^T``). Returns the number of
+        structures (groups or singular values) removed.
+        """
+        removed = 0
+        for term in self.terms:
+            step = self.step_for(term, step_of)
+            if step == 0:
+                continue
+            matrix = term.grouping.gather()
+            if isinstance(term.penalty, NuclearNorm):
+                removed += _truncate_singular_values_(matrix, step * term.penalty.strength)
+            elif term.penalty.induces_zeros:
+                probe = matrix.clone()
+                term.penalty.prox_(probe, step)
+                alive = matrix.abs().amax(dim=1) > 0
+                matrix[probe == 0] = 0
+                removed += int((alive & (matrix.abs().amax(dim=1) == 0)).sum())
+            else:
+                continue
+            term.grouping.scatter_(matrix)
+        return removed
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strength multipliers and the attached controller's state."""
+        state: dict[str, Any] = {"scales": dict(self.scales)}
+        if self.controller is not None:
+            state["controller"] = self.controller.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for rule, scale in state.get("scales", {}).items():
+            self.set_scale(int(rule), scale)
+        if self.controller is not None and "controller" in state:
+            self.controller.load_state_dict(state["controller"])
 
     @torch.no_grad()
     def zero_small_groups_(self, threshold: float) -> int:
@@ -110,3 +205,19 @@ class Regularizer:
             for p in term.grouping.parameters:
                 seen.setdefault(id(p), p)
         return list(seen.values())
+
+
+def _truncate_singular_values_(matrix: Tensor, threshold: float) -> int:
+    """Keep the singular values above ``threshold`` unchanged and drop the rest, in place;
+    zero rows and columns stay exactly zero. Returns how many non-zero values were dropped."""
+    zero_rows = matrix.abs().amax(dim=1) == 0
+    zero_cols = matrix.abs().amax(dim=0) == 0
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    drop = (s <= threshold) & (s > 0)
+    if not drop.any():
+        return 0
+    out = (u * torch.where(drop, torch.zeros_like(s), s)) @ vh
+    out[zero_rows] = 0
+    out[:, zero_cols] = 0
+    matrix.copy_(out)
+    return int(drop.sum())
