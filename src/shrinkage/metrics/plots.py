@@ -141,3 +141,44 @@ def plot_singular_values(
     if plotted:
         axes.legend(fontsize="small")
     return _save(figure, path)
+
+
+def _column(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
+
+
+def plot_budget_control(rows: Iterable[Mapping[str, Any]], path: Path | str) -> Path:
+    """Training to a budget, per epoch: each rule's strength multiplier (log scale, top)
+    and the estimated MAC fraction against the target (bottom).
+
+    ``rows`` are the run's metrics rows (``metrics.csv``): the columns
+    ``strength_scale[ruleN]``, ``estimated_macs``, ``target_macs`` and, if present,
+    ``forecast_macs``; epochs are ``global_epoch`` (else ``epoch``). Rows without them
+    (a run without a controller) leave gaps.
+    """
+    dicts = [dict(row) for row in rows]
+    epochs = [float(d.get("global_epoch", d.get("epoch", i + 1))) for i, d in enumerate(dicts)]
+    scales = sorted({k for d in dicts for k in d if k.startswith("strength_scale[")})
+    figure = _new_figure(7.0, 6.0)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    for key in scales:
+        values = [v if v > 0 else math.nan for v in _column(dicts, key)]  # 0 (warm-up) has no log
+        top.plot(epochs, values, marker="o", label=key[len("strength_scale[") : -1])
+    top.set_yscale("log")
+    top.set_ylabel("strength multiplier")
+    top.set_title("Training to a MAC budget")
+    if scales:
+        top.legend(fontsize="small")
+    for key, label, style in (
+        ("estimated_macs", "estimated", "-o"),
+        ("forecast_macs", "forecast", ":"),
+        ("target_macs", "target", "--"),
+    ):
+        if any(key in d for d in dicts):
+            bottom.plot(epochs, _column(dicts, key), style, label=label)
+    bottom.set_ylim(0.0, 1.05)
+    bottom.set_ylabel("MACs / dense MACs")
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.legend(fontsize="small")
+    return _save(figure, path)

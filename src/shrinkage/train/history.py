@@ -33,13 +33,20 @@ def term_labels(regularizer: Regularizer, rules: Sequence[Rule]) -> list[str]:
 
 @torch.no_grad()
 def structure_stats(regularizer: Regularizer | None, labels: Sequence[str]) -> dict[str, float]:
-    """Flat ``{"conv1.filters.zero_groups": 0.25, "fc1.matrix.rank": 12.0, ...}``."""
+    """Flat ``{"conv1.filters.zero_groups": 0.25, "fc1.matrix.rank": 12.0, ...}``.
+
+    With a budget controller attached to the regularizer, also its columns: each rule's
+    strength multiplier (``strength_scale[rule0]``), ``estimated_macs``, ``forecast_macs``
+    and ``target_macs`` (fractions of the dense model's MACs).
+    """
     if regularizer is None:
         return {}
     stats: dict[str, float] = {}
     for label, term in zip(labels, regularizer.terms):
         for key, value in term.penalty.structure(term.grouping.gather()).items():
             stats[f"{label}.{key}"] = float(value)
+    if regularizer.controller is not None:
+        stats.update({key: float(value) for key, value in regularizer.controller.stats().items()})
     return stats
 
 

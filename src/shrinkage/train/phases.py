@@ -8,6 +8,13 @@ removed structures.
 
 Each phase is a factory: its optimizer and masks are created when the phase starts,
 from the weights at that moment (the fine-tuning mask must see the final zeros).
+
+Training to a budget: a :class:`shrinkage.optim.BudgetController` attached to the
+regularizer (``attach_controller``) adapts the penalty strengths during the regularize
+phase; it runs inside the proximal optimizer, whose state (and so every checkpoint)
+carries the controller's. ``threshold`` says how the proximal threshold follows the
+learning rate (:class:`shrinkage.optim.ThresholdPolicy`); at the end of the regularize
+phase the optimizer's ``finish_`` applies its final truncation, if any.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from shrinkage.config import Mode, RunConfig
-from shrinkage.optim import ProximalOptimizer, Regularizer, ZeroMask
+from shrinkage.errors import ConfigError
+from shrinkage.optim import BudgetController, ProximalOptimizer, Regularizer, ThresholdPolicy, ZeroMask
 from shrinkage.train.setup import sgd
 
 log = logging.getLogger(__name__)
@@ -75,8 +83,20 @@ class Phase:
     start: Callable[[bool], PhaseRuntime]
 
 
-def plan_phases(config: RunConfig, model: nn.Module, regularizer: Regularizer | None) -> list[Phase]:
-    """The phases of a run, in order (a phase with 0 epochs is still listed, and skipped)."""
+def plan_phases(
+    config: RunConfig,
+    model: nn.Module,
+    regularizer: Regularizer | None,
+    controller: BudgetController | None = None,
+    threshold: ThresholdPolicy | None = None,
+) -> list[Phase]:
+    """The phases of a run, in order (a phase with 0 epochs is still listed, and skipped).
+
+    ``controller``: a budget controller attached to ``regularizer`` (proximal mode only;
+    one attached to the regularizer runs whether or not it is passed here).
+    ``threshold``: the proximal threshold policy (default: the plain ``lr * strength``).
+    """
+    _check_controller(config, regularizer, controller)
 
     def regularize(resumed: bool) -> PhaseRuntime:
         optimizer = sgd(model.parameters(), config.train.lr, config)
@@ -84,12 +104,17 @@ def plan_phases(config: RunConfig, model: nn.Module, regularizer: Regularizer | 
         if regularizer is None:
             return PhaseRuntime(optimizer, scheduler)
         if config.regularization.mode is Mode.PROXIMAL:
-            return PhaseRuntime(ProximalOptimizer(optimizer, regularizer), scheduler)
-        threshold = config.regularization.zero_threshold
+            proximal = ProximalOptimizer(optimizer, regularizer, threshold)
+
+            def finish() -> None:
+                proximal.finish_()
+
+            return PhaseRuntime(proximal, scheduler, at_end=finish)
+        zero_threshold = config.regularization.zero_threshold
 
         def zero_small() -> None:
-            zeroed = regularizer.zero_small_groups_(threshold)
-            log.info("subgradient mode: set %d groups with norm < %g to zero", zeroed, threshold)
+            zeroed = regularizer.zero_small_groups_(zero_threshold)
+            log.info("subgradient mode: set %d groups with norm < %g to zero", zeroed, zero_threshold)
 
         return PhaseRuntime(optimizer, scheduler, penalty=regularizer.value, at_end=zero_small)
 
@@ -107,6 +132,18 @@ def plan_phases(config: RunConfig, model: nn.Module, regularizer: Regularizer | 
         return PhaseRuntime(optimizer, scheduler, after_step=mask.apply_)
 
     return [Phase(REGULARIZE, config.train.epochs, regularize), Phase(FINETUNE, config.finetune.epochs, finetune)]
+
+
+def _check_controller(
+    config: RunConfig, regularizer: Regularizer | None, controller: BudgetController | None
+) -> None:
+    attached = regularizer.controller if regularizer is not None else None
+    if controller is not None and controller is not attached:
+        raise ConfigError("target: the budget controller is not attached to this run's regularizer "
+                          "(build it with attach_controller(regularizer, ...))")
+    if attached is not None and config.regularization.mode is not Mode.PROXIMAL:
+        raise ConfigError("regularization.mode: training to a budget needs the proximal mode "
+                          f"(the controller runs inside proximal steps), got {config.regularization.mode.value}")
 
 
 def _reinitialize(model: nn.Module, seed: int) -> None:
