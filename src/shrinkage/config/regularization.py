@@ -188,6 +188,14 @@ class RegularizationConfig:
     rules: tuple[RuleConfig, ...] = ()
     #: subgradient mode only: groups whose L2 norm ends below this are set to zero
     zero_threshold: float = 1e-3
+    #: proximal mode: the threshold uses max(lr, min_lr_fraction * initial lr), so a schedule
+    #: decaying to zero does not switch the penalty off while momentum still moves weights
+    min_lr_fraction: float = 0.0
+    #: proximal mode: at the end of training, remove what the last threshold would remove
+    truncate_at_end: bool = False
 
     def __post_init__(self) -> None:
         non_negative("zero_threshold", self.zero_threshold)
+        in_range("min_lr_fraction", self.min_lr_fraction, 0.0, 1.0, low_open=False, high_open=False)
+        if not isinstance(self.truncate_at_end, bool):
+            raise FieldError("truncate_at_end", f"must be true or false, got {self.truncate_at_end!r}")

@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from shrinkage.config import RunConfig, resolve_rule, resolve_rules, to_dict
+from shrinkage.config import Mode, RunConfig, resolve_rule, resolve_rules, to_dict
 from shrinkage.data import ImageDataset, batches
 from shrinkage.errors import ConfigError, TrainingError
 from shrinkage.io import load_checkpoint, reporting_write_errors, save_checkpoint
 from shrinkage.metrics import evaluate
-from shrinkage.optim import Regularizer
+from shrinkage.optim import Regularizer, ThresholdPolicy
+from shrinkage.optim.controller import BudgetController, attach_controller
 from shrinkage.train.history import structure_stats, term_labels, write_metrics
 from shrinkage.train.phases import Phase, PhaseRuntime, plan_phases
 
@@ -123,10 +124,27 @@ class Trainer:
         self.rules = resolve_rules(config.regularization, (1, *train_set.images.shape[1:]))
         self.regularizer = Regularizer(model, self.rules) if self.rules else None
         self.labels = term_labels(self.regularizer, self.rules) if self.regularizer else []
-        self.phases = plan_phases(config, model, self.regularizer)
+        self.controller = self._controller(config, model, train_set)
+        reg = config.regularization
+        threshold = ThresholdPolicy(reg.min_lr_fraction, reg.truncate_at_end)
+        self.phases = plan_phases(config, model, self.regularizer, self.controller, threshold)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.rows: list[dict[str, Any]] = []
         self._last_good: str | None = None
+
+    def _controller(self, config: RunConfig, model: nn.Module, train_set: ImageDataset) -> BudgetController | None:
+        """With a ``target.macs`` and proximal penalties, a controller drives the strengths so
+        that what compaction would remove reaches the budget by the end of training (the
+        selection after training then makes it exact)."""
+        target = config.target
+        if target is None or target.macs is None or self.regularizer is None:
+            return None
+        if config.regularization.mode is not Mode.PROXIMAL or config.train.epochs == 0:
+            log.info("target.macs: no strength controller (it needs proximal training); selection alone meets it")
+            return None
+        steps = config.train.epochs * math.ceil(len(train_set) / config.data.batch_size)
+        example = train_set.images[:1].clone()
+        return attach_controller(self.regularizer, model, (example,), target.macs, total_steps=steps)
 
     @property
     def checkpoint_path(self) -> Path:
