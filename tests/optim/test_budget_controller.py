@@ -9,6 +9,7 @@ too small and 100x too large, for every group kind and for the nuclear norm.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -183,14 +184,16 @@ class Run:
     data: torch.Generator
 
 
-def _start(kind: str, strength: float, steps: int = STEPS, config: ControllerConfig = CONFIG, seed: int = 0) -> Run:
+def _start(
+    kind: str, strength: float, steps: int = STEPS, config: ControllerConfig = CONFIG, seed: int = 0, every: int = 1
+) -> Run:
     case = CASES[kind]
     teacher = Teacher(case.build, case.shape, seed)
     torch.manual_seed(seed)
     model = case.build()
     example = torch.randn((1, *case.shape), generator=torch.Generator().manual_seed(seed + 300))
     budget = case.budget if isinstance(case.budget, float) else case.budget(model, example)
-    regularizer = Regularizer(model, case.rules(strength))
+    regularizer = Regularizer(model, [dataclasses.replace(rule, every=every) for rule in case.rules(strength)])
     optimizer = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), regularizer)
     attach_controller(regularizer, model, example, Budget(macs=budget), config, steps)
     return Run(model, regularizer, optimizer, example, budget, teacher, torch.Generator().manual_seed(seed + 1))
@@ -414,12 +417,13 @@ def test_a_controlled_run_logs_its_strengths_and_resumes_exactly(tmp_path: Path)
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_controller_state_survives_the_checkpoint_encoding() -> None:
-    run = _start("nuclear", CASES["nuclear"].nominal, steps=60)
-    _train(run, 30)
+@pytest.mark.parametrize("every", [1, 3])  # with every = 3 the rank is checked on prox steps only
+def test_controller_state_survives_the_checkpoint_encoding(every: int) -> None:
+    run = _start("nuclear", CASES["nuclear"].nominal, steps=60, every=every)
+    _train(run, 31)
     tensors: dict[str, torch.Tensor] = {}
     state = decode(encode(run.optimizer.state_dict(), "state", tensors), tensors)
-    twin = _start("nuclear", CASES["nuclear"].nominal, steps=60)
+    twin = _start("nuclear", CASES["nuclear"].nominal, steps=60, every=every)
     twin.model.load_state_dict(run.model.state_dict())
     twin.optimizer.load_state_dict(state)
     twin.data.set_state(run.data.get_state())

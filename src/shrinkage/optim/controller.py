@@ -188,7 +188,7 @@ class BudgetController:
         self.steps += 1
         lrs = optimizer.threshold_lrs()
         if self.active:
-            self.gate.settle(self.target(self.steps), self.config.slack, self._cautious, lrs)
+            self.gate.settle(self.target(self.steps), self.config.slack, self._cautious, lrs, optimizer.prox_steps)
         if self.steps == self.warmup_steps and not self.active:
             self._update(lrs, START_RANGE, damped=False)
             self.active = True
@@ -264,7 +264,7 @@ class BudgetController:
             "bias": self.bias, "due": dict(self._due), "log_scales": dict(self.log_scales),
             "last_estimate": self.last_estimate, "last_forecast": self.last_forecast, "exact": self.exact is not None,
             "previous": list(self._previous), "previous_step": self._previous_step,
-            "dead": list(self.gate.dead), "ranks": list(self.gate.ranks),
+            "gate": self.gate.state_dict(),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -276,8 +276,7 @@ class BudgetController:
         if not state["exact"]:
             self.exact = None
         self._previous, self._previous_step = list(state["previous"]), int(state["previous_step"])
-        self.gate.dead = list(state["dead"])
-        self.gate.ranks = [None if r is None else int(r) for r in state["ranks"]]
+        self.gate.load_state_dict(state["gate"])
         self._apply(off=not self.active)
 
 

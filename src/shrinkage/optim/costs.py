@@ -15,6 +15,7 @@ channel; a conv2 input channel whose columns are all zero frees a conv1 filter).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -100,23 +101,23 @@ class _Context:
             self.layers[name] = Layer(float(self.macs.get(name, 0)), w.shape[0], w[0].numel(), math.prod(w.shape[2:]))
         return self.layers[name]
 
-    def is_layer_weight(self, param: Tensor) -> bool:
-        name, attr = self.owner.get(id(param), ("", ""))
-        return attr == "weight" and isinstance(self.model.get_submodule(name), _LAYERS)
-
     def removal(self, param: Tensor, dim: int, index: Tensor) -> Removal | None:
         """The layer positions a slice ``index`` along ``dim`` of ``param`` occupies; ``None``
         for anything but a conv/linear weight (biases and norm scales cost no MACs)."""
-        if not self.is_layer_weight(param):
+        name, attr = self.owner.get(id(param), ("", ""))
+        return self.named_removal(name, attr, dim, index)
+
+    def named_removal(self, name: str, attr: str, dim: int, index: Tensor) -> Removal | None:
+        module = self.model.get_submodule(name) if attr else None
+        if attr != "weight" or not isinstance(module, _LAYERS):
             return None
-        name, _ = self.owner[id(param)]
-        module = self.model.get_submodule(name)
         self.weight_layer(name)
-        if dim % param.dim() == 0:
+        ndim, index = module.weight.dim(), index.cpu()
+        if dim % ndim == 0:
             return Removal(name, 0, index)
         grouped = not isinstance(module, nn.Linear) and module.groups != 1
-        if dim % param.dim() == 1 and not grouped:
-            k = math.prod(param.shape[2:])  # a channel is kh*kw im2col columns
+        if dim % ndim == 1 and not grouped:
+            k = math.prod(module.weight.shape[2:])  # a channel is kh*kw im2col columns
             columns = index.unsqueeze(-1) * k + torch.arange(k)
             return Removal(name, 1, columns.reshape(index.shape[0], -1))
         return None
@@ -199,14 +200,20 @@ def build_costs(
 
 def _spaces(ctx: _Context, example_inputs: Sequence[Any]) -> list[Space]:
     """The channel spaces produced by the model's layers. Empty when the model cannot be
-    traced from a single tensor input: then no removal frees another layer's slices."""
+    traced from a single tensor input: then no removal frees another layer's slices.
+
+    The graph is traced on a CPU copy (the model may be on an accelerator, and tracing
+    runs it: BatchNorm statistics would move); members map back by parameter name.
+    """
     if len(example_inputs) != 1 or not isinstance(example_inputs[0], Tensor):
         return []
     example = example_inputs[0]
     vocab = None if example.is_floating_point() else int(example.max()) + 1
-    layers = [(n, m) for n, m in ctx.model.named_modules() if isinstance(m, _LAYERS)]
+    twin = copy.deepcopy(ctx.model).cpu()
+    names = {id(p): name.rpartition(".") for name, p in twin.named_parameters()}
+    layers = [(n, m) for n, m in twin.named_modules() if isinstance(m, _LAYERS)]
     try:
-        groupings = CoupledChannels(tuple(example.shape), vocab).build_for(ctx.model, layers)
+        groupings = CoupledChannels(tuple(example.shape), vocab).build_for(twin, layers)
     except ShrinkageError as error:
         log.info("MAC estimate: no dependency graph, removals are not propagated (%s)", error)
         return []
@@ -217,7 +224,8 @@ def _spaces(ctx: _Context, example_inputs: Sequence[Any]) -> list[Space]:
         sides: dict[int, list[Removal]] = {0: [], 1: []}
         unknown = set()
         for param, dim, index in grouping.members:
-            found = ctx.removal(param, dim, index)
+            module, _, attr = names.get(id(param), ("", "", ""))
+            found = ctx.named_removal(module, attr, dim, index)
             if found is not None:
                 sides[found.axis].append(found)
             elif param.dim() >= 2:  # read or written by something that is not a layer weight

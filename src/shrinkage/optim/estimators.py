@@ -38,7 +38,7 @@ from shrinkage.compact.plan import CompactOptions
 from shrinkage.errors import ConfigError
 from shrinkage.metrics.size import count_macs
 from shrinkage.optim.costs import RANK_TOLERANCE, Layer, Space, build_costs, rank_from
-from shrinkage.optim.regularizer import Regularizer
+from shrinkage.optim.regularizer import Regularizer, Term
 from shrinkage.penalties import NuclearNorm
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,13 @@ class MacEstimator(ABC):
 
     @abstractmethod
     def estimate(self, model: nn.Module) -> float: ...
+
+
+def summary_of(term: Term, matrix: Tensor) -> Tensor:
+    """What the estimate reads of a term's matrix, on the CPU in float64: its singular
+    values for a nuclear norm, else its group norms."""
+    m = matrix.detach().double()
+    return (torch.linalg.svdvals(m) if isinstance(term.penalty, NuclearNorm) else m.norm(dim=1)).cpu()
 
 
 class StructureMacEstimator(MacEstimator):
@@ -75,17 +82,14 @@ class StructureMacEstimator(MacEstimator):
         given in the order of ``regularizer.terms``."""
         if matrices is None:
             matrices = [t.grouping.gather() for t in self.terms]
-        out = []
-        for term, m in zip(self.terms, matrices, strict=True):
-            m = m.detach().double()
-            out.append(torch.linalg.svdvals(m) if isinstance(term.penalty, NuclearNorm) else m.norm(dim=1))
-        return out
+        return [summary_of(term, m) for term, m in zip(self.terms, matrices, strict=True)]
 
     def from_summaries(self, summaries: Sequence[Tensor]) -> float:
         """``1 - saved / dense`` for these summaries, clipped to [0, 1]."""
         removed: dict[tuple[str, int], Tensor] = {}
         saved = 0.0
         for cost, summary in zip(self.costs, summaries, strict=True):
+            summary = summary.cpu()  # the layer positions are indexed on the CPU
             if isinstance(cost, Layer):  # a nuclear-norm term: savings of factorization at its rank
                 full = cost.outputs * cost.inputs
                 positions = cost.macs / full

@@ -25,13 +25,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from shrinkage.groups import Depth, Heads
 from shrinkage.optim.costs import rank_from
-from shrinkage.optim.estimators import StructureMacEstimator
+from shrinkage.optim.estimators import StructureMacEstimator, summary_of
 from shrinkage.optim.regularizer import Regularizer
 from shrinkage.penalties import NuclearNorm
 
@@ -50,7 +51,17 @@ class ZeroGate:
         self.ranked = [i for i, t in enumerate(self.terms) if isinstance(t.penalty, NuclearNorm)]
         self.dead: list[Tensor | None] = [None] * len(self.terms)
         self.ranks: list[int | None] = [None] * len(self.terms)
+        self._spectra: dict[int, Tensor] = {}  # singular values at the last rank check
         self._before: list[Tensor | None] = [None] * len(self.terms)
+
+    def state_dict(self) -> dict[str, Any]:
+        spectra = [self._spectra.get(i) for i in range(len(self.terms))]
+        return {"dead": list(self.dead), "ranks": list(self.ranks), "spectra": spectra}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dead = list(state["dead"])
+        self.ranks = [None if r is None else int(r) for r in state["ranks"]]
+        self._spectra = {i: s for i, s in enumerate(state["spectra"]) if s is not None}
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -59,15 +70,21 @@ class ZeroGate:
             self._before[i] = self.terms[i].grouping.gather().detach().clone()
 
     @torch.no_grad()
-    def settle(self, target: float, slack: float, estimate: Callable[[float], float], lrs: dict[int, float]) -> None:
+    def settle(
+        self, target: float, slack: float, estimate: Callable[[float], float], lrs: dict[int, float], step: int
+    ) -> None:
         """After the prox: admit new zeros down to ``target - slack``, re-zero held groups,
         record the zeros and ranks. ``estimate`` maps a raw estimate to the one compared
-        with the target; ``lrs`` are the threshold learning rates of this step.
+        with the target; ``lrs`` are the threshold learning rates of this step, ``step``
+        the proximal step count (a term with ``every = k`` is ranked on its prox steps only).
 
         Terms may share parameters (the coupled groups of consecutive layers: one holds a
         layer's rows, the next its columns), so all restores are written before all zeros,
         each on a fresh gather: a zero always wins over a restored weight.
         """
+        if not self.ranked and not self._new_zeros():
+            self._before = [None] * len(self.terms)
+            return
         summaries: list[Tensor] = [torch.zeros(0)] * len(self.terms)
         zero: dict[int, Tensor] = {}
         proposals: list[Proposal] = []
@@ -77,7 +94,7 @@ class ZeroGate:
             proposals += found
             refused += must_keep
         for i in self.ranked:
-            proposals += self._rank_proposals(i, summaries)
+            proposals += self._rank_proposals(i, summaries, step % self.terms[i].every == 0)
         for _, i, g in refused:
             summaries[i][g] = 1.0  # any non-zero value: the group survives
         if proposals:
@@ -86,6 +103,21 @@ class ZeroGate:
             if i in zero:
                 zero[i][g] = False
         self._write(refused, zero, lrs)
+
+    def _new_zeros(self) -> bool:
+        """Re-zero the held groups and say whether the prox made any new zero (the common
+        case is none: this costs one synchronization with the device per step)."""
+        new = torch.zeros((), dtype=torch.bool)
+        for i in self.gated:
+            grouping, dead = self.terms[i].grouping, self.dead[i]
+            matrix = grouping.gather().detach()
+            zero = matrix.abs().amax(dim=1) == 0
+            if dead is None:
+                return True
+            dead = dead.to(zero.device)
+            new = new.to(zero.device) | (zero & ~dead).any()
+            grouping.scatter_(matrix.masked_fill(dead.unsqueeze(1), 0))
+        return bool(new)
 
     def _group_proposals(
         self, i: int, summaries: list[Tensor], zero: dict[int, Tensor]
@@ -106,9 +138,13 @@ class ZeroGate:
             return found[:-1], found[-1:]  # the strongest group survives
         return found, []
 
-    def _rank_proposals(self, i: int, summaries: list[Tensor]) -> list[Proposal]:
-        """Singular values term ``i`` lost below last step's rank, as they were before the prox."""
-        summaries[i] = torch.linalg.svdvals(self.terms[i].grouping.gather().detach().double())
+    def _rank_proposals(self, i: int, summaries: list[Tensor], proxed: bool) -> list[Proposal]:
+        """Singular values term ``i`` lost below its last rank, as they were before the prox.
+        Between its prox steps the gradient step only adds rank: the last check stands."""
+        if not proxed and i in self._spectra:
+            summaries[i] = self._spectra[i]
+            return []
+        summaries[i] = self._spectra[i] = summary_of(self.terms[i], self.terms[i].grouping.gather())
         rank, previous, before = rank_from(summaries[i]), self.ranks[i], self._before[i]
         self.ranks[i] = rank
         if previous is None or rank >= previous or before is None:
@@ -154,13 +190,14 @@ class ZeroGate:
             matrix = self.terms[i].grouping.gather().detach().clone()
             kept = [g for _, j, g in refused if j == i]
             if i in zero:
-                rows = torch.tensor(kept, dtype=torch.long)
+                rows = torch.tensor(kept, dtype=torch.long, device=matrix.device)
                 matrix[rows] = before[rows].to(matrix.dtype)
             else:
                 term = self.terms[i]
                 threshold = self.regularizer.step_for(term, lrs) * term.penalty.strength
                 matrix = _threshold_keeping(before, threshold, kept).to(matrix.dtype)
-                self.ranks[i] = rank_from(torch.linalg.svdvals(matrix.double()))
+                self._spectra[i] = summary_of(term, matrix)
+                self.ranks[i] = rank_from(self._spectra[i])
             self.terms[i].grouping.scatter_(matrix)
         for i in self.gated:
             if bool(zero[i].any()):
@@ -180,7 +217,7 @@ def _threshold_keeping(matrix: Tensor, threshold: float, kept: Sequence[int]) ->
     zero_cols = matrix.abs().amax(dim=0) == 0
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
     shrunk = torch.clamp(s - threshold, min=0)
-    index = torch.tensor(list(kept), dtype=torch.long)
+    index = torch.tensor(list(kept), dtype=torch.long, device=s.device)
     shrunk[index] = s[index]
     out = (u * shrunk) @ vh
     out[zero_rows] = 0
