@@ -2,23 +2,24 @@
 
 Two estimators share the :class:`MacEstimator` interface:
 
-* :class:`StructureMacEstimator`, cheap enough to run every few steps. Its costs come
-  once from ``count_macs(model, example).per_module`` and the groupings' shapes. Every
-  group removes, when it is exactly zero, rows (outputs) or im2col columns (inputs) of
-  some layers: a filter its layer's row and, when that layer alone produces the
-  channel, the input slice of every layer reading it (found by the same dependency
-  graph as ``CoupledChannels``); a channel ``kh*kw`` columns; a shape column one
-  column; a head its share of the attention; a coupled group every member's slice. A
-  layer with ``M`` MACs, ``N`` rows and ``K`` columns then keeps
-  ``M * (kept rows / N) * (kept columns / K)``, rows and columns removed by several
-  groups or terms counted once. A depth group saves its block's MACs; a nuclear-norm
-  term with ``r`` singular values above ``RANK_TOLERANCE`` of the largest saves
-  ``positions * (out*in - min(out*in, r*(out+in)))``, ``positions = M / (out*in)``, what
-  factorization at that rank gives. This is a *linearized* estimate: depth and rank
-  savings add to the rest, whatever else zeroed the same layer; constants of dead
-  channels are assumed foldable (compaction cannot fold into a padded conv); input
-  selection is assumed to pay however few inputs go. The controller rescales it by the
-  exact count now and then.
+* :class:`StructureMacEstimator`, cheap enough to run every step. Its costs come once
+  from ``count_macs(model, example).per_module`` and the groupings' shapes
+  (:mod:`shrinkage.optim.costs`). A layer with ``M`` MACs, ``N`` rows (filters, output
+  neurons, heads) and ``K`` im2col columns keeps ``M * (kept rows / N) * (kept columns
+  / K)``. A group that is exactly zero removes rows or columns: a filter its row, a
+  channel its ``kh*kw`` columns, a shape column one column, a head its share of the
+  attention, a coupled group every member's slice. As in compaction, a channel that no
+  row produces any more or no column reads any more goes everywhere (a zero conv1
+  filter frees a conv2 input channel), and a conv's partial columns count only once it
+  would be lowered (``CompactOptions.lower_min_fraction`` of its kept channels' columns).
+  A depth group saves its block's MACs; a nuclear-norm term with ``r`` singular values
+  above ``RANK_TOLERANCE`` of the largest saves ``positions * (out*in - min(out*in,
+  r*(out+in)))``, ``positions = M / (out*in)``: what factorization at that rank gives.
+  This is a *linearized* estimate: depth and rank savings add to the rest, whatever
+  else zeroed the same layer; a dead channel's constant is assumed foldable
+  (compaction cannot fold a non-zero one into a padded conv); input selection is
+  assumed to pay however few inputs go. The controller rescales it by the exact count
+  now and then.
 * :class:`ExactMacEstimator`: compacts (and, for nuclear-norm layers, factorizes at each
   layer's current rank) a copy of the model and counts its MACs. Slow, and the truth.
 """
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from shrinkage.compact.plan import CompactOptions
 from shrinkage.errors import ConfigError
 from shrinkage.metrics.size import count_macs
-from shrinkage.optim.costs import RANK_TOLERANCE, Layer, Space, build_costs, rank_from
+from shrinkage.optim.costs import RANK_TOLERANCE, GroupCost, Layer, build_costs, rank_from
 from shrinkage.optim.regularizer import Regularizer, Term
 from shrinkage.penalties import NuclearNorm
 
@@ -110,19 +111,22 @@ class StructureMacEstimator(MacEstimator):
         return min(1.0, max(0.0, 1.0 - saved / self.dense))
 
     def group_costs(self) -> list[float]:
-        """Per term, the mean MACs one of its groups saves on its own (a singular value:
-        ``positions * (out + in)``), ignoring overlaps."""
+        """Per term, the mean MACs one of its groups saves when it alone is zero (what
+        compaction would then remove, the channels it frees included; sampled over up to
+        16 groups), or for a nuclear norm one singular value's ``positions * (out + in)``."""
+        dense = [torch.ones(_entries(cost)) for cost in self.costs]
         out = []
-        for cost in self.costs:
+        for i, cost in enumerate(self.costs):
             if isinstance(cost, Layer):
                 out.append(cost.macs / (cost.outputs * cost.inputs) * (cost.outputs + cost.inputs))
                 continue
-            per_group = cost.flat.clone()
-            for r in cost.removals:
-                layer = self.layers[r.layer]
-                size = layer.outputs if r.axis == 0 else layer.inputs
-                per_group += layer.macs * r.index.shape[1] / size
-            out.append(float(per_group.mean()) if per_group.numel() else 0.0)
+            n = cost.flat.numel()
+            saved = []
+            for g in torch.linspace(0, n - 1, min(n, 16)).round().long().unique().tolist():
+                trial = [d.clone() for d in dense]
+                trial[i][g] = 0.0
+                saved.append((1.0 - self.from_summaries(trial)) * self.dense)
+            out.append(sum(saved) / len(saved) if saved else 0.0)
         return out
 
     def _mask(self, removed: dict[tuple[str, int], Tensor], layer: str, axis: int) -> Tensor:
@@ -175,6 +179,11 @@ class StructureMacEstimator(MacEstimator):
 
 #: compaction replaces a conv by a GEMM over its kept columns only from this fraction on
 _LOWER_FROM = CompactOptions().lower_min_fraction
+
+
+def _entries(cost: GroupCost | Layer) -> int:
+    """How many entries a term's summary has: groups, or singular values."""
+    return min(cost.outputs, cost.inputs) if isinstance(cost, Layer) else cost.flat.numel()
 
 
 def _paying_columns(columns: Tensor, per_channel: int) -> Tensor:
