@@ -95,9 +95,8 @@ _SSL = """
 def _config(dataset: str, model: str, seed: int, epochs: int, rules: str, extra: list[str], device: str) -> RunConfig:
     text = _COMMON.format(name=f"{dataset}-{model}", model=model, dataset=dataset, epochs=epochs, seed=seed)
     text += "regularization:\n  mode: proximal\n  rules:" + (rules if rules else " []\n")
+    # Fashion-MNIST is found through $SHRINKAGE_DATA_DIR; MNIST falls back to the bundled copy
     overrides = [f"device={device}", *extra]
-    if os.environ.get("SHRINKAGE_DATA_DIR"):
-        overrides.append(f"data.dir={os.environ['SHRINKAGE_DATA_DIR']}")
     return parse_config(text, "budget_results", overrides)
 
 
@@ -117,6 +116,8 @@ class Bench:
         self.train_set, self.test_set = load_datasets(base, self.train_device)
         self.example = self.test_set.images[:1].clone().cpu()
         self.rows: list[dict[str, Any]] = []
+        #: called with the rows after each one: a run stopped midway still leaves its results
+        self.on_row: Any = None
         self.dense_macs = self.dense_params = self.dense_conv_macs = 0
 
     # -- training ------------------------------------------------------------------------
@@ -165,6 +166,8 @@ class Bench:
         log.info("%s %s seed %d budget %s: accuracy %.4f -> %.4f, MACs %.4f, params %.4f", self.dataset,
                  method, self.seed, budget, row["accuracy_selected"], row["accuracy"], row["macs"], row["params"])  # fmt: skip
         self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(self.rows)
 
     # -- methods -------------------------------------------------------------------------
     def factorized(self, model: nn.Module, budget: float) -> tuple[nn.Module, dict[str, int]]:
@@ -221,11 +224,14 @@ def _meta(command: str, device: str) -> dict[str, Any]:
 def _one(key: str, args: argparse.Namespace) -> Path:
     dataset, model, seed = key.split(":")
     bench = Bench(dataset, model, int(seed), args.epochs, args.finetune_epochs, args.device, args.runs_dir, args.limit_train)
-    result = bench.run()
     path = args.out / f"{dataset}-{model}-seed{seed}.json"
-    write_json(path, {**_meta(" ".join(["python", "benchmarks/budget_results.py", "--only", key]), args.device),
-                      "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
-                      "limit_train": args.limit_train, **result})  # fmt: skip
+    command = " ".join(["python", "benchmarks/budget_results.py", "--only", key, "--epochs", str(args.epochs),
+                        "--finetune-epochs", str(args.finetune_epochs), "--device", args.device])  # fmt: skip
+    head = {**_meta(command, args.device), "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+            "limit_train": args.limit_train, "dataset": dataset, "model": model, "seed": int(seed)}  # fmt: skip
+    bench.on_row = lambda rows: write_json(path, {**head, "complete": False, "rows": rows})
+    result = bench.run()
+    write_json(path, {**head, "complete": True, **result})
     return path
 
 
@@ -250,7 +256,7 @@ def _parallel(keys: list[str], args: argparse.Namespace, argv: list[str]) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="dataset:model:seed keys (default: all)")
-    parser.add_argument("--epochs", type=int, default=8, help="regularized / plain epochs (E)")
+    parser.add_argument("--epochs", type=int, default=6, help="regularized / plain epochs (E)")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after selection (F)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="processes at once when running several keys")
