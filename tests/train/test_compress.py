@@ -245,3 +245,16 @@ def test_compress_command_errors_are_one_line(args: list[str], expected: str, tm
 def test_compress_command_names_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compress", str(tmp_path / "absent"), "--target", "macs=0.5"]) == 2
     assert "absent" in error_line(capsys)
+
+
+def test_ssl_run_with_a_mac_target_trains_under_the_controller_and_plots_it(data_source: None, tmp_path: Path) -> None:
+    run = tmp_path / "ssl"
+    overrides = [*QUICK, "report.plots=true", "finetune.epochs=0", "target.macs=0.3"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["-q", "train", str(REPO / "configs" / "lenet_ssl_filters_channels.yaml"), *sets, "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert (run / "plots" / "budget_control.png").is_file()
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert "estimated_macs" in rows[0] and "target_macs" in rows[0]
+    report = json.loads((run / "report.json").read_text())
+    assert report["target"]["side_by_side"]["macs"]["met"]

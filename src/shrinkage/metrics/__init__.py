@@ -11,7 +11,7 @@ from shrinkage.metrics.layers import (
     rank_at_energy,
     singular_values,
 )
-from shrinkage.metrics.plots import plot_layer_sparsity, plot_singular_values, plot_weight_pattern
+from shrinkage.metrics.plots import plot_budget_control, plot_layer_sparsity, plot_singular_values, plot_weight_pattern
 from shrinkage.metrics.report import (
     conv_macs,
     latency_section,
@@ -37,6 +37,7 @@ __all__ = [
     "layer_table",
     "layer_table_markdown",
     "measure_latency",
+    "plot_budget_control",
     "plot_layer_sparsity",
     "plot_singular_values",
     "plot_weight_pattern",

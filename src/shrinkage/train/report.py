@@ -22,6 +22,7 @@ from shrinkage.metrics import (
     evaluate,
     latency_section,
     layer_table,
+    plot_budget_control,
     plot_layer_sparsity,
     plot_singular_values,
     plot_weight_pattern,
@@ -144,6 +145,9 @@ def build_report(
     report["training"] = _training_section(rows)
     if config.report.plots:
         report["plots"] = write_plots(run_dir, dense, report["layers"], config.compact.energy)
+        if any("estimated_macs" in row for row in rows):  # trained under the budget controller
+            path = plot_budget_control(rows, run_dir / PLOTS / "budget_control.png")
+            report["plots"].append(str(Path(path).relative_to(run_dir)))
     markdown = render_markdown(report) + "\n" + _training_markdown(report["training"])
     if config.target is not None:
         report["target"] = target_section(run_dir)
