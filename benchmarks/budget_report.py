@@ -94,7 +94,7 @@ def chart(setup: str, data: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("test error after fine-tuning, %")
     ax.set_title(f"{setup}: error vs MACs (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
