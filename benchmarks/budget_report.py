@@ -125,9 +125,33 @@ def table(summary: dict[str, Any]) -> str:
             budget = "–" if r["budget_macs"] is None else f"{100 * r['budget_macs']:.0f}%"
             lines.append(f"| {r['label']} | {budget} | {_pm(r['macs'])}% | {_pm(r['params'])}% | {_pm(r['conv_macs'])}% "
                          f"| {_pm(r['error_selected'])}% | {_pm(r['error'])}% | {_pm(r['drop'])} |")  # fmt: skip
+        lines += ["", *_verdicts(data["rows"])]
         slug = setup.replace("/", "-")
         lines += ["", f"![{setup}: error vs MACs](results/budget/{slug}.png)", ""]
     return "\n".join(lines)
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Does training-time compression beat compressing afterwards (plain training + SVD +
+    fine-tuning) by more than the spread across seeds? Computed, not written by hand."""
+    out = []
+    for budget in sorted({r["budget_macs"] for r in rows if r["budget_macs"] is not None}, reverse=True):
+        at = {r["method"]: r for r in rows if r["budget_macs"] == budget}
+        reference = at.get("plain+svd")
+        if reference is None:
+            continue
+        for method in ("nuclear", "nuclear+sgl", "ssl"):
+            r = at.get(method)
+            if r is None:
+                continue
+            diff = 100 * (reference["error"]["mean"] - r["error"]["mean"])
+            spread = 100 * max(reference["error"]["std"], r["error"]["std"])
+            verdict = ("better by more than the spread across seeds" if diff > spread
+                       else "worse by more than the spread across seeds" if -diff > spread
+                       else "within the spread across seeds")  # fmt: skip
+            out.append(f"- {100 * budget:.0f}% MACs, {LABELS[method]}: error {_pm(r['error'])}% against "
+                       f"{_pm(reference['error'])}% for plain + SVD + fine-tuning ({diff:+.2f} points): {verdict}.")  # fmt: skip
+    return out
 
 
 def main() -> None:
