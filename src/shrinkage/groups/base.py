@@ -148,7 +148,8 @@ class SliceGrouping(Grouping):
         if len(n) != 1:
             raise ValueError(f"{label}: members disagree on the number of groups: {sorted(n)}")
         self.label = label
-        self.members = members
+        # index tensors live where their parameter does (index_select refuses a mix)
+        self.members = tuple((p, d, idx.to(p.device)) for p, d, idx in members)
         self.n_groups = n.pop()
 
     @property

@@ -11,6 +11,7 @@ what the penalty zeroed, with no constant left to fold.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ class CoupledChannels(GroupKind):
             example = torch.randn(self.input_shape, generator=gen)
         else:
             example = torch.randint(0, self.vocab, self.input_shape, generator=gen)
-        graph = build_channel_graph(model, (example,), default_rules())
+        # traced on a CPU copy: the graph only supplies names and positions, and its rules
+        # build CPU index tensors (SliceGrouping moves them to each parameter's device)
+        graph = build_channel_graph(copy.deepcopy(model).cpu(), (example,), default_rules())
         params = dict(model.named_parameters())
         groupings: list[Grouping] = []
         for root in graph.table.roots():
