@@ -27,7 +27,6 @@ and refresh the README table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -46,7 +45,7 @@ from shrinkage import Budget
 from shrinkage.budget.factorize import ranks_under_budget
 from shrinkage.compact.factorize import build_factorized
 from shrinkage.config import RunConfig, parse_config
-from shrinkage.data import ImageDataset, batches
+from shrinkage.data import batches
 from shrinkage.io import write_json
 from shrinkage.metrics import count_macs, count_parameters, evaluate
 from shrinkage.train.recover import finetune

@@ -12,19 +12,12 @@ from shrinkage import Budget, BudgetError
 from shrinkage.budget.ranks import DENSE, LayerSpectrum, Totals, select_ranks
 from shrinkage.errors import ConfigError
 from shrinkage.metrics import count_macs, count_parameters
-from shrinkage.zoo import ModelSpec, build_model
-from support.zoo import build
+from support.budget_models import budget_model
 
 TOLERANCE = 0.02
 
 
-def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    if name == "lenet":
-        return build_model(ModelSpec("lenet", 1, 10, 28)).eval(), torch.randn(2, 1, 28, 28)
-    if name == "resnet20":
-        return build_model(ModelSpec("resnet20", 3, 10, 32)).eval(), torch.randn(2, 3, 32, 32)
-    return build(name), torch.randn(1, 3, 32, 32)
+_model = budget_model
 
 
 @pytest.mark.parametrize("name", ["lenet", "resnet20", "resnet18", "mobilenet_v2"])

@@ -15,21 +15,13 @@ from torch import nn
 import shrinkage
 from shrinkage import Budget, BudgetError
 from shrinkage.metrics import count_macs, count_parameters
-from shrinkage.zoo import ModelSpec, build_model
-from support.zoo import build
+from support.budget_models import budget_model
 
 #: the binding target must be reached within [(1 - TOLERANCE) * target, target]
 TOLERANCE = 0.02
 
 
-def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    if name == "lenet":
-        return build_model(ModelSpec("lenet", 1, 10, 28)).eval(), torch.randn(2, 1, 28, 28)
-    if name == "resnet20":
-        return build_model(ModelSpec("resnet20", 3, 10, 32)).eval(), torch.randn(2, 3, 32, 32)
-    size = 224 if name == "vit_b_16" else 32
-    return build(name), torch.randn(1, 3, size, size)
+_model = budget_model
 
 
 def _check(name: str, budget: Budget) -> None:

@@ -17,8 +17,9 @@ from shrinkage.config import (
     to_dict,
 )
 from shrinkage.config.fields import FieldError
-from shrinkage.errors import ConfigError
 from shrinkage.io import write_yaml
+
+from support.config import config_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,14 +30,6 @@ BASE = textwrap.dedent(
     train: {lr: 0.01, epochs: 2}
     """
 )
-
-
-def config_error(text: str, overrides: tuple[str, ...] = ()) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "run.yaml", overrides)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_target_block_loads_from_yaml() -> None:

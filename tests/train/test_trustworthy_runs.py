@@ -37,6 +37,8 @@ from shrinkage.errors import ConfigError, DataError
 from shrinkage.io import load_checkpoint, save_checkpoint
 from shrinkage.train import CHECKPOINT, Trainer, pipeline, run_experiment, seed_everything
 
+from support.config import config_error
+
 from .helpers import tiny_config, tiny_data, tiny_model
 
 BASE = textwrap.dedent(
@@ -53,14 +55,6 @@ BASE = textwrap.dedent(
           penalty: {kind: group_lasso, strength: 1.0e-3}
     """
 )
-
-
-def config_error(text: str, overrides: tuple[str, ...] = ()) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "run.yaml", overrides)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- 1. duplicate YAML keys ------------------------------------------------------------
