@@ -125,7 +125,7 @@ def table(summary: dict[str, Any]) -> str:
             budget = "–" if r["budget_macs"] is None else f"{100 * r['budget_macs']:.0f}%"
             lines.append(f"| {r['label']} | {budget} | {_pm(r['macs'])}% | {_pm(r['params'])}% | {_pm(r['conv_macs'])}% "
                          f"| {_pm(r['error_selected'])}% | {_pm(r['error'])}% | {_pm(r['drop'])} |")  # fmt: skip
-        lines += ["", *_verdicts(data["rows"])]
+        lines += ["", *_verdicts(data["rows"]), "", "Produced by: " + "; ".join(f"`{c}`" for c in meta["commands"])]
         slug = setup.replace("/", "-")
         lines += ["", f"![{setup}: error vs MACs](results/budget/{slug}.png)", ""]
     return "\n".join(lines)
