@@ -230,6 +230,16 @@ def test_controller_lands_on_the_budget(kind: str, start: str) -> None:
     assert moved > 10 if factor < 1 else moved < 0.1
 
 
+def test_at_a_small_budget_the_gate_stops_close_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate's slack is relative to the target: an absolute one (0.01) let a 6% budget
+    end at 5.0% of the MACs, a sixth below it."""
+    monkeypatch.setitem(CASES, "coupled", dataclasses.replace(CASES["coupled"], budget=0.06))
+    run = _start("coupled", CASES["coupled"].nominal)
+    _train(run, STEPS)
+    exact = ExactMacEstimator(run.regularizer, run.model, (run.example,)).estimate(run.model)
+    assert 0.06 * 0.92 <= exact <= 0.06 * 1.02
+
+
 # ------------------------------------------------------------------ zeros are held
 
 

@@ -35,8 +35,8 @@ to the other rules' (geometric mean 1).
 
 **Zeros are kept and admitted** (:mod:`shrinkage.optim.gate`): a zero group stays zero
 while the controller runs, and a step may add zeros (or drop ranks) only down to the
-current target less ``slack``. The forecast steers; the gate keeps the estimate from
-overshooting.
+current target less ``slack`` of it (relative). The forecast steers; the gate keeps the
+estimate from overshooting.
 
 **Exact recalibration** (every ``exact_every`` updates): a copy of the model is
 compacted and the removed fraction the controller uses is rescaled by
@@ -89,7 +89,8 @@ class ControllerConfig:
     ``interval``: optimizer steps between updates. ``horizon``: steps the forecast looks
     ahead. ``gain``: the fraction (in log space) of a solved increase applied.
     ``max_factor``: the most one update multiplies or divides a strength by. ``slack``:
-    how far below the current target a step's new zeros may take the estimate.
+    how far below the current target a step's new zeros may take the estimate, as a
+    fraction of the target.
     ``exact_every``: updates between exact recalibrations (0: never). ``cost_weighted``:
     scale each rule's strength by the mean MACs its groups save.
     """

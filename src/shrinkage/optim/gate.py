@@ -9,7 +9,8 @@
 * **Admitted zeros.** Because zeros are held, zeroing too much is permanent. The zeros a
   step makes (groups, and singular values a nuclear norm drops below the last step's
   rank) are proposals: while the estimate with all of them stays at or above the floor
-  (the current target less a slack) they are all kept; otherwise the weakest before the
+  (the current target less a relative slack: at a 5% budget an
+  absolute one would be a tenth of the budget) they are all kept; otherwise the weakest before the
   prox are admitted while the estimate stays above the floor, plus the next one if that
   lands closer to the target than stopping short (coarse groups: one filter may be worth
   more than the slack), and the others keep their pre-prox weights (singular values);
@@ -73,7 +74,7 @@ class ZeroGate:
     def settle(
         self, target: float, slack: float, estimate: Callable[[float], float], lrs: dict[int, float], step: int
     ) -> None:
-        """After the prox: admit new zeros down to ``target - slack``, re-zero held groups,
+        """After the prox: admit new zeros down to ``target * (1 - slack)``, re-zero held groups,
         record the zeros and ranks. ``estimate`` maps a raw estimate to the one compared
         with the target; ``lrs`` are the threshold learning rates of this step, ``step``
         the proximal step count (a term with ``every = k`` is ranked on its prox steps only).
@@ -161,8 +162,8 @@ class ZeroGate:
         estimate: Callable[[float], float],
     ) -> list[Proposal]:
         """The proposals past the longest prefix (weakest first) whose estimate stays at or
-        above ``target - slack``, or past one more when that lands closer to the target."""
-        floor = target - slack
+        above ``target * (1 - slack)``, or past one more when that lands closer to the target."""
+        floor = target * (1.0 - slack)
 
         def estimate_with(k: int) -> float:
             trial = [s.clone() for s in summaries]
