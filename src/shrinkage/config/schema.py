@@ -177,16 +177,25 @@ class CompactConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What the report measures: latency batch sizes and repeats, whether to draw plots."""
+    """What the report measures: latency batch sizes and repeats, whether to draw plots.
+
+    ``repeats`` scales the timing budget (about ``0.3 * repeats`` seconds per model and batch
+    size, split into many short interleaved rounds). ``layer_latency`` also times every layer
+    of the dense and the compact model alone, at the first latency batch size, in a budget
+    of the same size, so the report shows where the time goes.
+    """
 
     latency_batch_sizes: tuple[int, ...] = (1, 64)
     repeats: int = 5
     plots: bool = True
+    layer_latency: bool = True
 
     def __post_init__(self) -> None:
         for size in self.latency_batch_sizes:
             count("latency_batch_sizes", size, minimum=1, maximum=MAX_LATENCY_BATCH_SIZE)
         count("repeats", self.repeats, minimum=1, maximum=MAX_REPEATS)
+        if not isinstance(self.layer_latency, bool):
+            raise FieldError("layer_latency", f"must be true or false, got {self.layer_latency!r}")
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
