@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -27,7 +27,10 @@ from shrinkage.config.fields import (
     positive,
 )
 from shrinkage.config.regularization import RegularizationConfig
-from shrinkage.config.target import TargetConfig
+from shrinkage.config.target import MAX_ROUND_TO, TargetConfig
+
+if TYPE_CHECKING:
+    from shrinkage.compact.plan import CompactOptions
 
 
 @dataclass(frozen=True)
@@ -162,17 +165,28 @@ class CompactConfig:
     """Post-processing: compaction always; low-rank factorization keeping ``energy``.
 
     ``factorize_layers`` (name globs) limits factorization to those layers, typically the
-    ones the nuclear norm was applied to; empty means every Conv2d/Linear.
+    ones the nuclear norm was applied to; empty means every Conv2d/Linear. ``round_to``:
+    every kept channel count is rounded up to a multiple of it by keeping zero channels
+    (exact; hardware-friendly widths).
     """
 
     factorize: bool = False
     energy: float = 0.9
     factorize_layers: tuple[str, ...] = ()
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.factorize, bool):
             raise FieldError("factorize", f"must be true or false, got {self.factorize!r}")
         in_range("energy", self.energy, 0.0, 1.0, low_open=True, high_open=False)
+        count("round_to", self.round_to, minimum=1, maximum=MAX_ROUND_TO)
+
+    def options(self) -> CompactOptions:
+        """The :class:`shrinkage.CompactOptions` these settings ask for."""
+        # imported here: the config tree stays importable without the compaction stack
+        from shrinkage.compact.plan import CompactOptions
+
+        return CompactOptions(round_to=self.round_to)
 
 
 @dataclass(frozen=True)
