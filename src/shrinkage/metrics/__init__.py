@@ -1,8 +1,9 @@
-"""Metrics for dense vs compacted models: size, MACs, latency, per-layer structure,
-accuracy, plots and run reports."""
+"""Metrics for dense vs compacted models: size, MACs, latency (whole model and per layer),
+per-layer structure, accuracy, plots and run reports."""
 
 from shrinkage.metrics.accuracy import Evaluation, evaluate
 from shrinkage.metrics.latency import Latency, LatencyComparison, compare_latency, measure_latency
+from shrinkage.metrics.layer_latency import LayerLatency, LayerTiming, layer_latency, layer_latency_markdown
 from shrinkage.metrics.layers import (
     LayerRow,
     group_sparsity,
@@ -20,13 +21,18 @@ from shrinkage.metrics.report import (
     write_report,
 )
 from shrinkage.metrics.size import MacCount, count_macs, count_parameters
+from shrinkage.metrics.timing import Timer, TimingStats, timing_stats, wall_timer
 
 __all__ = [
     "Evaluation",
     "Latency",
     "LatencyComparison",
+    "LayerLatency",
     "LayerRow",
+    "LayerTiming",
     "MacCount",
+    "Timer",
+    "TimingStats",
     "compare_latency",
     "conv_macs",
     "count_macs",
@@ -34,6 +40,8 @@ __all__ = [
     "evaluate",
     "group_sparsity",
     "latency_section",
+    "layer_latency",
+    "layer_latency_markdown",
     "layer_table",
     "layer_table_markdown",
     "measure_latency",
@@ -45,5 +53,7 @@ __all__ = [
     "render_markdown",
     "singular_values",
     "size_section",
+    "timing_stats",
+    "wall_timer",
     "write_report",
 ]

@@ -11,8 +11,12 @@ missing and prints "–" for missing values)::
       "size": {"dense": {"params", "macs"}, "compact": {"params", "macs"},
                "param_ratio", "mac_ratio",
                "conv_macs": {"dense", "compact", "ratio"}},
-      "latency": [{"batch_size", "dense_ms", "compact_ms", "speedup"}, ...],
+      "latency": [{"batch_size", "dense_ms", "compact_ms", "speedup",
+                   "dense_min_ms", "compact_min_ms", "dense_spread", "compact_spread",
+                   "rounds", "calls_per_round", "threads", "load_average", "cpu_count",
+                   "control_ratio", "reliable", "reason"}, ...],
       "layers": [LayerRow.as_dict(), ...],
+      "layer_latency": LayerLatency.as_dict(),
       "equivalence": {"max_abs_diff": float, "checked_on": str}
     }
 
@@ -21,7 +25,10 @@ Ratio convention: every ratio is ``dense / compact`` (``param_ratio``,
 dense_ms / compact_ms``, so ">1" always means "the compact model is better". A MAC
 ratio is a count of arithmetic saved, not a speedup: memory traffic, kernel
 efficiency at small shapes and layers that MACs ignore decide the measured time,
-which is why the two are reported in separate columns.
+which is why the two are reported in separate columns. A latency row with
+``reliable: false`` failed its control (the dense model timed against an identical
+copy of itself came out more than the tolerance off 1.0): its speedup is noise-sized,
+and the markdown says so next to it, with the ``reason``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from shrinkage.errors import ConfigError
 from shrinkage.metrics import _format as fmt
 from shrinkage.metrics._common import atomic_write_text, require_module
 from shrinkage.metrics.latency import LatencyComparison
+from shrinkage.metrics.layer_latency import layer_latency_markdown
 from shrinkage.metrics.layers import layer_table_markdown
 from shrinkage.metrics.size import MacCount, count_macs, count_parameters
 
@@ -99,9 +107,26 @@ def latency_section(comparisons: Sequence[LatencyComparison], compact: str | Non
         other = compact if compact is not None else (names[1] if len(names) > 1 else names[0])
         if other not in row.median_ms:
             raise ConfigError(f"latency_section: no model named {other!r} in the comparison")
-        rows.append({"batch_size": row.batch_size, "dense_ms": row.median_ms[row.reference],
-                     "compact_ms": row.median_ms[other], "speedup": row.speedup[other]})
+        dense_stats, compact_stats = row.stats.get(row.reference), row.stats.get(other)
+        rows.append({
+            "batch_size": row.batch_size, "dense_ms": row.median_ms[row.reference],
+            "compact_ms": row.median_ms[other], "speedup": row.speedup[other],
+            "dense_min_ms": dense_stats.min_ms if dense_stats else None,
+            "compact_min_ms": compact_stats.min_ms if compact_stats else None,
+            "dense_spread": dense_stats.spread if dense_stats else None,
+            "compact_spread": compact_stats.spread if compact_stats else None,
+            "rounds": dense_stats.rounds if dense_stats else None,
+            "calls_per_round": dense_stats.calls_per_round if dense_stats else None,
+            "threads": row.threads, "load_average": row.load_average, "cpu_count": row.cpu_count,
+            "control_ratio": row.control_ratio, "reliable": row.reliable, "reason": row.reason,
+        })  # fmt: skip
     return rows
+
+
+def _speedup(row: Mapping[str, Any]) -> str:
+    """The speedup, marked where the control found the timing too noisy to trust."""
+    text = fmt.ratio(row.get("speedup"))
+    return f"{text} (unreliable)" if row.get("reliable") is False else text
 
 
 def _get(mapping: Any, *keys: str) -> Any:
@@ -122,7 +147,7 @@ def _summary(report: Mapping[str, Any]) -> str:
     compact_acc = _get(report, "accuracy", "compact", "accuracy")
     row = [fmt.ratio(_get(report, "size", "param_ratio")), fmt.ratio(_get(report, "size", "mac_ratio")),
            fmt.ratio(_get(report, "size", "conv_macs", "ratio"))]
-    row += [fmt.ratio(r.get("speedup")) for r in latency]
+    row += [_speedup(r) for r in latency]
     row += [fmt.percent(dense_acc), fmt.percent(compact_acc), fmt.points(dense_acc, compact_acc)]
     return fmt.table(header, [row])
 
@@ -149,14 +174,34 @@ def _size_and_accuracy(report: Mapping[str, Any]) -> str:
     return fmt.table(["", "dense", "compact", "dense / compact or change"], rows)
 
 
+def _reliable(value: Any) -> str:
+    return {True: "yes", False: "**no**"}.get(value, fmt.MISSING) if isinstance(value, bool) else fmt.MISSING
+
+
 def _latency(report: Mapping[str, Any]) -> str:
     mac_ratio = fmt.ratio(_get(report, "size", "mac_ratio"))
+    latency = [r for r in report.get("latency") or [] if isinstance(r, Mapping)]
     rows = [[str(r.get("batch_size", fmt.MISSING)), fmt.millis(r.get("dense_ms")), fmt.millis(r.get("compact_ms")),
-             mac_ratio, fmt.ratio(r.get("speedup"))]
-            for r in report.get("latency") or [] if isinstance(r, Mapping)]
-    note = ("\nMAC ratio counts arithmetic saved; speedup is measured wall-clock "
-            "`dense_ms / compact_ms` (models interleaved in one run). They differ.\n")
-    return fmt.table(["batch size", "dense ms", "compact ms", "MAC ratio", "speedup"], rows) + note
+             fmt.millis(r.get("dense_min_ms")), fmt.millis(r.get("compact_min_ms")),
+             f"{fmt.percent(r.get('dense_spread'))} / {fmt.percent(r.get('compact_spread'))}",
+             mac_ratio, _speedup(r), fmt.ratio(r.get("control_ratio")), _reliable(r.get("reliable"))]
+            for r in latency]
+    header = ["batch size", "dense ms", "compact ms", "dense min ms", "compact min ms", "spread (IQR / median)",
+              "MAC ratio", "speedup", "control", "reliable"]
+    note = ("\nMAC ratio counts arithmetic saved; speedup is measured wall-clock `dense_ms / compact_ms` "
+            "(medians over short rounds, models interleaved in one run). They differ. The control times the "
+            "dense model against an identical copy in the same rounds; it should come out 1.00×.\n")
+    for r in latency:
+        if r.get("reliable") is False:
+            note += f"\n**Batch {r.get('batch_size', '?')} is unreliable:** {r.get('reason') or 'control failed'}.\n"
+    runs = [r for r in latency if any(key in r for key in ("threads", "load_average", "rounds"))]
+    if runs:
+        note += (f"\nTimed with {runs[0].get('threads') or fmt.MISSING} threads on "
+                 f"{runs[0].get('cpu_count') or fmt.MISSING} CPU cores; "
+                 + "; ".join(f"batch {r.get('batch_size', '?')}: {r.get('rounds') or fmt.MISSING} rounds of "
+                             f"{r.get('calls_per_round') or fmt.MISSING} calls, load average "
+                             f"{fmt.number(r.get('load_average'), 3)} at the start" for r in runs) + ".\n")
+    return fmt.table(header, rows) + note
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -179,6 +224,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"(checked on {equivalence.get('checked_on') or fmt.MISSING})\n"]
     if report.get("layers"):
         parts += ["## Layers\n", layer_table_markdown(report["layers"])]
+    if isinstance(report.get("layer_latency"), Mapping):
+        parts += ["## Time per layer\n", layer_latency_markdown(report["layer_latency"])]
     return "\n".join(parts)
 
 
