@@ -21,6 +21,7 @@ from shrinkage.metrics import (
     compare_latency,
     evaluate,
     latency_section,
+    layer_latency,
     layer_table,
     plot_budget_control,
     plot_layer_sparsity,
@@ -40,6 +41,9 @@ TARGET_WEIGHTS = "target.safetensors"
 TARGET_JSON = "target.json"
 TARGET_MD = "target.md"
 _LAYERS = (nn.Conv2d, nn.Linear)
+#: timing budget per ``report.repeats``, in seconds: per model and batch size for the
+#: side-by-side latency, in all for the per-layer timing (compare_latency's default)
+_SECONDS_PER_REPEAT = 0.3
 
 
 def _evaluation(model: nn.Module, test: ImageDataset, batch_size: int) -> dict[str, Any]:
@@ -137,9 +141,16 @@ def build_report(
         lambda n: torch.randn((n, *image_shape), device=device),
         batch_sizes=config.report.latency_batch_sizes,
         repeats=config.report.repeats,
+        min_run_time=_SECONDS_PER_REPEAT,
     )
     report["latency"] = latency_section(comparison, "compact")
     report["layers"] = [row.as_dict() for row in layer_table(dense, compact, energy=config.compact.energy)]
+    if config.report.layer_latency and config.report.latency_batch_sizes:
+        batch = config.report.latency_batch_sizes[0]
+        log.info("timing every layer of dense and compact alone at batch size %d", batch)
+        timings = layer_latency(dense, compact, (torch.randn((batch, *image_shape), device=device),),
+                                min_run_time=_SECONDS_PER_REPEAT * config.report.repeats)
+        report["layer_latency"] = timings.as_dict()
     report["equivalence"] = {"max_abs_diff": compacted.max_abs_diff, "checked_on": compacted.checked_on
                              + (" (before factorization, which is lossy)" if compacted.factorized else "")}
     report["training"] = _training_section(rows)
