@@ -6,8 +6,10 @@ saved-model layouts can all refer to them.
 
 from shrinkage.layers.attention import HeadLayout, HeadPrunedAttention, HeadSlice, head_layout, removable_heads
 from shrinkage.layers.compacted import LoweredConv2d, SelectInputs, ZeroWidthConv, uninitialized
+from shrinkage.layers.cropped import CroppedConv2d
 
 __all__ = [
+    "CroppedConv2d",
     "HeadLayout",
     "HeadPrunedAttention",
     "HeadSlice",

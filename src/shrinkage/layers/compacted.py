@@ -94,9 +94,12 @@ class LoweredConv2d(nn.Module):
     """A conv computed as im2col + GEMM over the kept columns only (SSL's filter shapes).
 
     ``weight`` is ``(out, k)`` with ``k`` the number of kept columns of the lowered
-    ``out x (C*kh*kw)`` weight; ``columns`` says which. The unfolded input is
-    ``(N, C*kh*kw, L)``; selecting ``k`` rows shrinks the GEMM's inner dimension, which is
-    exactly the saving SSL's shape-wise sparsity promises.
+    ``out x (C*kh*kw)`` weight; ``columns`` says which. Only those ``k`` rows of the
+    im2col matrix are ever built: the zero-padded input is viewed (no copy) as its
+    ``(N, C, kh, kw, OH, OW)`` sliding windows and the kept ``(channel, row, column)``
+    triples are gathered from it in one pass, so neither the full ``(N, C*kh*kw, L)``
+    unfold nor a second copy of its kept rows is made. The GEMM's inner dimension is
+    ``k``: exactly the saving SSL's shape-wise sparsity promises.
     """
 
     def __init__(self, conv: nn.Conv2d, columns: Tensor) -> None:
@@ -104,24 +107,44 @@ class LoweredConv2d(nn.Module):
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("LoweredConv2d needs groups=1, zero padding and numeric padding")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride = conv.kernel_size, conv.stride
-        self.padding, self.dilation = conv.padding, conv.dilation
+        self.kernel_size, self.stride = tuple(conv.kernel_size), tuple(conv.stride)
+        self.padding, self.dilation = tuple(conv.padding), tuple(conv.dilation)
         flat = conv.weight.detach().reshape(conv.out_channels, -1)
         self.register_buffer("columns", columns.clone().long())
         self.weight = nn.Parameter(flat[:, self.columns].clone())  # (out, k)
         self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
+        # (channel, kernel row, kernel column) of each kept column: derived from ``columns``,
+        # so not saved, and recomputed when a state dict brings other columns
+        for name in ("_channel", "_row", "_col"):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
+        self._split_columns()
+        self.register_load_state_dict_post_hook(_resplit_after_load)
+
+    def _split_columns(self) -> None:
+        kh, kw = self.kernel_size
+        cols = self.columns
+        self._channel, self._row, self._col = cols // (kh * kw), (cols // kw) % kh, cols % kw
 
     def forward(self, x: Tensor) -> Tensor:
-        n, _, h, w = x.shape
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*kh*kw, L)
-        cols = cols.index_select(1, self.columns)  # (N, k, L)
-        out = torch.matmul(self.weight, cols)  # (N, out, L)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        n, c, h, w = x.shape
+        oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        s_n, s_c, s_h, s_w = x.stride()
+        windows = x.as_strided((n, c, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+        cols = windows[:, self._channel, self._row, self._col]  # (N, k, OH, OW): the kept rows of im2col
+        out = torch.matmul(self.weight, cols.reshape(n, -1, oh * ow))  # (N, out, L)
         if self.bias is not None:
             out = out + self.bias.unsqueeze(1)
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         return out.reshape(n, self.out_channels, oh, ow)
 
     def extra_repr(self) -> str:
         full = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        return f"{self.in_channels}->{self.out_channels}, kernel={self.kernel_size}, columns={self.columns.numel()}/{full}"
+        return (f"{self.in_channels}->{self.out_channels}, kernel={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, columns={self.columns.numel()}/{full}")
+
+
+def _resplit_after_load(module: nn.Module, incompatible_keys: object) -> None:
+    """Load hook of :class:`LoweredConv2d` (a plain function, so the module stays picklable)."""
+    module._split_columns()
