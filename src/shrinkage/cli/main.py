@@ -114,9 +114,9 @@ def _train(args: argparse.Namespace, command: str) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = args.out or default_run_dir(config)
     log.info("run directory: %s", run_dir)
-    run_experiment(config, run_dir, progress=_progress(args.no_progress), command=command)
-    print((run_dir / "report.md").read_text(encoding="utf-8"))
-    print(f"run written to {run_dir}")
+    if run_experiment(config, run_dir, progress=_progress(args.no_progress), command=command):  # {}: not rank 0
+        print((run_dir / "report.md").read_text(encoding="utf-8"))
+        print(f"run written to {run_dir}")
     return 0
 
 
@@ -206,9 +206,9 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     run_dir = args.out or Path(tempfile.mkdtemp(prefix="shrinkage-demo-"))
     log.info("demo: LeNet, proximal group Lasso on conv filters/channels and fc1 columns, %d + %d epochs; "
              "run directory %s", config.train.epochs, config.finetune.epochs, run_dir)
-    run_experiment(config, run_dir, progress=_progress(args.no_progress), command=command)
-    print((run_dir / "report.md").read_text(encoding="utf-8"))
-    print(f"run written to {run_dir}")
+    if run_experiment(config, run_dir, progress=_progress(args.no_progress), command=command):  # {}: not rank 0
+        print((run_dir / "report.md").read_text(encoding="utf-8"))
+        print(f"run written to {run_dir}")
     return 0
 
 
@@ -220,7 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # usage errors and --help: argparse has printed; return, don't exit
         return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     command = "shrinkage " + shlex.join(argv)
-    with _logging(args.verbose, args.quiet):
+    from shrinkage.train.distributed import launched
+
+    try:
+        main_process = launched().is_main
+    except ShrinkageError as error:
+        print("error: " + str(error), file=sys.stderr)
+        return EXIT_USER_ERROR
+    # under torchrun only rank 0 reports progress; the others say only what goes wrong
+    with _logging(args.verbose, args.quiet or not main_process):
         try:
             return int(args.handler(args, command))
         except ShrinkageError as error:

@@ -3,6 +3,10 @@
 The steps after training read only the run directory (``config.yaml`` and the
 checkpoint), so ``shrinkage compact RUN_DIR`` and ``shrinkage report RUN_DIR`` can redo
 them without retraining.
+
+Started by torchrun, every process trains (:mod:`shrinkage.train.distributed`); the
+process group is left after training, and rank 0 alone compacts, selects under a
+target and reports.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from shrinkage.train.compaction import (
     load_compact,
     save_compact,
 )
+from shrinkage.train import distributed
 from shrinkage.train.report import build_report
 from shrinkage.train.setup import build_model, load_datasets, resolve_device, seed_everything
 from shrinkage.train.trainer import (
@@ -146,17 +151,26 @@ def run_experiment(
     command: str | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir``, compact it and write its report; returns the report."""
+    """Train (or resume) the run in ``run_dir``, compact it and write its report; returns the report.
+
+    Under torchrun every process trains; rank 0 then does the rest and returns the
+    report, the other ranks return ``{}`` as soon as training is done.
+    """
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    _refuse_changed_rerun(config, run_dir)
-    seed_everything(config.train.seed)
-    train, test = load_datasets(config, device)
-    model = build_model(config.model).to(device)
-    trainer = Trainer(config, model, train, test, run_dir, progress=progress, on_epoch_end=on_epoch_end)
-    _check_latency_batch_fits(model, tuple(test.images.shape[1:]), config)
-    _write_config(config, run_dir)  # after every check: a refused config leaves no run dir
-    result = trainer.fit()
+    world = distributed.launched()
+    device = distributed.local_device(resolve_device(config.device), world)
+    _refuse_changed_rerun(config, run_dir)  # read-only; before the group forms, so before rank 0 writes
+    with distributed.process_group(world, device) as world:
+        seed_everything(config.train.seed)
+        train, test = load_datasets(config, device)
+        model = build_model(config.model).to(device)
+        trainer = Trainer(config, model, train, test, run_dir, progress=progress, on_epoch_end=on_epoch_end)
+        _check_latency_batch_fits(model, tuple(test.images.shape[1:]), config)
+        if world.is_main:
+            _write_config(config, run_dir)  # after every check: a refused config leaves no run dir
+        result = trainer.fit()
+    if not world.is_main:
+        return {}
     compacted = compact_model(model, config.compact, example_inputs(test.images))
     with reporting_write_errors("compact model into", run_dir):  # the disk may fill up after training
         save_compact(run_dir, compacted)

@@ -5,6 +5,10 @@ Resuming restores everything the next epoch depends on: weights, optimizer state
 the global torch RNG. A run stopped after any epoch and resumed therefore ends with
 the same weights as an uninterrupted run with the same seed (on the same device and
 thread count: floating-point kernels may differ across those).
+
+Under torchrun the loop runs in every process on its shard of each global batch
+(:mod:`shrinkage.train.distributed`): rank 0 evaluates, logs and writes the checkpoint,
+which holds every rank's RNG state, so a resumed multi-process run is exact too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from shrinkage.io import load_checkpoint, reporting_write_errors, save_checkpoin
 from shrinkage.metrics import evaluate
 from shrinkage.optim import Regularizer, ThresholdPolicy
 from shrinkage.optim.controller import BudgetController, attach_controller
+from shrinkage.train import distributed
 from shrinkage.train.history import structure_stats, term_labels, write_metrics
 from shrinkage.train.phases import Phase, PhaseRuntime, plan_phases
 
@@ -120,6 +125,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.on_epoch_end = on_epoch_end
+        self.world = distributed.current()
+        distributed.check_batch_size(config.data.batch_size, self.world)
+        #: per epoch with replicas that had drifted apart (and were reset to rank 0's): what differed
+        self.replica_differences: list[str] = []
         _check_rules_match(config, model)
         self.rules = resolve_rules(config.regularization, (1, *train_set.images.shape[1:]))
         self.regularizer = Regularizer(model, self.rules) if self.rules else None
@@ -155,7 +164,9 @@ class Trainer:
         with reporting_write_errors("run directory", self.run_dir):
             self.run_dir.mkdir(parents=True, exist_ok=True)
         start_phase, start_epoch, saved_runtime = self._resume()
+        distributed.same_on_every_rank((start_phase, start_epoch), "the epoch to resume after")
         resumed_at = len(self.rows)
+        network = distributed.wrap(self.model, self.world)  # the model itself in one process
         for index in range(start_phase, len(self.phases)):
             phase = self.phases[index]
             first = start_epoch + 1 if index == start_phase else 1
@@ -166,26 +177,30 @@ class Trainer:
             if resumed:
                 runtime.load_state_dict(saved_runtime)
             for epoch in range(first, phase.epochs + 1):
-                row = self._epoch(index, phase, runtime, epoch)
+                row = self._epoch(network, index, phase, runtime, epoch)
                 self._save(index, epoch, runtime)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(row)
-        if not self.checkpoint_path.exists():  # nothing to train: still leave a checkpoint to compact
+        if self._last_good is None:  # nothing trained nor resumed: still leave a checkpoint to compact
             self._save(len(self.phases), 0, None)
         return TrainResult(self.model, self.rows, resumed_at, self._total_epochs())
 
     def _total_epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
-    def _epoch(self, index: int, phase: Phase, runtime: PhaseRuntime, epoch: int) -> dict[str, Any]:
+    def _epoch(
+        self, network: nn.Module, index: int, phase: Phase, runtime: PhaseRuntime, epoch: int
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         lr = runtime.lr
-        train_loss = self._train_epoch(phase, runtime, epoch)
+        train_loss = self._train_epoch(network, phase, runtime, epoch)
         if epoch == phase.epochs and runtime.at_end is not None:
             runtime.at_end()
         if runtime.scheduler is not None:
             runtime.scheduler.step()
-        result = evaluate(self.model, batches(self.test_set, self.config.data.test_batch_size, shuffle=False))
+        self._check_replicas(phase.name, epoch)
+        result = distributed.run_on_main(
+            lambda: evaluate(self.model, batches(self.test_set, self.config.data.test_batch_size, shuffle=False)))
         with torch.no_grad():
             penalty = float(self.regularizer.value()) if self.regularizer is not None else 0.0
         row: dict[str, Any] = {
@@ -201,32 +216,45 @@ class Trainer:
             **structure_stats(self.regularizer, self.labels),
         }
         self.rows.append(row)
-        log.info(
-            "%s epoch %d/%d: train loss %.4f, test accuracy %.2f%%, penalty %.4g, lr %.3g, %.1fs",
-            phase.name, epoch, phase.epochs, train_loss, 100 * result.accuracy, penalty, lr, row["time_s"],
-        )
+        if self.world.is_main:
+            log.info(
+                "%s epoch %d/%d: train loss %.4f, test accuracy %.2f%%, penalty %.4g, lr %.3g, %.1fs",
+                phase.name, epoch, phase.epochs, train_loss, 100 * result.accuracy, penalty, lr, row["time_s"],
+            )
         return row
 
-    def _train_epoch(self, phase: Phase, runtime: PhaseRuntime, epoch: int) -> float:
-        model, data = self.model, self.train_set
-        size = self.config.data.batch_size
-        model.train()
+    def _check_replicas(self, phase: str, epoch: int) -> None:
+        """Several processes: every rank must hold the same weights; if not, continue from rank 0's."""
+        differ = distributed.sync_replicas(self.model, self.regularizer)
+        if differ:
+            self.replica_differences.append(f"{phase} epoch {epoch}: {', '.join(differ)}")
+            if self.world.is_main:
+                log.warning("%s epoch %d: the processes' replicas differed in %s; continuing from rank 0's",
+                            phase, epoch, ", ".join(differ))
+
+    def _train_epoch(self, network: nn.Module, phase: Phase, runtime: PhaseRuntime, epoch: int) -> float:
+        data, world = self.train_set, self.world
+        size = self.config.data.batch_size  # the global batch; each process takes its shard of it
+        network.train()
         loss_sum, seen = 0.0, 0
         bar = tqdm(total=math.ceil(len(data) / size), desc=f"{phase.name} {epoch}/{phase.epochs}",
-                   unit="batch", leave=False, disable=not self.progress)
+                   unit="batch", leave=False, disable=not (self.progress and world.is_main))
         with bar:
             for step, (inputs, labels) in enumerate(batches(data, size, shuffle=True, generator=self.generator), 1):
+                part = distributed.shard(inputs, labels, world)
                 runtime.optimizer.zero_grad()
-                loss = F.cross_entropy(model(inputs), labels)
+                loss = F.cross_entropy(network(part.images), part.labels) * part.weight
                 objective = loss + runtime.penalty() if runtime.penalty is not None else loss
-                value = float(objective.detach())
+                # averaged over the processes: the global batch's values, the same on every rank,
+                # so that all of them stop together on a non-finite one
+                value, global_loss = distributed.mean_over_ranks(objective.detach(), loss.detach())
                 if not math.isfinite(value):
                     raise TrainingError(self._diverged(value, phase.name, epoch, step))
                 objective.backward()
                 runtime.optimizer.step()
                 if runtime.after_step is not None:
                     runtime.after_step()
-                loss_sum += float(loss.detach()) * labels.shape[0]
+                loss_sum += global_loss * labels.shape[0]
                 seen += labels.shape[0]
                 bar.update()
                 if step % 25 == 0:
@@ -239,9 +267,22 @@ class Trainer:
         return f"loss is {value} in phase '{phase}', epoch {epoch}, step {step} (lower the lr?); {last}"
 
     def _save(self, index: int, epoch: int, runtime: PhaseRuntime | None) -> None:
+        """Rank 0 writes the checkpoint and metrics; the other processes wait until they are written."""
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.world.distributed:  # each rank's own global RNGs (dropout draws differ per shard)
+            own = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                own["cuda"] = torch.cuda.get_rng_state()
+            rng["ranks"] = distributed.gather_objects(own)
+        if self.world.is_main:
+            self._write(index, epoch, runtime, rng)
+        distributed.barrier()
+        phase = self.phases[index].name if index < len(self.phases) else "done"
+        self._last_good = f"phase '{phase}', epoch {epoch}"
+
+    def _write(self, index: int, epoch: int, runtime: PhaseRuntime | None, rng: dict[str, Any]) -> None:
         phase = self.phases[index].name if index < len(self.phases) else "done"
         state = {
             "phase_index": index,
@@ -258,7 +299,16 @@ class Trainer:
             save_checkpoint(self.checkpoint_path, self.model.state_dict(), state)
         with reporting_write_errors("metrics", self.run_dir / METRICS):
             write_metrics(self.run_dir / METRICS, self.rows)
-        self._last_good = f"phase '{phase}', epoch {epoch}"
+
+    def _restore_rng(self, rng: dict[str, Any]) -> None:
+        """The global RNGs as saved; resumed by as many processes as saved them, each rank's own."""
+        ranks = rng.get("ranks")
+        own = ranks[self.world.rank] if ranks and len(ranks) == self.world.size else rng
+        torch.set_rng_state(own["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if own is not rng and "cuda" in own and torch.cuda.is_available():
+            torch.cuda.set_rng_state(own["cuda"])
 
     def _resume(self) -> tuple[int, int, dict[str, Any] | None]:
         if not self.checkpoint_path.exists():
@@ -269,10 +319,8 @@ class Trainer:
         state = checkpoint.state
         check_same_training(state["config"], self.config, self.run_dir)
         self.model.load_state_dict(checkpoint.model)
-        torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._restore_rng(state["rng"])
         self.rows = list(state["rows"])
         self._last_good = f"phase '{state['phase']}', epoch {state['epoch']}"
         if state["finished"]:
