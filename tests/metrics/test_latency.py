@@ -18,6 +18,7 @@ from shrinkage.metrics import (
     measure_latency,
     render_markdown,
     timing_stats,
+    wall_timer,
     write_report,
 )
 from shrinkage.metrics.timing import MIN_ROUNDS
@@ -267,3 +268,14 @@ def test_reliable_rows_render_without_a_mark() -> None:
     rows = _compare(fixed_timer({"dense": 2e-3, "compact": 1e-3, COPY: 2e-3}))
     text = render_markdown({"latency": latency_section(rows)})
     assert "(unreliable)" not in text and "| yes |" in text and "1.00×" in text
+
+
+def test_wall_timer_synchronizes_cuda_around_the_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(f"sync {device}"))
+    seconds = wall_timer(torch.device("cuda:0"))("m", lambda: events.append("call"), 3)
+    assert events == ["sync cuda:0", "call", "call", "call", "sync cuda:0"]
+    assert seconds >= 0
+    events.clear()
+    wall_timer("cpu")("m", lambda: events.append("call"), 2)
+    assert events == ["call", "call"]  # nothing to wait for on the CPU

@@ -195,8 +195,8 @@ class ReportConfig:
 
     ``repeats`` scales the timing budget (about ``0.3 * repeats`` seconds per model and batch
     size, split into many short interleaved rounds). ``layer_latency`` also times every layer
-    of the dense and the compact model alone, at the first latency batch size, in a budget
-    of the same size, so the report shows where the time goes.
+    of the dense and the compact model alone, at the first latency batch size, for about
+    ``0.3 * repeats`` seconds in all, so the report shows where the time goes.
     """
 
     latency_batch_sizes: tuple[int, ...] = (1, 64)

@@ -64,7 +64,7 @@ class Latency:
     iqr_ms: float
     measurements: int
     threads: int
-    min_ms: float = math.nan
+    min_ms: float | None = None
     spread: float | None = None
     load_average: float | None = None
     cpu_count: int | None = None
