@@ -279,3 +279,10 @@ def test_wall_timer_synchronizes_cuda_around_the_calls(monkeypatch: pytest.Monke
     events.clear()
     wall_timer("cpu")("m", lambda: events.append("call"), 2)
     assert events == ["call", "call"]  # nothing to wait for on the CPU
+
+
+def test_very_slow_calls_stop_at_a_hard_bound() -> None:
+    """Ten rounds of 0.1 s calls would be 3 s against a 0.03 s budget: three rounds, then stop."""
+    (row,) = _compare(fixed_timer({"dense": 0.1, "compact": 0.1, COPY: 0.1}), rounds=None, calls_per_round=None,
+                      repeats=1, min_run_time=0.01)
+    assert row.stats["dense"].rounds == 3 and row.stats["dense"].calls_per_round == 1

@@ -126,7 +126,8 @@ def measure_latency(
 ) -> Latency:
     """Time ``model(example_input)`` under ``torch.inference_mode`` in eval mode.
 
-    About ``min_run_time`` seconds (at least ten short rounds). ``threads`` defaults to
+    About ``min_run_time`` seconds (ten short rounds at least, unless calls are very slow:
+    then at most four times that). ``threads`` defaults to
     ``torch.get_num_threads()``; ``timer`` replaces the wall clock (tests). The model's
     training flags are restored afterwards.
     """
@@ -231,7 +232,8 @@ def compare_latency(
     reference made with ``copy.deepcopy``, is timed in many short rounds; each round
     times every model once for the same small number of calls, in a shuffled order.
     Each model's latency is the median of its per-round times; the timing takes about
-    ``repeats * min_run_time`` seconds per model and batch size (``rounds`` and
+    ``repeats * min_run_time`` seconds per model and batch size (ten rounds at least,
+    but never past four times that once three rounds are done; ``rounds`` and
     ``calls_per_round`` override the sizing). The copy does exactly the reference's
     work, so ``reference / copy`` should come out 1.0; when it is off by more than
     ``control_tolerance`` the comparison is marked ``reliable=False`` with a one-line

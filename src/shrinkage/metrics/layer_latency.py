@@ -236,7 +236,8 @@ def layer_latency(
 
     Inputs are captured in one forward pass of each model; then each layer of both
     models and both whole models are timed in the same interleaved short rounds, for
-    about ``min_run_time`` seconds in all (at least ten rounds). Runs under
+    about ``min_run_time`` seconds in all (ten rounds at least, but at most four times the
+    budget once three rounds are done). Runs under
     ``torch.inference_mode`` and eval mode (training flags are restored) with
     ``threads`` intra-op threads. ``timer`` replaces the wall clock; its labels are
     ``"dense"`` and ``"compact"`` for the whole models and ``"dense:<layer>"``,

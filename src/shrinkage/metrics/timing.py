@@ -44,6 +44,10 @@ _BLOCK_SECONDS = 0.002
 _MAX_CALLS = 1000
 MIN_ROUNDS = 10
 MAX_ROUNDS = 2000
+# A hard stop: where ten rounds would take more than this many budgets (very slow calls),
+# stop after at least three rounds, so the time stays bounded.
+_HARD_STOP_BUDGETS = 4.0
+_FEWEST_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,8 @@ class RoundPlan:
     """How many calls each run gets per round, and when to stop.
 
     ``rounds`` fixes the number of rounds; when ``None``, rounds go on until the timed
-    seconds reach ``budget_s`` (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS``).
+    seconds reach ``budget_s`` (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS``; but
+    never past four budgets once three rounds are done).
     """
 
     calls: dict[str, int]
@@ -243,7 +248,11 @@ def sample_interleaved(
     while True:
         if plan.rounds is not None and done >= plan.rounds:
             break
-        if plan.rounds is None and (done >= MAX_ROUNDS or (done >= MIN_ROUNDS and spent >= plan.budget_s)):
+        if plan.rounds is None and (
+            done >= MAX_ROUNDS
+            or (done >= MIN_ROUNDS and spent >= plan.budget_s)
+            or (done >= _FEWEST_ROUNDS and spent >= _HARD_STOP_BUDGETS * plan.budget_s)
+        ):
             break
         shuffler.shuffle(order)
         for label in order:
