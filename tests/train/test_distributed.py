@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from shrinkage.cli.main import main
 from shrinkage.config import (
     GroupLassoConfig,
     GroupName,
@@ -300,3 +301,12 @@ def test_backend_and_device_follow_the_device() -> None:
     assert distributed.local_device(torch.device("cpu"), World(1, 2, 1)) == torch.device("cpu")
     with pytest.raises(ConfigError, match=r"^device: 'cuda:0' names one GPU.*set device: cuda$"):
         distributed.local_device(torch.device("cuda:0"), World(1, 2, 1))
+
+
+def test_only_train_and_demo_run_under_torchrun(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["report", "no-such-run"]) == 2
+    assert capsys.readouterr().err == ("error: 'shrinkage report' runs in one process; only train and demo run "
+                                       "under torchrun (started with 2 processes)\n")

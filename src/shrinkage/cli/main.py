@@ -212,6 +212,17 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _is_main_process(args: argparse.Namespace) -> bool:
+    """Whether this process reports: rank 0 under torchrun, which only train and demo support."""
+    from shrinkage.train.distributed import launched
+
+    world = launched()
+    if world.size > 1 and args.handler not in (_train, _demo):
+        raise ConfigError(f"'shrinkage {args.command}' runs in one process; only train and demo run under "
+                          f"torchrun (started with {world.size} processes)")
+    return world.is_main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shrinkage`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -220,10 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # usage errors and --help: argparse has printed; return, don't exit
         return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     command = "shrinkage " + shlex.join(argv)
-    from shrinkage.train.distributed import launched
-
     try:
-        main_process = launched().is_main
+        main_process = _is_main_process(args)
     except ShrinkageError as error:
         print("error: " + str(error), file=sys.stderr)
         return EXIT_USER_ERROR

@@ -146,7 +146,8 @@ def process_group(world: World, device: torch.device) -> Iterator[World]:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's collectives run on the current device
     try:
-        dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.size)
+        dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.size,
+                                device_id=device if device.type == "cuda" else None)
     except (RuntimeError, ValueError) as error:
         reason = " ".join(str(error).split())
         raise TrainingError(f"rank {world.rank} of {world.size} cannot join the process group "
