@@ -183,7 +183,7 @@ def test_markdown_and_json(tmp_path: Path) -> None:
     assert cells[2:8] == ["2.000", "20.00%", "1.000", "20.00%", "2.00×", "2.00×"]
     assert cells[8].startswith("`Sequential(select=SelectInputs(dim=1, kept=2)")
     head = next(line for line in lines if line.startswith("| `head` "))
-    assert "| removed |" in head
+    assert head.endswith("| 0.000 | 0.00% | removed | no MACs left | removed |")
     other = next(line for line in lines if line.startswith("| other"))
     assert "| 3.000 | 30.00% | 1.500 | 30.00% | 2.00× |" in other
     assert any(line.startswith("| **whole model** |  | 10.000 |") for line in lines)

@@ -347,6 +347,13 @@ def _positive_ratio(numerator: Any, denominator: Any) -> float | None:
     return numerator / denominator
 
 
+def _mac_cell(row: Mapping[str, Any]) -> str:
+    dense, compact = row.get("dense_macs"), row.get("compact_macs")
+    if fmt.is_number(dense) and dense > 0 and compact == 0:
+        return "no MACs left"  # a ratio would be infinite: the replacement does no arithmetic
+    return fmt.ratio(row.get("mac_ratio"))
+
+
 def _ms_and_share(ms: Any, share: Any) -> list[str]:
     return [fmt.millis(ms), fmt.percent(share)]
 
@@ -367,7 +374,7 @@ def layer_latency_markdown(section: LayerLatency | Mapping[str, Any]) -> str:
             f"`{row.get('name') or '(root)'}`", _cell(row.get("kind") or fmt.MISSING),
             *_ms_and_share(row.get("dense_ms"), row.get("dense_share")),
             *_ms_and_share(row.get("compact_ms"), row.get("compact_share")),
-            speedup, fmt.ratio(row.get("mac_ratio")),
+            speedup, _mac_cell(row),
             f"`{_cell(row['compact_form'])}`" if row.get("compact_form") not in (None, REMOVED) else REMOVED,
         ])  # fmt: skip
     table_rows.append(["other (pooling, activations, glue)", "",
