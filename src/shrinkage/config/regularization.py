@@ -22,6 +22,7 @@ from typing import ClassVar
 from shrinkage.config.fields import FieldError, count, in_range, non_empty, non_negative
 from shrinkage.config.modules import MODULE_TYPES
 from shrinkage.penalties import L1, GroupLasso, NuclearNorm, Penalty, SparseGroupLasso
+from shrinkage.penalties.nuclear_norm import SvdMethod
 
 
 class Mode(Enum):
@@ -121,12 +122,16 @@ class NuclearNormConfig:
 
     KIND: ClassVar[str] = "nuclear_norm"
     strength: float
+    #: ``randomized``: a sketch of the previous rank + ``oversampling`` with a full-SVD fallback
+    method: SvdMethod = SvdMethod.FULL
+    oversampling: int = 10
 
     def __post_init__(self) -> None:
         non_negative("strength", self.strength)
+        count("oversampling", self.oversampling, minimum=1)
 
     def build(self) -> Penalty:
-        return NuclearNorm(float(self.strength))
+        return NuclearNorm(float(self.strength), method=self.method, oversampling=self.oversampling)
 
 
 PenaltyConfig = L1Config | GroupLassoConfig | SparseGroupLassoConfig | NuclearNormConfig
