@@ -98,7 +98,8 @@ def scenarios(out: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Every two-process run of this module, in one pair of processes; returns weights and facts."""
     rank = distributed.rank()
     tensors: dict[str, Tensor] = {}
-    facts: dict[str, Any] = {"world": dataclasses.asdict(distributed.current())}
+    facts: dict[str, Any] = {"world": dataclasses.asdict(distributed.current()),
+                             "backend": torch.distributed.get_backend()}
 
     def keep(tag: str, trainer: Trainer, result: Any) -> None:
         tensors.update({f"{tag}/{k}": v for k, v in result.model.state_dict().items()})
@@ -190,9 +191,10 @@ def assert_same(a: dict[str, Tensor], b: dict[str, Tensor], atol: float = 0.0) -
 # --- the tests ---------------------------------------------------------------------------
 
 
-def test_ranks_are_two_gloo_processes(two_ranks: Ranks) -> None:
+def test_the_torchrun_environment_makes_a_gloo_group_of_two_on_the_cpu(two_ranks: Ranks) -> None:
     assert [f["world"] for f in two_ranks.facts] == [
         {"rank": r, "size": WORLD, "local_rank": r, "distributed": True} for r in range(WORLD)]
+    assert [f["backend"] for f in two_ranks.facts] == ["gloo"] * WORLD
 
 
 def test_two_processes_train_what_one_trains_with_the_global_batch(two_ranks: Ranks, tmp_path: Path) -> None:
