@@ -1,27 +1,40 @@
 """Compaction: plan (what to keep) -> surgery (new, smaller modules); factorization."""
 
 from shrinkage.compact.api import apply_plan, compact, max_output_difference, plan_compaction
+from shrinkage.compact.choice import ByMacs, FormChoice, FormPolicy, Measured, default_policy, set_default_policy
 from shrinkage.compact.factorize import LayerFactorization, factorize, plan_factorization, rank_for_energy
+from shrinkage.compact.forms import FormContext, LayerForm, form_choices, register_form
 from shrinkage.compact.plan import CompactionPlan, CompactOptions
 from shrinkage.compact.serialize import load, save
 from shrinkage.compact.surgery import SURGEONS, shrink
-from shrinkage.layers import LoweredConv2d, SelectInputs
+from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
 
 __all__ = [
     "SURGEONS",
+    "ByMacs",
     "CompactOptions",
     "CompactionPlan",
+    "CroppedConv2d",
+    "FormChoice",
+    "FormContext",
+    "FormPolicy",
+    "LayerForm",
     "LoweredConv2d",
+    "Measured",
     "SelectInputs",
     "apply_plan",
     "compact",
+    "default_policy",
     "factorize",
+    "form_choices",
     "load",
     "save",
     "plan_factorization",
     "rank_for_energy",
+    "register_form",
     "LayerFactorization",
     "max_output_difference",
     "plan_compaction",
+    "set_default_policy",
     "shrink",
 ]

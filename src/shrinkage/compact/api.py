@@ -4,72 +4,97 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torch import fx
+
+from shrinkage.compact import layer_forms as _layer_forms  # noqa: F401  (registers the conv/linear forms)
+from shrinkage.compact.forms import choose_form, forms_for, mark
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
 from shrinkage.compact.surgery import add_bias, set_submodule, shrink
 from shrinkage.errors import ShrinkageError
-from shrinkage.graph.builder import build_channel_graph
+from shrinkage.graph.builder import ChannelGraph, build_channel_graph
 from shrinkage.graph.rules import default_rules
-from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs
+from shrinkage.layers import HeadPrunedAttention
 
 log = logging.getLogger(__name__)
 
 
 def plan_compaction(
-    model: nn.Module, example_inputs: tuple[Any, ...], options: CompactOptions | None = None
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    options: CompactOptions | None = None,
+    *,
+    device: torch.device | str | None = None,
 ) -> CompactionPlan:
-    """Trace ``model``, find its channel spaces and decide what can go (nothing is modified)."""
+    """Trace ``model``, find its channel spaces, decide what can go and choose each
+    layer's form (nothing is modified). Forms are timed on ``device`` (default: the
+    model's) when the policy measures."""
     options = options or CompactOptions()
     cg = build_channel_graph(
         model, example_inputs, default_rules(), leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown
     )
-    plan = decide(cg)
-    called = {str(n.target) for n in cg.gm.graph.nodes if n.op == "call_module"}
-    _plan_input_selection(model, plan, options, called)
+    plan = decide(cg, options.round_to)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    _plan_forms(model, cg, plan, options, torch.device(device))
     return plan
 
 
-def _shrunk_weight(model: nn.Module, name: str, plan: CompactionPlan) -> Tensor:
-    w = model.get_submodule(name).weight.detach()
-    for dim in (0, 1):
-        mask = plan.keep.get((name, dim))
-        if mask is not None:
-            w = w.index_select(dim, mask.nonzero().flatten())
-    return w
+def _compacted_layer(model: nn.Module, name: str, plan: CompactionPlan) -> nn.Module:
+    """The layer as channel removal leaves it (shrunk, folded constants in its bias): the
+    plain form, and what every other form of it is built from. Never shares tensors."""
+    module = model.get_submodule(name)
+    keep = {dim: mask for (layer, dim), mask in plan.keep.items() if layer == name}
+    layer = shrink(name, module, keep) if any(not bool(m.all()) for m in keep.values()) else copy.deepcopy(module)
+    delta = plan.bias_delta.get(name)
+    if delta is not None:
+        out_mask = plan.keep.get((name, 0))
+        add_bias(layer, delta[out_mask] if out_mask is not None else delta)
+    return layer
 
 
-def _plan_input_selection(model: nn.Module, plan: CompactionPlan, options: CompactOptions, called: set[str]) -> None:
-    """Unused inputs that could not be removed upstream: select them away, or lower the conv.
+def _recorded_input(cg: ChannelGraph, node: fx.Node, plan: CompactionPlan, name: str) -> Tensor | None:
+    """What the compacted layer reads on the example inputs: the recorded input of the
+    original, restricted to the inputs channel removal keeps."""
+    arg = node.args[0] if node.args else None
+    x = cg.values.get(arg.name) if isinstance(arg, fx.Node) else None
+    if not isinstance(x, Tensor):
+        return None
+    mask = plan.keep.get((name, 1))
+    if mask is not None and not bool(mask.all()):
+        dim = -1 if isinstance(cg.module(name), nn.Linear) else 1
+        x = x.index_select(dim, mask.nonzero().flatten())
+    return x
 
-    Only layers the model calls as modules qualify: a Linear whose weight another module
-    reads directly (``nn.MultiheadAttention.out_proj``) cannot be wrapped."""
-    for name, m in model.named_modules():
-        if name not in called:
+
+def _plan_forms(
+    model: nn.Module, cg: ChannelGraph, plan: CompactionPlan, options: CompactOptions, device: torch.device
+) -> None:
+    """Every layer the graph calls that has several exact forms gets the one ``options``'
+    policy chooses, timed on the layer's recorded input. Only layers called as modules
+    qualify: a Linear whose weight another module reads directly
+    (``nn.MultiheadAttention.out_proj``) cannot be replaced."""
+    first_call: dict[str, fx.Node] = {}
+    for node in cg.gm.graph.nodes:
+        if node.op == "call_module":
+            first_call.setdefault(str(node.target), node)
+    policy = options.policy()
+    for name, node in first_call.items():
+        if not forms_for(model.get_submodule(name)) or name in plan.heads:
             continue
-        if isinstance(m, nn.Linear):
-            w = _shrunk_weight(model, name, plan)
-            used = w.ne(0).any(dim=0)
-            if 0 < used.sum() and (~used).float().mean() >= options.select_inputs_min_fraction:
-                plan.select_inputs[name] = used.nonzero().flatten()
-        elif isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-            w = _shrunk_weight(model, name, plan)
-            if w.numel() == 0:
-                continue  # a removed branch's layer: nothing left to select from
-            cols_used = w.reshape(w.shape[0], -1).ne(0).any(dim=0)  # (C*kh*kw,)
-            ch_used = cols_used.reshape(w.shape[1], -1).any(dim=1)
-            if not cols_used.any():
-                continue
-            per_channel = cols_used.reshape(w.shape[1], -1)
-            whole_channels_only = bool((per_channel.all(dim=1) | ~per_channel.any(dim=1)).all())
-            if not whole_channels_only and (~cols_used).float().mean() >= options.lower_min_fraction:
-                plan.lowered[name] = cols_used.nonzero().flatten()
-            elif (~ch_used).float().mean() >= options.select_inputs_min_fraction:
-                plan.select_inputs[name] = ch_used.nonzero().flatten()
+        x = _recorded_input(cg, node, plan, name)
+        if x is None:
+            continue
+        layer = _compacted_layer(model, name, plan)
+        if not forms_for(layer) or layer.weight.numel() == 0:  # a removed branch's layer: one form only
+            continue
+        chosen = choose_form(layer, x, options.form_context(name), policy, device)
+        if chosen is not None:
+            plan.layers[name], plan.forms[name] = chosen
 
 
 def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
@@ -77,28 +102,20 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
     per_module: dict[str, dict[int, Tensor]] = {}
     for (name, dim), mask in plan.keep.items():
         per_module.setdefault(name, {})[dim] = mask
-    replaced = {name for name, keep in per_module.items() if not all(bool(m.all()) for m in keep.values())}
-    new = _copy_except(model, replaced | set(plan.select_inputs) | set(plan.heads) | set(plan.lowered))
-    for name, keep in per_module.items():
-        if all(bool(mask.all()) for mask in keep.values()):
-            continue
-        set_submodule(new, name, shrink(name, new.get_submodule(name), keep))
+    shrunk = {name for name, keep in per_module.items() if not all(bool(m.all()) for m in keep.values())}
+    new = _copy_except(model, shrunk | set(plan.heads) | set(plan.layers))
+    for name in shrunk - set(plan.layers):
+        set_submodule(new, name, shrink(name, new.get_submodule(name), per_module[name]))
     for name, delta in plan.bias_delta.items():
+        if name in plan.layers:
+            continue  # its chosen form was built from the layer with the bias folded in
         out_mask = plan.keep.get((name, 0))
         add_bias(new.get_submodule(name), delta[out_mask] if out_mask is not None else delta)
-    for name, idx in plan.select_inputs.items():
-        layer = new.get_submodule(name)
-        keep = torch.zeros(layer.weight.shape[1], dtype=torch.bool)
-        keep[idx] = True
-        dim = -1 if isinstance(layer, nn.Linear) else 1
-        smaller = shrink(name, layer, {1: keep})
-        wrapped = nn.Sequential(OrderedDict(select=SelectInputs(idx, dim), layer=smaller))
-        set_submodule(new, name, wrapped.train(layer.training))
     for name, keep in plan.heads.items():
         set_submodule(new, name, HeadPrunedAttention.from_module(name, new.get_submodule(name), keep))
-    for name, columns in plan.lowered.items():
-        conv = new.get_submodule(name)
-        set_submodule(new, name, LoweredConv2d(conv, columns).train(conv.training))
+    for name, layer in plan.layers.items():
+        chosen = copy.deepcopy(layer).train(model.get_submodule(name).training)
+        set_submodule(new, name, mark(chosen, plan.forms[name]))
     return new
 
 
@@ -160,8 +177,11 @@ def compact(
     """Return a new, smaller model whose outputs equal ``model``'s; ``model`` is untouched.
 
     Removes every channel (filter, neuron) whose structure the weights have zeroed, folds
-    the constants of dead channels into the next layers' biases where that is exact, drops
-    unused inputs and lowers convs with zeroed filter-shape columns to a smaller GEMM.
+    the constants of dead channels into the next layers' biases where that is exact, and
+    gives each layer with zeroed inputs or filter-shape columns the exact form the
+    options' policy chooses (see :mod:`shrinkage.compact.forms`): by default the fastest
+    on the layer's input shape on the model's device. Each such layer carries its
+    :class:`~shrinkage.compact.choice.FormChoice` (``form_choices(result)`` lists them).
     The result is checked on ``example_inputs``; a difference above ``atol`` (relative to
     the output scale) raises, since it would mean a rule is wrong.
     """
@@ -170,11 +190,18 @@ def compact(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if device.type != "cpu":
         # the plan's masks, folds and index sets are CPU tensors; deciding on a CPU copy
-        # keeps every rule device-agnostic, and the result is moved back where it came from
+        # keeps every rule device-agnostic (forms are still timed on the model's device),
+        # and the result is moved back where it came from
         on_cpu = copy.deepcopy(model).cpu()
         inputs = tuple(x.cpu() if isinstance(x, Tensor) else x for x in example_inputs)
-        return compact(on_cpu, inputs, options, atol=atol).to(device)
-    plan = plan_compaction(model, example_inputs, options)
+        return _compact(on_cpu, inputs, options, atol, device).to(device)
+    return _compact(model, example_inputs, options, atol, device)
+
+
+def _compact(
+    model: nn.Module, example_inputs: tuple[Any, ...], options: CompactOptions | None, atol: float, device: torch.device
+) -> nn.Module:
+    plan = plan_compaction(model, example_inputs, options, device=device)
     new = apply_plan(model, plan)
     reference, got = _outputs(model, example_inputs), _outputs(new, example_inputs)
     scale = max([float(t.abs().max()) for t in reference if t.numel()] + [1.0])
@@ -182,4 +209,6 @@ def compact(
     if not diff <= atol * scale:
         raise ShrinkageError(f"compacted {type(model).__name__} differs from the original by {diff:.3g}; please report this")
     log.info("compacted %s: max output difference %.3g", type(model).__name__, diff)
+    for name, choice in plan.forms.items():
+        log.info("layer %s: form %s (%s)", name, choice.chosen, choice.by)
     return new

@@ -6,11 +6,12 @@ fraction ``energy`` of ``sum sigma_i^2`` and becomes two thinner layers:
 
 * conv: a ``kh x kw`` conv with ``r`` filters (``sqrt(S_r) V_r^T``) then a ``1x1`` conv
   (``U_r sqrt(S_r)``) carrying the bias;
-* linear: ``in -> r`` then ``r -> out``.
+* linear: ``in -> r`` then ``r -> out``;
 
+or, where that runs faster on the layer's input (given ``example_inputs``), one layer
+whose weight is the product of the two (see :mod:`shrinkage.compact.low_rank_forms`).
 By Eckart-Young the weight error is ``sqrt(sum_{i>r} sigma_i^2)``, the smallest any
-rank-r matrix can achieve. Splitting ``sqrt(S)`` over both factors keeps them equally
-scaled, which fine-tuning prefers over putting all of ``S`` on one side.
+rank-r matrix can achieve.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import copy
 import fnmatch
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from shrinkage.compact.choice import FormPolicy, default_policy
+from shrinkage.compact.forms import FormContext, choose_form, forms_for, mark
+from shrinkage.compact.low_rank_forms import LowRank
 from shrinkage.compact.surgery import set_submodule
 from shrinkage.errors import ConfigError
 
@@ -60,33 +63,6 @@ class LayerFactorization:
     macs_before: int  # per output position
     macs_after: int
     replaced: bool
-
-
-def _factor_conv(m: nn.Conv2d, r: int, u: Tensor, s: Tensor, vh: Tensor) -> nn.Module:
-    root = s[:r].sqrt()
-    first = nn.Conv2d(
-        m.in_channels, r, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-        bias=False, padding_mode=m.padding_mode, device=m.weight.device, dtype=m.weight.dtype,
-    )  # fmt: skip
-    second = nn.Conv2d(r, m.out_channels, 1, bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
-    with torch.no_grad():
-        first.weight.copy_((root.unsqueeze(1) * vh[:r]).reshape(first.weight.shape))
-        second.weight.copy_((u[:, :r] * root).reshape(second.weight.shape))
-        if m.bias is not None:
-            second.bias.copy_(m.bias)
-    return nn.Sequential(OrderedDict(project=first, expand=second))
-
-
-def _factor_linear(m: nn.Linear, r: int, u: Tensor, s: Tensor, vh: Tensor) -> nn.Module:
-    root = s[:r].sqrt()
-    first = nn.Linear(m.in_features, r, bias=False, device=m.weight.device, dtype=m.weight.dtype)
-    second = nn.Linear(r, m.out_features, bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
-    with torch.no_grad():
-        first.weight.copy_(root.unsqueeze(1) * vh[:r])
-        second.weight.copy_(u[:, :r] * root)
-        if m.bias is not None:
-            second.bias.copy_(m.bias)
-    return nn.Sequential(OrderedDict(project=first, expand=second))
 
 
 def _read_directly(model: nn.Module) -> set[str]:
@@ -173,6 +149,7 @@ def factorize(
     layers: Sequence[str] | None = None,
     min_rank: int = 1,
     min_energy: float | None = None,
+    choose_by: FormPolicy | None = None,
 ) -> nn.Module:
     """Return a copy of ``model`` with Conv2d/Linear layers replaced by low-rank pairs.
 
@@ -187,7 +164,16 @@ def factorize(
     matching these name globs: typically the layers trained with a nuclear norm
     (truncating an unregularized classifier to rank 8 of 10 costs far more accuracy than
     it saves).
+
+    Energy mode with ``example_inputs``: each replaced layer becomes the pair or, if
+    ``choose_by`` (default: the process default policy, measured) prefers it on the
+    layer's input, one layer holding the pair's dense product (same output up to float
+    round-off); the layer records the choice (``form_choices``). Without example inputs,
+    with ``only_if_cheaper=False`` (the pair was asked for) and under a budget (whose
+    accounting counts the pair), layers become pairs.
     """
+    if choose_by is not None and not isinstance(choose_by, FormPolicy):
+        raise ConfigError(f"factorize: choose_by must be Measured(), ByMacs() or None, got {choose_by!r}")
     if budget is not None:
         if energy is not None:
             raise ConfigError("factorize: give either energy or budget, not both")
@@ -199,17 +185,62 @@ def factorize(
     if not isinstance(energy, Mapping):
         check_energy(energy)
     rows = plan_factorization(model, energy, only_if_cheaper=only_if_cheaper, layers=layers)
-    return build_factorized(model, {row.name: row.rank for row in rows if row.replaced})
+    ranks = {row.name: row.rank for row in rows if row.replaced}
+    return build_factorized(model, ranks, example_inputs=example_inputs if only_if_cheaper else None,
+                            choose_by=choose_by)  # fmt: skip
 
 
-def build_factorized(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
-    """A copy of ``model`` with each named layer replaced by its rank-``r`` pair."""
+def _layer_inputs(model: nn.Module, names: Sequence[str], example_inputs: tuple[Any, ...]) -> dict[str, Tensor]:
+    """The input each named layer reads on ``example_inputs`` (eval mode, flags restored);
+    a layer called other than exactly once is left out (which call would its form serve?)."""
+    seen: dict[str, list[Any]] = {name: [] for name in names}
+    handles = [
+        model.get_submodule(name).register_forward_pre_hook(lambda _m, args, name=name: seen[name].append(args))
+        for name in names
+    ]
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    return {
+        name: calls[0][0] for name, calls in seen.items()
+        if len(calls) == 1 and calls[0] and isinstance(calls[0][0], Tensor)
+    }  # fmt: skip
+
+
+def build_factorized(
+    model: nn.Module,
+    ranks: Mapping[str, int],
+    *,
+    example_inputs: tuple[Any, ...] | Tensor | None = None,
+    choose_by: FormPolicy | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with each named layer replaced by its rank-``r`` factorization:
+    the pair, or (given ``example_inputs``) whichever exact form ``choose_by`` picks on the
+    layer's input (see :mod:`shrinkage.compact.low_rank_forms`)."""
     new = copy.deepcopy(model)
+    inputs: dict[str, Tensor] = {}
+    if example_inputs is not None and ranks:
+        inputs = _layer_inputs(new, list(ranks), example_inputs if isinstance(example_inputs, tuple)
+                               else (example_inputs,))  # fmt: skip
+    policy = choose_by if choose_by is not None else default_policy()
     for name, rank in ranks.items():
         m = new.get_submodule(name)
-        w = m.weight.detach().reshape(m.weight.shape[0], -1).double()
-        u, s, vh = (t.to(m.weight.dtype) for t in torch.linalg.svd(w, full_matrices=False))
-        pair = _factor_linear(m, rank, u, s, vh) if isinstance(m, nn.Linear) else _factor_conv(m, rank, u, s, vh)
-        set_submodule(new, name, pair.train(m.training))
-        log.info("factorized %s: rank %d of %d", name, rank, min(w.shape))
+        subject = LowRank.of(m, rank)
+        ctx = FormContext(name)
+        x = inputs.get(name)
+        chosen = choose_form(subject, x, ctx, policy, x.device) if x is not None else None
+        if chosen is None:
+            layer = forms_for(subject)[0].build(subject, ctx)  # the reference form: the pair
+        else:
+            layer = mark(*chosen)
+        set_submodule(new, name, layer.train(m.training))
+        log.info("factorized %s: rank %d of %d%s", name, rank, min(subject.second.shape[0], subject.first.shape[1]),
+                 f" as {chosen[1].chosen}" if chosen else "")  # fmt: skip
     return new

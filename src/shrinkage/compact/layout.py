@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from shrinkage.errors import ShrinkageError
-from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs, ZeroWidthConv, uninitialized
+from shrinkage.layers import (
+    CroppedConv2d,
+    HeadPrunedAttention,
+    LoweredConv2d,
+    SelectInputs,
+    ZeroWidthConv,
+    uninitialized,
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,21 @@ def _lowered_decode(a: dict[str, Any]) -> nn.Module:
     return layer
 
 
+def _cropped_args(m: CroppedConv2d) -> dict[str, Any]:
+    return {
+        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "offset": list(m.offset),
+        "full_kernel_size": list(m.full_kernel_size), "bias": m.bias is not None,
+    }  # fmt: skip
+
+
+def _cropped_decode(a: dict[str, Any]) -> nn.Module:
+    # the weight and bias arrive with the state dict
+    return CroppedConv2d(a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), tuple(a["stride"]),
+                         tuple(a["padding"]), tuple(a["dilation"]), tuple(a["offset"]), tuple(a["full_kernel_size"]),
+                         bias=a["bias"])
+
+
 CODECS: dict[type[nn.Module], LayoutCodec] = {
     nn.Conv1d: _conv(nn.Conv1d),
     nn.Conv2d: _conv(nn.Conv2d),
@@ -113,6 +135,7 @@ CODECS: dict[type[nn.Module], LayoutCodec] = {
                    "bias": m.bias is not None, "columns": m.columns.numel()},
         _lowered_decode,
     ),
+    CroppedConv2d: LayoutCodec(_cropped_args, _cropped_decode),
 }
 _BY_NAME = {cls.__name__: cls for cls in CODECS}
 

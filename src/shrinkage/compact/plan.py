@@ -29,7 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from shrinkage.compact.choice import FormChoice, FormPolicy, default_policy
+from shrinkage.compact.forms import FormContext
 from shrinkage.compact.surgery import ZERO_WIDTH
+from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions
 from shrinkage.graph.spaces import Axis, Space, Use
 from shrinkage.layers import HeadPrunedAttention, removable_heads
@@ -41,28 +44,50 @@ log = logging.getLogger(__name__)
 class CompactOptions:
     """Knobs of :func:`shrinkage.compact`.
 
-    ``select_inputs_min_fraction``: insert an index-select before a layer whose unused
-    inputs cannot be removed upstream (input pixels, channels still read elsewhere) when
-    at least this fraction of its inputs is unused. ``lower_min_fraction``: replace a
-    conv by an im2col GEMM over its kept filter-shape columns when at least this fraction
-    of its columns is zero (set above 1 to disable).
+    ``select_inputs_min_fraction``: a layer whose unused inputs cannot be removed upstream
+    (input pixels, channels still read elsewhere) may get an index-select in front when at
+    least this fraction of its inputs is unused. ``lower_min_fraction``: a conv may become
+    an im2col GEMM over its kept filter-shape columns when at least this fraction of its
+    columns is zero (set above 1 to disable). ``round_to``: every kept channel count (and
+    every selected input width) is rounded up to a multiple of it by keeping zero
+    channels, which is exact. ``choose_by``: how each layer's form is chosen among its
+    exact forms (:class:`~shrinkage.compact.choice.Measured` or
+    :class:`~shrinkage.compact.choice.ByMacs`; ``None``: the process default, see
+    :func:`~shrinkage.compact.choice.default_policy`).
     """
 
     select_inputs_min_fraction: float = 0.05
     lower_min_fraction: float = 0.25
     allow_unknown: bool = False
     leaf_modules: tuple[type[nn.Module], ...] = ()
+    round_to: int = 1
+    choose_by: FormPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"CompactOptions: round_to must be a positive integer, got {self.round_to!r}")
+        if self.choose_by is not None and not isinstance(self.choose_by, FormPolicy):
+            raise ConfigError(f"CompactOptions: choose_by must be Measured(), ByMacs() or None, got {self.choose_by!r}")
+
+    def policy(self) -> FormPolicy:
+        return self.choose_by if self.choose_by is not None else default_policy()
+
+    def form_context(self, layer: str) -> FormContext:
+        return FormContext(layer, self.select_inputs_min_fraction, self.lower_min_fraction, self.round_to)
 
 
 @dataclass
 class CompactionPlan:
-    """What to keep, per module and dim, plus the bias corrections of folded constants."""
+    """What to keep, per module and dim, plus the bias corrections of folded constants,
+    the removed attention heads and, per layer with several exact forms, the chosen
+    form: ``forms`` records every candidate's MACs and time and the choice,
+    ``layers`` holds the chosen layer, built from the model's weights."""
 
     keep: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # (module, dim) -> bool mask
     bias_delta: dict[str, Tensor] = field(default_factory=dict)  # consumer module -> added bias
-    select_inputs: dict[str, Tensor] = field(default_factory=dict)  # module -> kept input positions
-    lowered: dict[str, Tensor] = field(default_factory=dict)  # conv module -> kept im2col columns
     heads: dict[str, Tensor] = field(default_factory=dict)  # attention module -> bool mask of kept heads
+    forms: dict[str, FormChoice] = field(default_factory=dict)  # layer -> its form choice
+    layers: dict[str, nn.Module] = field(default_factory=dict)  # layer -> the chosen layer
     spaces: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,12 +97,10 @@ class CompactionPlan:
             modules.setdefault(name, {})[f"keep_dim{dim}"] = mask.nonzero().flatten().tolist()
         for name in self.bias_delta:
             modules.setdefault(name, {})["bias_folded"] = True
-        for name, idx in self.select_inputs.items():
-            modules.setdefault(name, {})["select_inputs"] = idx.tolist()
-        for name, idx in self.lowered.items():
-            modules.setdefault(name, {})["lowered_columns"] = idx.tolist()
         for name, mask in self.heads.items():
             modules.setdefault(name, {})["kept_heads"] = mask.nonzero().flatten().tolist()
+        for name, choice in self.forms.items():
+            modules.setdefault(name, {})["form"] = choice.as_dict()
         return {"modules": modules, "spaces": self.spaces}
 
 
@@ -220,8 +243,22 @@ def _decide_heads(cg: ChannelGraph, plan: CompactionPlan) -> None:
             plan.heads[name] = keep
 
 
-def decide(cg: ChannelGraph) -> CompactionPlan:
-    """Compute the keep masks and bias folds of every space of ``cg``, and the kept heads."""
+def _round_kept(remove: Tensor, unread: Tensor, round_to: int) -> Tensor:
+    """``remove`` with enough channels kept again that the kept count is a multiple of
+    ``round_to`` (or the whole space). Unread channels come back first (nobody reads them,
+    so keeping them changes nothing); a dead channel kept again is simply not folded."""
+    extra = (-int((~remove).sum())) % round_to
+    if not extra:
+        return remove
+    order = torch.cat([(remove & unread).nonzero().flatten(), (remove & ~unread).nonzero().flatten()])
+    remove = remove.clone()
+    remove[order[:extra]] = False
+    return remove
+
+
+def decide(cg: ChannelGraph, round_to: int = 1) -> CompactionPlan:
+    """Compute the keep masks and bias folds of every space of ``cg``, and the kept heads;
+    kept channel counts are rounded up to multiples of ``round_to``."""
     plan = CompactionPlan()
     nodes = {n.name: n for n in cg.gm.graph.nodes}
     space_nodes = _nodes_by_space(cg, nodes)
@@ -251,6 +288,7 @@ def decide(cg: ChannelGraph) -> CompactionPlan:
         remove = unread | (candidates & foldable)
         if remove.all() and not _zero_width_ok(cg, space, space_nodes.get(root, [])):
             remove[0] = False  # some op cannot run on zero channels: keep the first
+        remove = _round_kept(remove, unread, round_to)
         if not remove.any():
             continue
         if (candidates & foldable & remove).any():
