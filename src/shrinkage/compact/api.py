@@ -7,9 +7,7 @@ import logging
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
-from torch import fx
+from torch import Tensor, fx, nn
 
 from shrinkage.compact import layer_forms as _layer_forms  # noqa: F401  (registers the conv/linear forms)
 from shrinkage.compact.forms import choose_form, forms_for, mark
@@ -90,8 +88,9 @@ def _plan_forms(
         if x is None:
             continue
         layer = _compacted_layer(model, name, plan)
-        if not forms_for(layer) or layer.weight.numel() == 0:  # a removed branch's layer: one form only
-            continue
+        weight = getattr(layer, "weight", None)
+        if not forms_for(layer) or (isinstance(weight, Tensor) and weight.numel() == 0):
+            continue  # a removed branch's layer (a ZeroWidthConv, a Linear of nothing): one form only
         chosen = choose_form(layer, x, options.form_context(name), policy, device)
         if chosen is not None:
             plan.layers[name], plan.forms[name] = chosen
