@@ -139,3 +139,24 @@ def test_latency_budget_is_measured_on_the_compacted_model(monkeypatch: pytest.M
     assert seen and set(seen) == {16}
     assert result.achieved.latency_ms is not None and result.achieved.latency_ms <= 0.3 * dense_ms
     assert result.achieved.macs <= 0.31
+
+
+def test_a_mac_budget_is_counted_on_fewest_mac_forms_without_a_clock() -> None:
+    """Under the measured default, a MAC budget must not time forms in its bisection: the
+    count would depend on the machine's load and each probe would pay for the timing."""
+    from shrinkage.compact.choice import Measured, default_policy, set_default_policy
+
+    def timer(modules: object, x: torch.Tensor) -> list[float]:
+        raise AssertionError("a MAC budget timed a layer's forms")
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3))
+    with torch.no_grad():  # filter-shape columns zeroed in the middle conv: it has several exact forms
+        model[2].weight.view(16, -1)[:, ::3] = 0
+    previous = set_default_policy(Measured(timer=timer))
+    try:
+        result = shrinkage.prune(model, torch.randn(1, 3, 12, 12), Budget(macs=0.5))
+    finally:
+        set_default_policy(previous)
+    assert default_policy() is previous
+    assert result.achieved.macs <= 0.5

@@ -13,6 +13,7 @@ back and the next, finer groups of the order removed instead, while the budget h
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from shrinkage.budget.candidates import Unit, find_units
 from shrinkage.budget.spec import Achieved, Budget
 from shrinkage.compact.api import compact
+from shrinkage.compact.choice import ByMacs
 from shrinkage.compact.plan import CompactOptions
 from shrinkage.errors import ConfigError, ShrinkageError
 from shrinkage.graph.builder import build_channel_graph
@@ -295,6 +297,16 @@ def _masks(search: _Search, removed: list[Tensor], model: nn.Module) -> dict[int
     return masks
 
 
+def _counting_options(options: CompactOptions | None, budget: Budget) -> CompactOptions:
+    """Unless told otherwise, a MAC or parameter budget is checked on the fewest-MAC form of
+    every layer: deterministic, no clock in the bisection, and the count the budget is
+    about. A latency budget keeps the measured (fastest) forms, since speed is its target."""
+    options = options or CompactOptions()
+    if options.choose_by is None and budget.latency_ms is None:
+        return dataclasses.replace(options, choose_by=ByMacs())
+    return options
+
+
 def prune(
     model: nn.Module,
     example_inputs: tuple[Any, ...] | Tensor,
@@ -329,7 +341,7 @@ def prune(
         result.compact.to(device)
         result._masks = {k: (p, keep.to(device)) for k, (p, keep) in result._masks.items()}
         return result
-    search = _Search(model, example_inputs, budget, options or CompactOptions(), round_to, min_channels, depth)
+    search = _Search(model, example_inputs, budget, _counting_options(options, budget), round_to, min_channels, depth)
     if not search.units:
         raise BudgetError(f"prune: {type(model).__name__} has no removable channel or head to meet {budget}")
     floor, _ = search.measure(search.selection(range(len(search.steps))))

@@ -214,9 +214,10 @@ class ExactMacEstimator(MacEstimator):
 
     @torch.no_grad()
     def estimate(self, model: nn.Module) -> float:
-        from shrinkage.compact import compact, factorize  # compaction builds on optim: import late
+        from shrinkage.compact import ByMacs, CompactOptions, compact, factorize  # builds on optim: import late
 
-        small = compact(copy.deepcopy(model).eval(), self.example_inputs)
+        # fewest-MAC forms: a count, so no clock in the training loop
+        small = compact(copy.deepcopy(model).eval(), self.example_inputs, CompactOptions(choose_by=ByMacs()))
         energy = {}
         for name in self.low_rank:
             layer = _factorable(small, name)
