@@ -46,7 +46,7 @@ def compact_model(dense: nn.Module, config: CompactConfig, check_inputs: Tensor)
     lossy by design; its effect shows in the compact model's accuracy).
     """
     dense.eval()
-    compact = shrinkage.compact(dense, (check_inputs,))
+    compact = shrinkage.compact(dense, (check_inputs,), config.options())
     diff = max_output_difference(dense, compact, (check_inputs,))
     if config.factorize:
         compact = shrinkage.factorize(compact, config.energy, layers=config.factorize_layers or None)
