@@ -143,7 +143,8 @@ def _magnitude_pruned(model: nn.Module, fraction: float) -> nn.Module:
     return magnitude_sparsify(model, {name: fraction for name in weight_sparsity(model)})
 
 
-@pytest.mark.parametrize("make, shape", [(LeNet, (4, 1, 28, 28)), (resnet20, (2, 3, 32, 32))], ids=["lenet", "resnet20"])
+@pytest.mark.parametrize("make, shape", [(LeNet, (4, 1, 28, 28)), (resnet20, (2, 3, 32, 32))],
+                         ids=["lenet", "resnet20"])  # fmt: skip
 def test_sparsify_keeps_outputs_and_replaces_sparse_layers(make, shape):
     torch.manual_seed(5)
     model = _magnitude_pruned(make().eval(), 0.75)

@@ -165,7 +165,8 @@ regularization:
 """
     (rule,) = resolve_rules(parse_config(text, "t.yaml").regularization)
     assert rule.penalty == NuclearNorm(0.01, method=SvdMethod.RANDOMIZED, oversampling=4)
-    (default,) = resolve_rules(parse_config(text.replace(", method: randomized, oversampling: 4", ""), "t").regularization)
+    plain = text.replace(", method: randomized, oversampling: 4", "")
+    (default,) = resolve_rules(parse_config(plain, "t.yaml").regularization)
     assert default.penalty.method is SvdMethod.FULL
     with pytest.raises(ConfigError, match=r"penalty\.method: unknown value 'svd'"):
         parse_config(text.replace("method: randomized", "method: svd"), "t.yaml")

@@ -72,7 +72,8 @@ class NuclearNorm(Penalty):
         check_strength("nuclear_norm", self.strength)
         if not isinstance(self.method, SvdMethod):
             raise ConfigError(f"nuclear_norm.method must be an SvdMethod (full or randomized), got {self.method!r}")
-        for name, value, low in (("oversampling", self.oversampling, 1), ("power_iterations", self.power_iterations, 0)):
+        for name, value, low in (("oversampling", self.oversampling, 1),
+                                 ("power_iterations", self.power_iterations, 0)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"nuclear_norm.{name} must be an integer >= {low}, got {value!r}")
 
