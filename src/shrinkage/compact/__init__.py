@@ -6,6 +6,7 @@ from shrinkage.compact.factorize import LayerFactorization, factorize, plan_fact
 from shrinkage.compact.forms import FormContext, LayerForm, form_choices, register_form
 from shrinkage.compact.plan import CompactionPlan, CompactOptions
 from shrinkage.compact.serialize import load, save
+from shrinkage.compact.sparse import magnitude_sparsify, matched_sparsity, sparsify, weight_sparsity
 from shrinkage.compact.surgery import SURGEONS, shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
 
@@ -28,6 +29,10 @@ __all__ = [
     "factorize",
     "form_choices",
     "load",
+    "magnitude_sparsify",
+    "matched_sparsity",
+    "sparsify",
+    "weight_sparsity",
     "save",
     "plan_factorization",
     "rank_for_energy",

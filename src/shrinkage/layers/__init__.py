@@ -7,6 +7,7 @@ saved-model layouts can all refer to them.
 from shrinkage.layers.attention import HeadLayout, HeadPrunedAttention, HeadSlice, head_layout, removable_heads
 from shrinkage.layers.compacted import LoweredConv2d, SelectInputs, ZeroWidthConv, uninitialized
 from shrinkage.layers.cropped import CroppedConv2d
+from shrinkage.layers.sparse import SparseConv2d, SparseLinear
 
 __all__ = [
     "CroppedConv2d",
@@ -15,6 +16,8 @@ __all__ = [
     "HeadSlice",
     "LoweredConv2d",
     "SelectInputs",
+    "SparseConv2d",
+    "SparseLinear",
     "ZeroWidthConv",
     "head_layout",
     "removable_heads",
