@@ -159,9 +159,15 @@ def budget_table(results: Path) -> str:
     return budget_report.table(budget_report.aggregate(budget_report.load(results / "budget")))
 
 
+def speed_table(results: Path) -> str:
+    import speed_report  # next to this script
+
+    return speed_report.table(results / "speed")
+
+
 def render(results: Path) -> str:
     return ("## Results\n\n" + budget_table(results) + "\n" + mnist_table(results) + "\n"
-            + torch_pruning_table(results) + "\n" + structures_table(results))
+            + speed_table(results) + "\n" + torch_pruning_table(results) + "\n" + structures_table(results))
 
 
 def main() -> int:

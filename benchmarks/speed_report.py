@@ -1,0 +1,100 @@
+"""README tables from ``results/speed/*.json`` (written by ``benchmarks/speed.py``)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def load(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def _speed_cell(comparison: dict[str, Any], name: str) -> str:
+    value = comparison["speedup"].get(name)
+    if value is None:
+        return "–"
+    return _x(value) + ("" if comparison.get("reliable", True) is not False else " ⚠")
+
+
+def _conv_layer_mean(row: dict[str, Any], batch: int) -> float | None:
+    """SSL's figure: the mean over conv layers of each layer's own speedup."""
+    for timing in row["layers"]:
+        if timing["batch_size"] == batch:
+            values = [r["speedup"] for r in timing["rows"] if r["kind"] == "Conv2d" and r["speedup"]]
+            return statistics.mean(values) if values else None
+    return None
+
+
+def summary_table(files: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| case | threads | MACs ÷ | batch | compact (fastest forms) | compact (fewest-MAC forms) | L1 sparse, same "
+        "sparsity (CSR) | speedup ÷ MACs ÷ | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in files:
+        for row in d["rows"]:
+            for c in row["latency"]:
+                fast = c["speedup"].get("compact")
+                follows = "–" if fast is None else f"{fast / row['mac_ratio']:.2f}"
+                load = "–" if c.get("load_average") is None else f"{c['load_average']:.2f}"
+                lines.append(
+                    f"| {row['description']} | {row['threads']} | {_x(row['mac_ratio'])} | {c['batch_size']} "
+                    f"| {_speed_cell(c, 'compact')} | {_speed_cell(c, 'compact (fewest MACs)')} "
+                    f"| {_speed_cell(c, 'L1 sparse (CSR)')} "
+                    f"| {follows} | {load} |"
+                )
+    return lines
+
+
+def layer_table(d: dict[str, Any]) -> list[str]:
+    """Per layer: MAC ratio, the form chosen and the speedup at every (threads, batch)."""
+    columns = [(row["threads"], t["batch_size"]) for row in d["rows"] for t in row["layers"]]
+    first = d["rows"][0]["layers"][-1]["rows"]
+    lines = [
+        "| layer | MACs ÷ | compact form | " + " | ".join(f"{t} thr, b{b}" for t, b in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for i, layer in enumerate(first):
+        cells = []
+        for row in d["rows"]:
+            for timing in row["layers"]:
+                cells.append(_x(timing["rows"][i]["speedup"]))
+        form = (layer.get("compact_form") or "").replace("|", "/")
+        lines.append(f"| {layer['name']} | {_x(layer.get('mac_ratio'))} | `{form}` | " + " | ".join(cells) + " |")
+    means = []
+    for row in d["rows"]:
+        for timing in row["layers"]:
+            means.append(_x(_conv_layer_mean(row, timing["batch_size"])))
+    lines.append("| mean over conv layers | | | " + " | ".join(means) + " |")
+    return lines
+
+
+def table(folder: Path) -> str:
+    files = load(folder)
+    if not files:
+        return "_No speed results recorded yet: run `python benchmarks/speed.py`._\n"
+    lines = [
+        "### Speed: does it follow the MACs? (CPU)",
+        "",
+        "Random weights with the zeros a trained run leaves (see `benchmarks/speed_cases.py` for where each "
+        "structure comes from), compacted exactly, and timed against the dense model in one process: shuffled "
+        "short rounds, median, with a control (the dense model against an identical copy); ⚠ marks a "
+        "comparison whose control was off by more than 5%. *MACs ÷* is the structure's own MAC ratio (every "
+        "layer in its fewest-MAC form). *Fastest forms* lets `compact` time each layer's exact forms and keep "
+        "the fastest. The L1 row zeroes the smallest weights of the dense model to the same per-layer "
+        "sparsity and runs PyTorch's sparse CSR/COO kernels. No GPU was available: GPU speed is not measured.",
+        "",
+        *summary_table(files),
+        "",
+    ]
+    for d in files:
+        if d["rows"] and d["rows"][0].get("conv_only"):
+            lines += [f"Per layer, {d['rows'][0]['description']} (`{d['command']}`):", "", *layer_table(d), ""]
+    return "\n".join(lines)
