@@ -5,10 +5,10 @@
     python benchmarks/speed.py --quick                 # every path, tiny budgets (no results written)
 
 For each case of ``benchmarks/speed_cases.py`` (a dense model and the zeros a trained
-run would leave) and each thread count, one process:
+run would leave) and each thread count, in one process:
 
-* compacts the zeroed model twice: with each layer's form chosen by a short
-  measurement (``Measured``, the default) and by the fewest MACs (``ByMacs``: the
+* compacts the zeroed model twice (once per case, at torch's default thread count):
+  with each layer's form chosen by a short measurement (``Measured``, the default) and by the fewest MACs (``ByMacs``: the
   structure's own MAC count, what SSL's speedup should follow); each is checked
   exact on a fresh input (``max |compact - zeroed|``);
 * where the case asks, builds the non-structured baseline: the dense model with its
@@ -77,9 +77,9 @@ def build(case: Case) -> dict[str, nn.Module]:
     return models
 
 
-def measure(case: Case, threads: int, budget: float, quick: bool) -> dict[str, Any]:
+def measure(case: Case, built: dict[str, nn.Module], threads: int, budget: float) -> dict[str, Any]:
     torch.manual_seed(0)
-    models = build(case)
+    models = dict(built)
     zeroed, l1_reference = models.pop("_zeroed", None), models.pop("_l1", None)
     fresh = torch.randn(2, *case.input_shape)  # not the example compaction saw
     one = fresh[:1]
@@ -126,7 +126,9 @@ def main() -> int:
     names = args.only or list(CASES)
     for name in names:
         case = CASES[name]
-        rows = [measure(case, t, budget, args.quick) for t in args.threads]
+        torch.manual_seed(0)
+        built = build(case)  # once: the forms were chosen at the machine's default thread count
+        rows = [measure(case, built, t, budget) for t in args.threads]
         if args.quick:
             continue
         write_json(OUT / f"{name}.json", {
