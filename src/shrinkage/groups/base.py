@@ -9,6 +9,7 @@ im2col columns, whole blocks and (later) coupled slices spanning several layers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,25 @@ class Grouping(ABC):
         with torch.no_grad():
             rows, cols = self.gather().shape
         return rows, cols
+
+    @property
+    def scales_rows_in_place(self) -> bool:
+        """Whether :meth:`row_norms` and :meth:`scale_rows_` work on the parameters directly,
+        without building the matrix. A penalty whose proximal map only multiplies each row by
+        a function of its norm (the group Lasso) then skips the gather/scatter round trip."""
+        return False
+
+    @torch.no_grad()
+    def row_norms(self) -> Tensor:
+        """The L2 norm of each row of the matrix, shape ``(n_groups,)`` (not differentiable)."""
+        return self.gather().norm(dim=1)
+
+    @torch.no_grad()
+    def scale_rows_(self, factors: Tensor) -> None:
+        """Multiply row ``g`` of the matrix by ``factors[g]``, in the parameters."""
+        matrix = self.gather()
+        matrix.mul_(factors.unsqueeze(1).to(matrix.dtype))
+        self.scatter_(matrix)
 
 
 def _write(param: nn.Parameter, src: Tensor) -> None:
@@ -151,6 +171,12 @@ class SliceGrouping(Grouping):
         # index tensors live where their parameter does (index_select refuses a mix)
         self.members = tuple((p, d, idx.to(p.device)) for p, d, idx in members)
         self.n_groups = n.pop()
+        # per member: the positions to read from its per-position squared norms, or None for
+        # its own rows 0..n-1 in order (a producer), read as they are
+        self._positions = tuple(
+            None if _is_identity(idx, p.shape[d % p.dim()]) else idx.reshape(-1) for p, d, idx in self.members
+        )
+        self._scaling = self._scaling_plan()
 
     @property
     def parameters(self) -> tuple[nn.Parameter, ...]:
@@ -174,6 +200,107 @@ class SliceGrouping(Grouping):
                 block = matrix[:, offset : offset + width].reshape((flat.numel(),) + rest)
                 p.index_copy_(dim, flat, block.movedim(0, dim))
                 offset += width
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        # from the members' shapes: the base class would build the whole matrix to read it
+        width = 0
+        for p, dim, idx in self.members:
+            dim = dim % p.dim()
+            width += idx.shape[1] * _prod(tuple(s for i, s in enumerate(p.shape) if i != dim))
+        return self.n_groups, width
+
+    @property
+    def scales_rows_in_place(self) -> bool:
+        return self._scaling is not None
+
+    def _scaling_plan(self) -> tuple[_ParamScaling, ...] | None:
+        """How each parameter is scaled in place; ``None`` when the slices of different groups
+        overlap in one parameter (there ``scatter_`` lets the last member win, which a
+        multiplication cannot reproduce): the gather/scatter path then stays the only one."""
+        by_param: dict[int, list[tuple[nn.Parameter, int, Tensor]]] = {}
+        for p, dim, idx in self.members:
+            by_param.setdefault(id(p), []).append((p, dim % p.dim(), idx))
+        plan = []
+        for uses in by_param.values():
+            p, dim = uses[0][0], uses[0][1]
+            if any(d != dim for _, d, _ in uses):
+                return None  # slices along two axes of one tensor overlap
+            size = p.shape[dim]
+            flat = torch.cat([idx.reshape(-1) for _, _, idx in uses])
+            groups = torch.cat([_row_of(idx) for _, _, idx in uses])
+            # position -> its group; positions of no group get n_groups, whose factor is 1
+            owner = torch.full((size,), self.n_groups, dtype=torch.long, device=flat.device)
+            owner[flat] = groups
+            if not bool((owner[flat] == groups).all()):
+                return None  # one position in two groups
+            whole = size == self.n_groups and bool((owner == torch.arange(size, device=owner.device)).all())
+            plan.append(_ParamScaling(p, dim, None if whole else owner))
+        return tuple(plan)
+
+    @torch.no_grad()
+    def row_norms(self) -> Tensor:
+        """Group norms from each slice's squared norm, summed per group: the same sums as the
+        gathered matrix's rows (a slice listed twice counts twice there too), in another order."""
+        dtype = self.members[0][0].dtype
+        for p, _, _ in self.members[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)  # what torch.cat in gather() gives
+        squares: dict[tuple[int, int], Tensor] = {}  # per (parameter, dim): squared norm of each position
+        total: Tensor | None = None
+        for (p, dim, idx), positions in zip(self.members, self._positions, strict=True):
+            dim = dim % p.dim()
+            sq = squares.get((id(p), dim))
+            if sq is None:
+                sq = p.to(dtype).square()
+                if p.dim() > 1:
+                    sq = sq.sum(dim=[i for i in range(p.dim()) if i != dim])
+                squares[id(p), dim] = sq
+            part = sq if positions is None else sq.index_select(0, positions)
+            if idx.shape[1] > 1:
+                part = part.view(self.n_groups, -1).sum(dim=1)
+            total = part if total is None else total + part
+        assert total is not None  # members is never empty
+        return total.sqrt()
+
+    @torch.no_grad()
+    def scale_rows_(self, factors: Tensor) -> None:
+        """Multiply every parameter in place by its groups' factors along the grouped axis
+        (1 at positions of no group): each weight of group ``g`` gets ``w * factors[g]``,
+        the very product the gather/scatter path writes back."""
+        if self._scaling is None:
+            super().scale_rows_(factors)
+            return
+        padded: Tensor | None = None
+        for s in self._scaling:
+            if s.owner is None:
+                per_position = factors
+            else:
+                if padded is None:
+                    padded = torch.cat([factors, factors.new_ones(1)])
+                per_position = padded[s.owner]
+            shape = [1] * s.param.dim()
+            shape[s.dim] = -1
+            s.param.mul_(per_position.to(s.param.dtype).view(shape))
+
+
+class _ParamScaling(NamedTuple):
+    """One parameter of a :class:`SliceGrouping` and the group of each position along ``dim``
+    (``owner``; ``n_groups`` for none; ``None`` when position ``g`` is group ``g``, all covered)."""
+
+    param: nn.Parameter
+    dim: int
+    owner: Tensor | None
+
+
+def _row_of(idx: Tensor) -> Tensor:
+    """The group of each entry of ``idx.reshape(-1)`` for an ``(n_groups, k)`` index."""
+    n, k = idx.shape
+    return torch.arange(n, device=idx.device).repeat_interleave(k)
+
+
+def _is_identity(idx: Tensor, size: int) -> bool:
+    """Whether ``idx.reshape(-1)`` is ``0, 1, ..., size - 1`` (a producer's own rows)."""
+    return idx.numel() == size and bool((idx.reshape(-1) == torch.arange(size, device=idx.device)).all())
 
 
 def _prod(shape: tuple[int, ...]) -> int:

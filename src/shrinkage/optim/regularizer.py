@@ -22,6 +22,7 @@ from shrinkage.groups.base import Grouping
 from shrinkage.groups.kinds import GroupKind
 from shrinkage.optim.rules import Rule
 from shrinkage.penalties.base import Penalty
+from shrinkage.penalties.group_lasso import GroupLasso
 from shrinkage.penalties.nuclear_norm import NuclearNorm
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ class Regularizer:
             step = self.step_for(term, step_of)
             if step == 0:
                 continue  # the identity map (a rule switched off by its scale)
+            if isinstance(term.penalty, GroupLasso):
+                term.penalty.prox_grouping_(term.grouping, step)  # skips gather/scatter where it can
+                continue
             matrix = term.grouping.gather()
             term.penalty.prox_(matrix, step)
             term.grouping.scatter_(matrix)
