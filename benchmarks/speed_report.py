@@ -35,7 +35,7 @@ def _conv_layer_mean(row: dict[str, Any], batch: int) -> float | None:
 def summary_table(files: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| case | threads | MACs ÷ | batch | compact (fastest forms) | compact (fewest-MAC forms) | L1 sparse, same "
-        "sparsity (CSR) | speedup ÷ MACs ÷ | load avg |",
+        "sparsity (CSR linear, COO conv) | speedup ÷ MACs ÷ | load avg |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in files:
@@ -89,7 +89,7 @@ def table(folder: Path) -> str:
         "comparison whose control was off by more than 5%. *MACs ÷* is the structure's own MAC ratio (every "
         "layer in its fewest-MAC form). *Fastest forms* lets `compact` time each layer's exact forms and keep "
         "the fastest. The L1 row zeroes the smallest weights of the dense model to the same per-layer "
-        "sparsity and runs PyTorch's sparse CSR/COO kernels. No GPU was available: GPU speed is not measured.",
+        "sparsity and runs PyTorch's sparse kernels (the model's key in the JSON is `L1 sparse (CSR)`). No GPU was available: GPU speed is not measured.",
         "",
         *summary_table(files),
         "",
