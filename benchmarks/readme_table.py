@@ -165,9 +165,19 @@ def speed_table(results: Path) -> str:
     return speed_report.table(results / "speed")
 
 
+def overhead_table(results: Path) -> str:
+    """The markdown that ``benchmarks/train_overhead.py`` wrote beside its JSON."""
+    parts = [(results / "overhead" / f"{name}.md") for name in ("lenet", "resnet20", "rank")]
+    found = [p.read_text().strip() for p in parts if p.exists()]
+    if not found:
+        return ""
+    return ("### Training overhead per regularizer (CPU, `python benchmarks/train_overhead.py --rounds 6`)\n\n"
+            + "\n\n".join(found) + "\n")
+
+
 def render(results: Path) -> str:
     return ("## Results\n\n" + budget_table(results) + "\n" + mnist_table(results) + "\n"
-            + speed_table(results) + "\n" + torch_pruning_table(results) + "\n" + structures_table(results))
+            + speed_table(results) + "\n" + overhead_table(results) + "\n" + torch_pruning_table(results) + "\n" + structures_table(results))
 
 
 def main() -> int:
