@@ -189,6 +189,22 @@ def test_measured_choice_with_the_real_timer_picks_a_candidate_and_stays_exact()
     assert all(c.seconds is not None and c.seconds >= 0 for c in choice.candidates)
 
 
+def test_measured_choice_times_at_the_serving_batch_size() -> None:
+    clear_timing_cache()
+    batches: list[int] = []
+
+    def timer(modules: Sequence[nn.Module], x: torch.Tensor) -> list[float]:
+        batches.append(x.shape[0])
+        return [1.0] * len(modules)
+
+    options = CompactOptions(choose_by=Measured(timer=timer, batch_size=16))
+    small = assert_compacts(_conv_model(1, 1, 1, "asymmetric"), torch.randn(2, 4, 13, 13), options)
+    assert batches == [16]
+    assert form_choices(small)["conv"].input_shape[0] == 16
+    with pytest.raises(ConfigError, match="batch_size"):
+        Measured(batch_size=0)
+
+
 def test_a_timer_returning_garbage_is_named() -> None:
     options = CompactOptions(choose_by=Measured(timer=lambda modules, x: [1.0]))
     with pytest.raises(ShrinkageError, match="layer 'conv'"):

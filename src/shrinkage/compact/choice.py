@@ -95,17 +95,24 @@ class Measured(FormPolicy):
 
     ``rounds`` interleaved rounds per candidate (median kept); ``timer`` replaces the
     measurement (``(modules, x) -> seconds per call of each``): tests inject a fake one.
+    ``batch_size`` times every candidate at that batch (the layer's recorded input,
+    repeated) instead of the example's: the fastest form at batch 1 is not always the
+    fastest at the batch the model will serve (a lowered GEMM can win at 1 and lose at 16).
     Timings are cached in-process per candidate structure, input shape, dtype, device,
     thread count and timer; :func:`shrinkage.compact.timing.clear_timing_cache` forgets them.
     """
 
     rounds: int = 5
     timer: timing.Timer | None = None
+    batch_size: int | None = None
     label: ClassVar[str] = "measured"
 
     def __post_init__(self) -> None:
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"Measured: rounds must be a positive integer, got {self.rounds!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):  # fmt: skip
+            raise ConfigError(f"Measured: batch_size must be a positive integer, got {self.batch_size!r}")
         if self.timer is not None and not callable(self.timer):
             raise ConfigError(f"Measured: timer must be callable (modules, x) -> seconds, got {self.timer!r}")
 
@@ -116,6 +123,8 @@ class Measured(FormPolicy):
 
     def choose(self, layer: str, candidates: Sequence[Candidate], x: Tensor, device: torch.device) -> FormChoice:
         x = x.to(device)
+        if self.batch_size is not None and x.dim() > 0 and x.shape[0] != self.batch_size:
+            x = x[:1].expand(self.batch_size, *x.shape[1:]).contiguous()
         timer_id = self.timer if self.timer is not None else ("interleaved", self.rounds)
         keys = [timing.cache_key(timer_id, c.form, c.module, x) for c in candidates]
         seconds: list[float | None] = [timing.cached(k) for k in keys]
