@@ -84,6 +84,7 @@ def table(folder: Path) -> str:
     lines = [
         "### Speed: does it follow the MACs? (CPU)",
         "",
+        "`python benchmarks/speed.py` (each JSON in `results/speed/` records its command). "
         "Random weights with the zeros a trained run leaves (see `benchmarks/speed_cases.py` for where each "
         "structure comes from), compacted exactly, and timed against the dense model in one process: shuffled "
         "short rounds, median, with a control (the dense model against an identical copy); ⚠ marks a "
