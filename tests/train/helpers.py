@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,3 +55,22 @@ def tiny_config(mode: Mode = Mode.PROXIMAL, epochs: int = 2, finetune: int = 1) 
         regularization=RegularizationConfig(mode=mode, rules=rules, zero_threshold=0.05),
         finetune=FinetuneConfig(epochs=finetune, lr=0.01),
     )
+
+
+class Stop(Exception):
+    """Simulates a crash (or Ctrl-C) right after an epoch's checkpoint is written."""
+
+
+def stop_after(n: int) -> Callable[[dict[str, Any]], None]:
+    """An ``on_epoch_end`` hook that raises :class:`Stop` after global epoch ``n``."""
+
+    def hook(row: dict[str, Any]) -> None:
+        if row["global_epoch"] == n:
+            raise Stop
+
+    return hook
+
+
+def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metric rows without their wall-clock column, for comparing two runs."""
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]

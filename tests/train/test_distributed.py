@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +41,13 @@ from shrinkage.errors import ConfigError
 from shrinkage.train import Trainer, distributed, pipeline, run_experiment
 from shrinkage.train.distributed import World
 
-from train.helpers import tiny_config, tiny_data, tiny_model
+from train.helpers import Stop, stop_after, tiny_config, tiny_data, tiny_model, without_time
 
 WORLD = 2
 #: 97 = 6 batches of 16 and a last one of 1 sample: rank 1 has nothing of it (weight 0)
 TRAIN_SIZE = 97
 #: with a global batch of 8, the last batch of 45 holds 5 samples: 3 on rank 0, 2 on rank 1
 CONTROLLED_SIZE = 45
-
-
-class Stop(Exception):
-    """A crash right after an epoch's checkpoint, on every rank."""
 
 
 def run_config(
@@ -77,18 +72,6 @@ def controlled_config() -> RunConfig:
 
 def datasets(train_size: int = TRAIN_SIZE) -> tuple[ImageDataset, ImageDataset]:
     return tiny_data(train_size, seed=1), tiny_data(60, seed=2)
-
-
-def stop_after(n: int) -> Callable[[dict[str, Any]], None]:
-    def hook(row: dict[str, Any]) -> None:
-        if row["global_epoch"] == n:
-            raise Stop
-
-    return hook
-
-
-def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
 
 
 # --- what every rank runs ----------------------------------------------------------------

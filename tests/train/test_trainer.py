@@ -17,25 +17,9 @@ from shrinkage.errors import ConfigError, TrainingError
 from shrinkage.io import load_checkpoint
 from shrinkage.train import CHECKPOINT, METRICS, Trainer
 
-from .helpers import tiny_config, tiny_model
+from .helpers import Stop, stop_after, tiny_config, tiny_model, without_time
 
 Datasets = tuple[ImageDataset, ImageDataset]
-
-
-class Stop(Exception):
-    """Simulates a crash (or Ctrl-C) right after an epoch's checkpoint is written."""
-
-
-def stop_after(n: int) -> Any:
-    def hook(row: dict[str, Any]) -> None:
-        if row["global_epoch"] == n:
-            raise Stop
-
-    return hook
-
-
-def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
 
 
 def test_fit_writes_metrics_and_checkpoint(tmp_path: Path, datasets: Datasets) -> None:
