@@ -143,26 +143,18 @@ class _CaptureNote(logging.Handler):
         self.capture: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if (
-            "captured with" in str(record.msg)
-            and isinstance(record.args, tuple)
-            and len(record.args) > 1
-        ):
+        if "captured with" in str(record.msg) and isinstance(record.args, tuple) and len(record.args) > 1:
             self.capture = str(record.args[1])
 
 
-def run_shrinkage(
-    case: Case, model: nn.Module, example: tuple[Any, ...], prepared: Prepared
-) -> dict[str, Any]:
+def run_shrinkage(case: Case, model: nn.Module, example: tuple[Any, ...], prepared: Prepared) -> dict[str, Any]:
     result = _compact_and_classify(case, model, example, prepared)
     if prepared.error is not None and result["status"] == "nothing_removable":
         result["status"] = "no_groups"
     return result
 
 
-def _compact_and_classify(
-    case: Case, model: nn.Module, example: tuple[Any, ...], prepared: Prepared
-) -> dict[str, Any]:
+def _compact_and_classify(case: Case, model: nn.Module, example: tuple[Any, ...], prepared: Prepared) -> dict[str, Any]:
     zeroed = prepared.zeroed_channels + prepared.zeroed_heads
     before = params_of(model)
     note = _CaptureNote()
@@ -208,31 +200,18 @@ def torch_pruning_compact(model: nn.Module, example: tuple[Any, ...]) -> nn.Modu
     import torch_pruning as tp
 
     model = copy.deepcopy(model)
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example[0] if len(example) == 1 else example
-    )
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example[0] if len(example) == 1 else example)
     for layer in [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]:
-        zero = (
-            (layer.weight.detach().flatten(1).abs().amax(1) == 0)
-            .nonzero()
-            .flatten()
-            .tolist()
-        )
+        zero = (layer.weight.detach().flatten(1).abs().amax(1) == 0).nonzero().flatten().tolist()
         if zero and len(zero) < layer.weight.shape[0]:
-            prune = (
-                tp.prune_conv_out_channels
-                if isinstance(layer, nn.Conv2d)
-                else tp.prune_linear_out_channels
-            )
+            prune = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
             group = graph.get_pruning_group(layer, prune, idxs=zero)
             if graph.check_pruning_group(group):
                 group.prune()
     return model
 
 
-def run_torch_pruning(
-    case: Case, model: nn.Module, example: tuple[Any, ...]
-) -> dict[str, Any]:
+def run_torch_pruning(case: Case, model: nn.Module, example: tuple[Any, ...]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         theirs = torch_pruning_compact(model, example)
@@ -263,14 +242,10 @@ def run_torch_pruning(
     }
 
 
-def _child(
-    case: Case, fraction: float, max_params: int, threads: int, queue: Any
-) -> None:
+def _child(case: Case, fraction: float, max_params: int, threads: int, queue: Any) -> None:
     torch.set_num_threads(threads)
     try:
-        with torch.device(
-            "meta"
-        ):  # the size before building: no memory, no initialization
+        with torch.device("meta"):  # the size before building: no memory, no initialization
             params: int | None = params_of(case.make())
     except Exception:  # noqa: BLE001  some builders insist on real tensors; the cap then does not apply
         params = None
@@ -309,17 +284,11 @@ def _child(
     queue.put(("torch_pruning", run_torch_pruning(case, model, example)))
 
 
-def measure(
-    case: Case, fraction: float, max_params: int, threads: int, timeout: float
-) -> dict[str, Any]:
+def measure(case: Case, fraction: float, max_params: int, threads: int, timeout: float) -> dict[str, Any]:
     """One row: the case run in a forked child, whatever it reported before ``timeout``."""
-    ctx = mp.get_context(
-        "fork"
-    )  # the child inherits the imports; a spawned one would redo them per model
+    ctx = mp.get_context("fork")  # the child inherits the imports; a spawned one would redo them per model
     queue = ctx.Queue()
-    child = ctx.Process(
-        target=_child, args=(case, fraction, max_params, threads, queue), daemon=True
-    )
+    child = ctx.Process(target=_child, args=(case, fraction, max_params, threads, queue), daemon=True)
     start = time.perf_counter()
     child.start()
     row: dict[str, Any] = {
@@ -375,14 +344,8 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for family in FAMILIES:
         mine = [r for r in rows if r["family"] == family]
         if mine:
-            ours = {
-                s: sum(r["shrinkage"]["status"] == s for r in mine)
-                for s in SHRINKAGE_STATUSES
-            }
-            theirs = {
-                s: sum(r["torch_pruning"]["status"] == s for r in mine)
-                for s in TP_STATUSES
-            }
+            ours = {s: sum(r["shrinkage"]["status"] == s for r in mine) for s in SHRINKAGE_STATUSES}
+            theirs = {s: sum(r["torch_pruning"]["status"] == s for r in mine) for s in TP_STATUSES}
             theirs["exact"] = sum(bool(r["torch_pruning"].get("exact")) for r in mine)
             out[family] = {
                 "models": len(mine),
@@ -407,9 +370,7 @@ def source_state() -> dict[str, Any]:
     """The commit measured and whether the library's sources differed from it."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], check=False, cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
+        return subprocess.run(["git", *args], check=False, cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     return {
         "commit": git("rev-parse", "HEAD"),
@@ -430,9 +391,7 @@ def versions() -> dict[str, str]:
 @contextmanager
 def locked(path: Path):  # type: ignore[no-untyped-def]
     """Several runs (one per family) may merge rows into one file: one writer at a time."""
-    lock_path = (
-        ROOT / "runs" / "zoo" / f"{path.stem}.lock"
-    )  # beside the logs, out of the results
+    lock_path = ROOT / "runs" / "zoo" / f"{path.stem}.lock"  # beside the logs, out of the results
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -448,16 +407,10 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 def save_row(path: Path, row: dict[str, Any], meta: dict[str, Any]) -> None:
     with locked(path):
-        rows = [
-            r
-            for r in load_rows(path)
-            if (r["family"], r["name"]) != (row["family"], row["name"])
-        ] + [row]
+        rows = [r for r in load_rows(path) if (r["family"], r["name"]) != (row["family"], row["name"])] + [row]
         order = {f: i for i, f in enumerate(FAMILIES)}
         rows.sort(key=lambda r: (order[r["family"]], r["name"]))
-        write_json(
-            path, {**meta, "totals": totals(rows), "causes": causes(rows), "rows": rows}
-        )
+        write_json(path, {**meta, "totals": totals(rows), "causes": causes(rows), "rows": rows})
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -468,9 +421,7 @@ def describe(row: dict[str, Any]) -> str:
         text += f" {row.get('params', 0):>11,} -> {ours['params']:>11,} diff {ours['max_abs_diff']:.1e}"
     if share is not None:
         text += f" removable {share:.0%}"
-    text += f" | TP {theirs['status']}" + (
-        f" -> {theirs['params']:,}" if "params" in theirs else ""
-    )
+    text += f" | TP {theirs['status']}" + (f" -> {theirs['params']:,}" if "params" in theirs else "")
     text += f" | {row['seconds']:.1f}s"
     if ours.get("message"):
         text += f"\n    {ours['message'][:300]}"
@@ -478,24 +429,16 @@ def describe(row: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--family",
         action="append",
         choices=FAMILIES,
         help="only this family (repeatable)",
     )
-    parser.add_argument(
-        "--only", action="append", help="only the model of this name (repeatable)"
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="re-run models already recorded"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds per model (default 600)"
-    )
+    parser.add_argument("--only", action="append", help="only the model of this name (repeatable)")
+    parser.add_argument("--force", action="store_true", help="re-run models already recorded")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model (default 600)")
     parser.add_argument(
         "--max-params",
         type=float,
@@ -508,9 +451,7 @@ def main() -> int:
         default=0.25,
         help="share of each group set zeroed (default 0.25)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads per model (default 1)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per model (default 1)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -519,22 +460,11 @@ def main() -> int:
     )
     parser.add_argument("--list", action="store_true", help="print the models and exit")
     args = parser.parse_args()
-    selected = [
-        c
-        for f in (args.family or FAMILIES)
-        for c in cases(f)
-        if not args.only or c.name in args.only
-    ]
+    selected = [c for f in (args.family or FAMILIES) for c in cases(f) if not args.only or c.name in args.only]
     if args.list:
-        print(
-            "\n".join(f"{c.key} {'x'.join(map(str, c.input_shape))}" for c in selected)
-        )
+        print("\n".join(f"{c.key} {'x'.join(map(str, c.input_shape))}" for c in selected))
         return 0
-    done = (
-        {(r["family"], r["name"]) for r in load_rows(args.out)}
-        if not args.force
-        else set()
-    )
+    done = {(r["family"], r["name"]) for r in load_rows(args.out)} if not args.force else set()
     meta = {
         "benchmark": "zoo", "command": "python benchmarks/zoo.py [--family F] [--only NAME] [--force]",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -545,9 +475,7 @@ def main() -> int:
     for case in selected:
         if (case.family, case.name) in done:
             continue
-        row = measure(
-            case, args.fraction, int(args.max_params), args.threads, args.timeout
-        )
+        row = measure(case, args.fraction, int(args.max_params), args.threads, args.timeout)
         save_row(args.out, row, meta)
         print(describe(row), flush=True)
     return 0

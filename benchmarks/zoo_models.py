@@ -65,9 +65,7 @@ def torchvision_cases() -> list[Case]:
     import torchvision
 
     def maker(name: str) -> Callable[[], nn.Module]:
-        return lambda: getattr(torchvision.models, name)(
-            weights=None, **TORCHVISION_KWARGS.get(name, {})
-        )
+        return lambda: getattr(torchvision.models, name)(weights=None, **TORCHVISION_KWARGS.get(name, {}))
 
     names = torchvision.models.list_models(module=torchvision.models)
     return [Case("torchvision", n, (2, 3, TORCHVISION_SIZE.get(n, 64), TORCHVISION_SIZE.get(n, 64)), maker(n))
@@ -127,9 +125,7 @@ def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.M
     def make() -> nn.Module:
         import transformers
 
-        return getattr(transformers, model_class)(
-            getattr(transformers, config_class)(**config)
-        )
+        return getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
 
     return make
 
@@ -184,11 +180,7 @@ def randomize_norm_stats(model: nn.Module, gen: torch.Generator) -> None:
     emits a non-zero constant that compaction has to fold."""
     with torch.no_grad():
         for m in model.modules():
-            if (
-                isinstance(m, nn.modules.batchnorm._BatchNorm)
-                and m.affine
-                and m.track_running_stats
-            ):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats:
                 m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
                 m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.weight.copy_(torch.randn(m.num_features, generator=gen))
@@ -197,41 +189,25 @@ def randomize_norm_stats(model: nn.Module, gen: torch.Generator) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.5)
 
 
-def coupled_groupings(
-    model: nn.Module, shape: tuple[int, ...], vocab: int | None
-) -> tuple[list[Grouping], str]:
+def coupled_groupings(model: nn.Module, shape: tuple[int, ...], vocab: int | None) -> tuple[list[Grouping], str]:
     """The coupled groups of every conv and linear, and how they were found: by
     ``CoupledChannels`` (torch.fx) or, where it cannot trace the model, by the groups of
     the graph that compaction captures (torch.export, in versions that have it)."""
-    chosen = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
+    chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     try:
-        return CoupledChannels(shape, vocab=vocab).build_for(
-            model, chosen
-        ), "CoupledChannels"
+        return CoupledChannels(shape, vocab=vocab).build_for(model, chosen), "CoupledChannels"
     except ShrinkageError:
         capture_channel_graph = _compaction_capture()
-        if (
-            capture_channel_graph is None
-        ):  # only the torch.fx capture exists: its refusal stands
+        if capture_channel_graph is None:  # only the torch.fx capture exists: its refusal stands
             raise
     gen = torch.Generator().manual_seed(0)
-    example = (
-        torch.randint(0, vocab, shape, generator=gen)
-        if vocab is not None
-        else torch.randn(shape, generator=gen)
-    )
+    example = torch.randint(0, vocab, shape, generator=gen) if vocab is not None else torch.randn(shape, generator=gen)
     graph = capture_channel_graph(copy.deepcopy(model), (example,))
     params, selected = dict(model.named_parameters()), {n for n, _ in chosen}
     groupings: list[Grouping] = []
     for root in graph.table.roots():
         space = graph.table.get(root)
-        if (
-            not space.pinned
-            and not space.is_input
-            and selected.intersection(s.module for s in space.producers)
-        ):
+        if not space.pinned and not space.is_input and selected.intersection(s.module for s in space.producers):
             groupings.append(space_grouping(graph, params, root))
     return groupings, "captured graph"
 
@@ -274,9 +250,7 @@ def zero_heads(model: nn.Module, gen: torch.Generator, fraction: float) -> int:
             if isinstance(m, nn.MultiheadAttention):
                 for g in Heads().build(name, m):
                     matrix = g.gather()
-                    rows = torch.randperm(matrix.shape[0], generator=gen)[
-                        : max(1, int(matrix.shape[0] * fraction))
-                    ]
+                    rows = torch.randperm(matrix.shape[0], generator=gen)[: max(1, int(matrix.shape[0] * fraction))]
                     matrix[rows] = 0
                     g.scatter_(matrix)
                     zeroed += len(rows)
@@ -304,9 +278,7 @@ def prepare(case: Case, fraction: float, seed: int = 0) -> Prepared:
     example = case.inputs(gen)
     prepared = Prepared(model, example)
     try:
-        prepared.zeroed_channels, prepared.groups_by = zero_coupled(
-            model, case.input_shape, gen, fraction, case.vocab
-        )
+        prepared.zeroed_channels, prepared.groups_by = zero_coupled(model, case.input_shape, gen, fraction, case.vocab)
     except Exception as exc:  # noqa: BLE001  # the groups need the same capture as compaction: record why it failed
         prepared.error = one_line(exc)
     prepared.zeroed_heads = zero_heads(model, gen, fraction)
