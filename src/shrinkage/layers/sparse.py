@@ -19,6 +19,12 @@ output column block, which a narrow operand amortizes well; COO's kernel adds
 ``value * dense_row`` for each non-zero, a long contiguous axpy when the dense rows are
 wide. So :class:`SparseLinear` defaults to CSR and :class:`SparseConv2d` (whose im2col
 operand has ``batch * output positions`` columns) to COO; ``layout`` overrides either.
+
+**Exported** (``torch.export``, and through it the ONNX exporter), neither format can
+go: ONNX has no sparse tensors or sparse x dense product, and ``torch.export`` cannot
+trace PyTorch's sparse kernels with a dynamic batch. There the layers scatter their
+non-zeros (kept beside the sparse weight as plain tensors: their flat positions and
+values) into a dense weight and run the dense layer: same outputs, dense speed.
 """
 
 from __future__ import annotations
@@ -61,6 +67,33 @@ class _SparseWeight(nn.Module):
     """
 
     weight: Tensor
+    _positions: Tensor  # flat positions (row * columns + column) of the non-zeros
+    _values: Tensor  # their values, in the same order
+
+    def _register_sparse_weight(self, matrix: Tensor, layout: torch.layout, owner: str) -> None:
+        self.register_buffer("weight", _to_sparse(matrix, layout, owner))
+        # derived from ``weight`` (so not saved), for exported graphs, which cannot hold it
+        self.register_buffer("_positions", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("_values", torch.zeros(0), persistent=False)
+        self._derive_nonzeros()
+
+    def _derive_nonzeros(self) -> None:
+        coo = self.weight.detach().to_sparse_coo().coalesce()
+        rows, cols = coo.indices()
+        self._positions = rows * self.weight.shape[1] + cols
+        self._values = coo.values().clone()
+
+    def _scattered_weight(self) -> Tensor:
+        """The ``(rows, columns)`` weight as a dense tensor built from ``_positions`` and
+        ``_values`` only: what an exported graph computes with."""
+        rows, cols = self.weight.shape
+        dense = self._values.new_zeros(rows * cols).index_put((self._positions,), self._values)
+        return dense.view(rows, cols)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "weight" and "_values" in self._buffers:  # a new weight: new non-zeros
+            self._derive_nonzeros()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # type: ignore[no-untyped-def]  # fmt: skip
@@ -69,6 +102,7 @@ class _SparseWeight(nn.Module):
             self.weight = saved.detach().clone().to(self.weight.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)  # fmt: skip
+        self._derive_nonzeros()  # the copy may have changed the values in place
 
 
 class SparseLinear(_SparseWeight):
@@ -84,7 +118,7 @@ class SparseLinear(_SparseWeight):
         if not isinstance(linear, nn.Linear):
             raise UnsupportedModuleError(f"{label}: SparseLinear needs an nn.Linear, got {type(linear).__name__}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", _to_sparse(linear.weight, layout, label))
+        self._register_sparse_weight(linear.weight, layout, label)
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
 
     @property
@@ -99,6 +133,8 @@ class SparseLinear(_SparseWeight):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
+        if torch.compiler.is_exporting():
+            return F.linear(flat, self._scattered_weight(), self.bias).reshape(*lead, self.out_features)
         # sparse @ dense only takes the sparse operand first: compute (W x^T)^T; the
         # transposed view needs no copy (measured as fast as a contiguous one)
         out = torch.sparse.mm(self.weight, flat.t()).t()
@@ -134,7 +170,7 @@ class SparseConv2d(_SparseWeight):
         #: F.pad order (left, right, top, bottom); "same" may pad one side more than the other
         self.pad: tuple[int, int, int, int] = _explicit_padding(conv)
         self.pad_mode = _PAD_MODES[conv.padding_mode]
-        self.register_buffer("weight", _to_sparse(conv.weight.reshape(conv.out_channels, -1), layout, label))
+        self._register_sparse_weight(conv.weight.reshape(conv.out_channels, -1), layout, label)
         self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
 
     @property
@@ -148,6 +184,9 @@ class SparseConv2d(_SparseWeight):
     def forward(self, x: Tensor) -> Tensor:
         if any(self.pad):
             x = F.pad(x, self.pad, mode=self.pad_mode)
+        if torch.compiler.is_exporting():
+            weight = self._scattered_weight().view(self.out_channels, self.in_channels, *self.kernel_size)
+            return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
