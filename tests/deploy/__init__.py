@@ -1,0 +1,1 @@
+"""Deployment tests: compacted models through ONNX, torch.export and torch.compile."""
