@@ -329,12 +329,22 @@ def measure(case: Case, fraction: float, max_params: int, threads: int, timeout:
 
 
 def refusal_cause(message: str) -> str:
-    """A refusal's message without the node, module and model names it was raised for, so
-    that models failing for the same reason fall into one group."""
-    cause = message.split(";")[0]
+    """A refusal's message without the node, module and model names and the numbers it was
+    raised with, so that models failing for the same reason fall into one group. Where
+    both captures were tried, the other capture's reason follows in parentheses."""
+    first, _, other = message.partition(" (and with the other capture: ")
+    cause = _cause(first)
+    return f"{cause} (other capture: {_cause(other.rstrip(')'))})" if other else cause
+
+
+def _cause(message: str) -> str:
+    cause = message.split(";")[0].split(". ")[0]  # the first sentence: torch.fx adds a paragraph of advice
     cause = re.sub(r" at graph node '[^']*'", "", cause)
     cause = re.sub(r"module '[^']*' \(", "module (", cause)
     cause = re.sub(r"cannot trace \w+ with", "cannot trace with", cause)
+    cause = re.sub(
+        r"compacted \w+ differs from the original by \S+", "compacted model differs from the original", cause
+    )
     cause = re.sub(r"\b[a-z_]+_\d+\b", "<node>", cause)  # fx node names such as add_3
     return cause
 
@@ -459,10 +469,18 @@ def main() -> int:
         help="results file (default results/zoo.json)",
     )
     parser.add_argument("--list", action="store_true", help="print the models and exit")
+    parser.add_argument("--summarize", action="store_true", help="only recount the totals and causes of the file")
     args = parser.parse_args()
     selected = [c for f in (args.family or FAMILIES) for c in cases(f) if not args.only or c.name in args.only]
     if args.list:
         print("\n".join(f"{c.key} {'x'.join(map(str, c.input_shape))}" for c in selected))
+        return 0
+    if args.summarize:
+        rows = load_rows(args.out)
+        if rows:
+            with locked(args.out):
+                data = json.loads(args.out.read_text())
+                write_json(args.out, {**data, "totals": totals(rows), "causes": causes(rows), "rows": rows})
         return 0
     done = {(r["family"], r["name"]) for r in load_rows(args.out)} if not args.force else set()
     meta = {
