@@ -34,14 +34,61 @@ class _Tracer(fx.Tracer):
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
+    """Runs the graph once and keeps every node's value.
+
+    It also notes in-place mutation (a tensor's version counter moving): ``mutations``
+    maps a node to the input nodes it mutated, and ``mutated`` lists the nodes whose
+    value changed after it was recorded. Values of the nodes in ``snapshot`` are copied
+    when recorded, so they hold what the node's readers saw, not what a later in-place
+    op left behind.
+    """
+
+    def __init__(self, gm: fx.GraphModule, snapshot: frozenset[str] = frozenset()) -> None:
         super().__init__(gm)
         self.values: dict[str, Any] = {}
+        self.snapshot = snapshot
+        self.mutations: dict[str, list[str]] = {}
+        self.live: dict[str, Any] = {}  # the values themselves, as later ops left them
+        self._versions: dict[str, tuple[int, ...]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
+        inputs = [a for a in n.all_input_nodes if a.name in self._versions]
+        before = [_versions(self.live[a.name]) for a in inputs]
         out = super().run_node(n)
-        self.values[n.name] = out
+        changed = [a.name for a, v in zip(inputs, before, strict=True) if _versions(self.live[a.name]) != v]
+        if changed:
+            self.mutations[n.name] = changed
+        self.values[n.name] = _copied(out) if n.name in self.snapshot else out
+        if _tensors(out):
+            self.live[n.name] = out
+            self._versions[n.name] = _versions(out)
         return out
+
+    @property
+    def mutated(self) -> frozenset[str]:
+        """Nodes whose value an op after them changed in place."""
+        return frozenset(name for name, v in self._versions.items() if _versions(self.live[name]) != v)
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [v for v in value if isinstance(v, Tensor)]
+    return []
+
+
+def _versions(value: Any) -> tuple[int, ...]:
+    # inference-mode tensors have no version counter; they cannot be mutated by the model either
+    return tuple(t._version if not t.is_inference() else 0 for t in _tensors(value))
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(v.clone() if isinstance(v, Tensor) else v for v in value)
+    return value
 
 
 @dataclass
@@ -79,9 +126,13 @@ RuleFn = Callable[["GraphBuilder", fx.Node], Axis | None]
 class GraphBuilder:
     """Walks the fx graph in topological order and gives each tensor its channel axis."""
 
-    def __init__(self, graph: ChannelGraph, allow_unknown: bool) -> None:
+    def __init__(self, graph: ChannelGraph, allow_unknown: bool, *, sequence_inputs: bool = True) -> None:
         self.g = graph
         self.allow_unknown = allow_unknown
+        #: a 3-D graph input is a sequence (N, T, C) when True, else a signal (N, C, L)
+        self.sequence_inputs = sequence_inputs
+        #: what ops without rule were met (left untouched when ``allow_unknown``)
+        self.unknowns: list[str] = []
 
     # -- helpers used by the rules ---------------------------------------------------
     def axis(self, arg: Any) -> Axis | None:
@@ -116,6 +167,7 @@ class GraphBuilder:
 
     def unknown(self, node: fx.Node, what: str) -> Axis | None:
         """No rule: fail loudly, or (opted in) leave every channel it touches untouched."""
+        self.unknowns.append(what)
         if not self.allow_unknown:
             raise UnsupportedModuleError(
                 f"no channel rule for {what} at graph node '{node.name}'; declare the module a leaf "
@@ -150,6 +202,45 @@ class GraphBuilder:
                 axis = rules.apply(self, node)
             if axis is not None:
                 self.g.axes[node.name] = axis
+        self.couple_repeated_calls()
+
+    def couple_repeated_calls(self) -> None:
+        """A module called more than once has one set of weights for every call.
+
+        Its output channels are the same filters at each call, so the spaces the calls
+        produce merge (or, where their layouts differ, stay whole). Its input channels stay
+        whole: removing one would have to be right at every call, and a dead channel's
+        constant (folded into the bias once) may differ from call to call.
+        """
+        calls: dict[str, list[fx.Node]] = {}
+        for node in self.g.gm.graph.nodes:
+            if node.op == "call_module":
+                calls.setdefault(str(node.target), []).append(node)
+        sliced = {
+            s.module
+            for root in self.g.table.roots()
+            for space in (self.g.table.get(root),)
+            for s in [*space.producers, *(u.slice for u in space.passthrough + space.consumers)]
+        }
+        for name, nodes in calls.items():
+            if len(nodes) < 2 or name not in sliced:
+                continue
+            why = f"module '{name}' is called {len(nodes)} times"
+            for node in nodes:
+                for arg in self.tensor_inputs(node):
+                    self.pin(self.axis(arg), why)
+            outputs = [a for a in (self.axis(n) for n in nodes) if a is not None]
+            first = outputs[0] if outputs else None
+            for other in outputs[1:]:
+                if [(s.start, s.stop, s.repeat) for s in other.segments] != [
+                    (s.start, s.stop, s.repeat) for s in first.segments
+                ] or any(self.g.table.get(a.space).size != self.g.table.get(b.space).size
+                         for a, b in zip(first.segments, other.segments, strict=True)):  # fmt: skip
+                    for axis in outputs:
+                        self.pin(axis, why)
+                    break
+                for a, b in zip(first.segments, other.segments, strict=True):
+                    self.g.table.union(a.space, b.space)
 
 
 def _holds_tensor(value: Any) -> bool:
@@ -161,8 +252,9 @@ def _holds_tensor(value: Any) -> bool:
 def _input_axis(b: GraphBuilder, node: fx.Node, value: Any) -> Axis | None:
     if not isinstance(value, Tensor) or value.dim() < 2 or not value.is_floating_point():
         return None
-    # images and features are channel-first (N, C, ...); sequences are (N, T, C)
-    dim = value.dim() - 1 if value.dim() == 3 else 1
+    # images and features are channel-first (N, C, ...); a 3-D input is a sequence (N, T, C)
+    # or a signal (N, C, L), as the builder was told
+    dim = value.dim() - 1 if value.dim() == 3 and b.sequence_inputs else 1
     axis = b.new_space(node, value.shape[dim], dim)
     b.g.table.get(axis.segments[0].space).is_input = True
     return axis
@@ -224,15 +316,101 @@ def build_channel_graph(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModuleError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    recorder = _record(model, gm, example_inputs)
+    if recorder.mutations:
+        resolve_in_place(gm, recorder)
+        if recorder.mutated:  # record again, keeping what each reader saw before the mutation
+            recorder = _record(model, gm, example_inputs, recorder.mutated)
+    return _find_spaces(gm, recorder.values, rules, allow_unknown)
+
+
+def _record(
+    model: nn.Module, gm: fx.GraphModule, example_inputs: tuple[Any, ...], snapshot: frozenset[str] = frozenset()
+) -> _Recorder:
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            recorder = _Recorder(gm)
-            recorder.run(*example_inputs)
+            recorder = _Recorder(gm, snapshot)
+            # copies: a model that mutates its input in place must not change the caller's tensors
+            recorder.run(*(x.clone() if isinstance(x, Tensor) else x for x in example_inputs))
     finally:
         for m, flag in was_training.items():
             m.training = flag
-    cg = ChannelGraph(gm=gm, table=SpaceTable(), values=recorder.values, rules=rules)
-    GraphBuilder(cg, allow_unknown).run(rules)
-    return cg
+    return recorder
+
+
+def _find_spaces(gm: fx.GraphModule, values: dict[str, Any], rules: RuleSet, allow_unknown: bool) -> ChannelGraph:
+    """Run the rules. A 3-D input is a sequence (N, T, C) or a signal (N, C, L); the other
+    reading is tried when the first meets an op without rule (a Conv1d on (N, C, L))."""
+    attempts: list[tuple[ChannelGraph, GraphBuilder | None, UnsupportedModuleError | None]] = []
+    three_d = any(n.op == "placeholder" and _is_3d(values.get(n.name)) for n in gm.graph.nodes)
+    for sequences in (True, False) if three_d else (True,):
+        cg = ChannelGraph(gm=gm, table=SpaceTable(), values=values, rules=rules)
+        builder = GraphBuilder(cg, allow_unknown, sequence_inputs=sequences)
+        try:
+            builder.run(rules)
+        except UnsupportedModuleError as exc:
+            attempts.append((cg, None, exc))
+            continue
+        attempts.append((cg, builder, None))
+        if not builder.unknowns:
+            break
+    done = [(len(b.unknowns), i) for i, (_, b, _) in enumerate(attempts) if b is not None]
+    if not done:  # the reading that got furthest names the op that stopped it
+        raise max(attempts, key=lambda a: len(a[0].axes))[2]  # type: ignore[misc]
+    return attempts[min(done)[1]][0]
+
+
+def _is_3d(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.dim() == 3 and value.is_floating_point()
+
+
+def resolve_in_place(gm: fx.GraphModule, recorder: _Recorder) -> None:
+    """Give in-place ops the meaning Python gives them.
+
+    fx records ``h.add_(y)`` as a node, but a later ``fc(h)`` still reads the node of
+    ``h``: the graph would say ``fc`` sees the value before the add. Every later reader of
+    a mutated tensor is pointed at the mutating node instead (its output is that same
+    tensor). A mutation that other values see through a view (a split piece, a reshape
+    of the same storage) read later is refused, naming the op.
+    """
+    nodes = {n.name: n for n in gm.graph.nodes}
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        for name in recorder.mutations.get(node.name, []):
+            for alias in _aliases(recorder, nodes, order, nodes[name], node):
+                later = [u for u in alias.users if order[u] > order[node]]
+                if not later:
+                    continue
+                if recorder.live[alias.name] is not recorder.live.get(node.name):
+                    raise UnsupportedModuleError(
+                        f"in-place {_op_label(gm, node)} at graph node '{node.name}' changes '{alias.name}' "
+                        f"(through '{name}'), which {later[0].name} reads afterwards; write the op out of place"
+                    )
+                for user in later:
+                    user.replace_input_with(alias, node)
+    gm.recompile()
+
+
+def _aliases(
+    recorder: _Recorder, nodes: dict[str, fx.Node], order: dict[fx.Node, int], target: fx.Node, at: fx.Node
+) -> list[fx.Node]:
+    """``target`` and every node recorded before ``at`` whose value shares its memory."""
+    storages = {t.untyped_storage().data_ptr() for t in _tensors(recorder.live[target.name]) if t.numel()}
+    out = [target]
+    for name, value in recorder.live.items():
+        node = nodes[name]
+        if node is target or order[node] >= order[at]:
+            continue
+        if any(t.numel() and t.untyped_storage().data_ptr() in storages for t in _tensors(value)):
+            out.append(node)
+    return out
+
+
+def _op_label(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module '{node.target}' ({type(gm.get_submodule(str(node.target))).__name__})"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}()"
+    return f"function {getattr(node.target, '__name__', node.target)}"

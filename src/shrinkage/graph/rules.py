@@ -22,19 +22,20 @@ _ELEMENTWISE_MODULES = (
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
 )  # fmt: skip
-_SPATIAL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)  # fmt: skip
+#: pooling modules by the number of trailing dims they pool over
+_SPATIAL_MODULES: dict[type[nn.Module], int] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+}  # fmt: skip
 _ELEMENTWISE_FUNCTIONS = (
     F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
     F.hardsigmoid, F.hardtanh, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.softplus,
 )  # fmt: skip
-_SPATIAL_FUNCTIONS = (
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
-)  # fmt: skip
+_SPATIAL_FUNCTIONS: dict[object, int] = {
+    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3,
+    F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool2d: 2,
+}  # fmt: skip
 _ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh", "detach", "relu_", "sigmoid_")
 
 
@@ -54,11 +55,44 @@ def prelu(b: GraphBuilder, node: fx.Node) -> Axis | None:
 
 
 def spatial(b: GraphBuilder, node: fx.Node) -> Axis | None:
-    """Pooling: acts on the dims after the channel dim, never across channels."""
+    """Pooling acts on the trailing 1, 2 or 3 dims. Below them the channels pass through;
+    a pool over the channel dim itself (a 1-d pool of (N, F) features, which PyTorch
+    reads as one unbatched (C, L) signal) mixes neighbouring channels: they all stay."""
     axis = b.axis(node.args[0])
-    if axis is not None and axis.dim != 1:
-        return b.unknown(node, f"pooling over a tensor whose channel dim is {axis.dim}")
+    if axis is None:
+        return None
+    pooled = _SPATIAL_MODULES[_pool_type(b, node)] if node.op == "call_module" else _SPATIAL_FUNCTIONS[node.target]
+    if axis.dim >= b.value(node.args[0]).dim() - pooled:
+        return keep_channels(b, node, f"pooled across channels at '{node.name}'")
     return axis
+
+
+def _pool_type(b: GraphBuilder, node: fx.Node) -> type[nn.Module]:
+    return next(c for c in type(b.module(node)).__mro__ if c in _SPATIAL_MODULES)
+
+
+def keep_channels(b: GraphBuilder, node: fx.Node, why: str) -> Axis | None:
+    """An op that mixes channels: every channel it reads stays, and its output's channels
+    (at the same dim) form a new space that stays too. Exact by construction."""
+    axis = b.axis(node.args[0])
+    for arg in b.tensor_inputs(node):
+        b.pin(b.axis(arg), why)
+    out = b.value(node)
+    if axis is None or not isinstance(out, torch.Tensor) or axis.dim >= out.dim():
+        return None
+    kept = b.new_space(node, out.shape[axis.dim], axis.dim)
+    b.pin(kept, why)
+    return kept
+
+
+def _pin_awkward_reads(b: GraphBuilder, node: fx.Node, axis: Axis, *, flattened_ok: bool) -> None:
+    """A consumer folds a dead channel's constant once per channel. A channel it reads at
+    several places (``cat([bn(y), y])``: two different constants), or, for a conv, a
+    channel flattened into several input channels, has no single constant: it stays."""
+    roots = [b.g.table.find(seg.space) for seg in axis.segments]
+    for seg, root in zip(axis.segments, roots, strict=True):
+        if roots.count(root) > 1 or (seg.repeat != 1 and not flattened_ok):
+            b.pin(Axis(axis.dim, (seg,)), f"read at several input positions of '{node.target}'")
 
 
 def conv(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -69,6 +103,7 @@ def conv(b: GraphBuilder, node: fx.Node) -> Axis | None:
         return b.unknown(node, f"convolution '{node.target}' on an input without a channel-first axis")
     if m.groups == 1:
         b.use(node, axis, "weight", 1, consumer=True)
+        _pin_awkward_reads(b, node, axis, flattened_ok=False)
         return b.new_space(node, m.out_channels, 1, producers)
     if m.groups == m.in_channels == m.out_channels:
         # depthwise: filter c reads only channel c, so it passes channel c on (scaled by
@@ -90,6 +125,7 @@ def linear(b: GraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None or axis.dim != x.dim() - 1:
         return b.unknown(node, f"linear '{node.target}' on an input whose last dim is not its channel axis")
     b.use(node, axis, "weight", 1, consumer=True)
+    _pin_awkward_reads(b, node, axis, flattened_ok=True)
     producers = [("weight", 0)] + ([("bias", 0)] if m.bias is not None else [])
     return b.new_space(node, m.out_features, x.dim() - 1, producers)
 
@@ -148,7 +184,10 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
     after = tuple(b.value(node).shape)
     d = axis.dim
     if axis.grid is not None:
-        if before[d : d + 2] == axis.grid.sizes and after == before[:d] + (before[d] * before[d + 1],) + before[d + 2 :]:
+        if (
+            before[d : d + 2] == axis.grid.sizes
+            and after == before[:d] + (before[d] * before[d + 1],) + before[d + 2 :]
+        ):
             return _merge_grid(axis)
         return b.unknown(node, f"a reshape from {list(before)} to {list(after)} of a channel axis split over two dims")
     splits = len(after) == len(before) + 1 and after[:d] == before[:d] and after[d + 2 :] == before[d + 1 :]
@@ -158,7 +197,9 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
         # A shuffle of C' < C channels is a different permutation, not the old one restricted
         # to the kept channels, so the channels it permutes are kept; the layers around it
         # (a ShuffleNet branch's hidden width) still shrink.
-        b.pin(axis, f"channel dim split over two dims at '{node.name}' (a shuffle's order depends on the channel count)")
+        b.pin(
+            axis, f"channel dim split over two dims at '{node.name}' (a shuffle's order depends on the channel count)"
+        )
         return Axis(d, axis.segments, Grid((after[d], after[d + 1]), (after[d + 1], 1)))  # channel shuffle, step 1
     if after[: d + 1] == before[: d + 1] and len(after) >= d + 1:
         return axis if _prod(after[d + 1 :]) == _prod(before[d + 1 :]) else b.unknown(node, "reshape")
@@ -215,13 +256,28 @@ def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
         return None
     nd = out.dim()
     da, dc = a.dim + nd - b.value(node.args[0]).dim(), c.dim + nd - b.value(node.args[1]).dim()  # broadcasting
-    if da != dc or [s.width for s in a.segments] != [s.width for s in c.segments]:
+    if da != dc or a.size != c.size:
         return b.unknown(node, f"{_op_name(node)} of tensors whose channel axes differ")
-    for sa, sc in zip(a.segments, c.segments, strict=True):
-        if (sa.start, sa.stop, sa.repeat) != (sc.start, sc.stop, sc.repeat):
-            return b.unknown(node, f"{_op_name(node)} of differently sliced channel spaces")
-        b.g.table.union(sa.space, sc.space)
+    merge_or_keep(b, node, a, c)
     return Axis(da, a.segments)
+
+
+def merge_or_keep(b: GraphBuilder, node: fx.Node, a: Axis, c: Axis) -> None:
+    """Position ``p`` of axis ``a`` meets position ``p`` of axis ``c``: the spaces merge
+    when both axes are cut alike from spaces of equal sizes; otherwise (a split piece against a
+    whole space, a concat against one conv) no merge can say it, and the channels stay."""
+    alike = [
+        (sa.start, sa.stop, sa.repeat) == (sc.start, sc.stop, sc.repeat)
+        and b.g.table.get(sa.space).size == b.g.table.get(sc.space).size
+        for sa, sc in zip(a.segments, c.segments, strict=False)
+    ]
+    if len(a.segments) != len(c.segments) or not all(alike):
+        why = f"{_op_name(node)} of differently cut channel axes at '{node.name}'"
+        b.pin(a, why)
+        b.pin(c, why)
+        return
+    for sa, sc in zip(a.segments, c.segments, strict=True):
+        b.g.table.union(sa.space, sc.space)
 
 
 def _dims_of(b: GraphBuilder, node: fx.Node, axis: Axis) -> int:
@@ -278,6 +334,9 @@ def split(b: GraphBuilder, node: fx.Node) -> Axis | None:
         for i, _ in enumerate(pieces):
             b.g.axes[f"{node.name}.{i}"] = axis
         return axis
+    # the sizes are fixed in the model's code (or computed from the channel count): with
+    # fewer channels the pieces would be cut elsewhere, so the split channels stay
+    b.pin(axis, f"split along the channel dim at '{node.name}'")
     start = 0
     for i, piece in enumerate(pieces):
         width = piece.shape[dim]
@@ -287,15 +346,21 @@ def split(b: GraphBuilder, node: fx.Node) -> Axis | None:
 
 
 def _slice_axis(b: GraphBuilder, node: fx.Node, axis: Axis, lo: int, hi: int) -> Axis:
-    """Positions ``lo..hi`` of ``axis`` as segments (whole channels only)."""
+    """Positions ``lo..hi`` of ``axis`` as segments. A cut through a flattened channel
+    (part of its positions on each side) leaves a piece no segment describes: its
+    positions become a new space, kept whole like the input it was cut from."""
     segs, offset = [], 0
     for seg in axis.segments:
         a, z = max(lo, offset), min(hi, offset + seg.width)
         if a < z:
             if (a - offset) % seg.repeat or (z - offset) % seg.repeat:
-                b.pin(axis, f"split through a flattened channel at '{node.name}'")
+                why = f"split through a flattened channel at '{node.name}'"
+                b.pin(axis, why)
+                piece = b.new_space(node, hi - lo, axis.dim)
+                b.pin(piece, why)
+                return piece
             first = seg.start + (a - offset) // seg.repeat
-            segs.append(Segment(seg.space, first, first + -(-(z - a) // seg.repeat), seg.repeat))
+            segs.append(Segment(seg.space, first, first + (z - a) // seg.repeat, seg.repeat))
         offset += seg.width
     return Axis(axis.dim, tuple(segs))
 
@@ -311,18 +376,18 @@ def getitem(b: GraphBuilder, node: fx.Node) -> Axis | None:
     index = index if isinstance(index, tuple) else (index,)
     if any(i is Ellipsis for i in index) or any(not isinstance(i, (int, slice)) and i is not None for i in index):
         return b.unknown(node, "indexing with tensors or ellipsis of a channel tensor")
-    dim, removed = 0, 0
+    src, dst, channel_at = 0, 0, None  # dims of the input and of the output walked so far
     for i in index:
-        if i is None:
-            removed -= 1
+        if i is None:  # a new dim of size 1
+            dst += 1
             continue
-        if dim == axis.dim:
+        if src == axis.dim:
             if i != slice(None):
                 return b.unknown(node, "indexing into the channel dim")
-        elif dim < axis.dim and isinstance(i, int):
-            removed += 1
-        dim += 1
-    return Axis(axis.dim - removed, axis.segments)
+            channel_at = dst
+        src += 1
+        dst += 0 if isinstance(i, int) else 1
+    return Axis(channel_at if channel_at is not None else dst + axis.dim - src, axis.segments)
 
 
 def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -365,10 +430,9 @@ def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
         return b.unknown(node, "a concat mixing channel and non-channel tensors along the channel dim")
     first = known[0]
     for other in known[1:]:
-        if [s.width for s in other.segments] != [s.width for s in first.segments] or other.dim != first.dim:
+        if other.size != first.size or other.dim != first.dim:
             return b.unknown(node, "a concat of tensors whose channel axes differ")
-        for sa, sb in zip(first.segments, other.segments, strict=True):
-            b.g.table.union(sa.space, sb.space)
+        merge_or_keep(b, node, first, other)
     if len(known) < len(axes):
         b.pin(first, f"concat with a tensor without channel axis at '{node.name}'")
     return first
@@ -469,11 +533,12 @@ def default_rules() -> RuleSet:
         rules.functions[fn] = passthrough
     for fn in _SPATIAL_FUNCTIONS:
         rules.functions[fn] = spatial
-    for fn in (operator.add, operator.iadd, torch.add):
+    for fn in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub):
         rules.functions[fn] = add
     for fn in (operator.mul, operator.imul, torch.mul):
         rules.functions[fn] = mul
     rules.functions[operator.truediv] = scalar_mul
+    rules.functions[operator.itruediv] = scalar_mul
     for fn in (torch.split, torch.chunk):
         rules.functions[fn] = split
     rules.functions[operator.getitem] = getitem
@@ -489,6 +554,7 @@ def default_rules() -> RuleSet:
     rules.methods.update({"contiguous": layout_only, "clone": layout_only})
     rules.methods.update({"flatten": flatten_call, "view": reshape, "reshape": reshape, "add": add, "add_": add})
     rules.methods.update({"mul": mul, "div": scalar_mul, "size": size_like, "dim": size_like})
+    rules.methods.update({"sub": add, "sub_": add, "mul_": mul, "div_": scalar_mul})
     rules.methods.update({"split": split, "chunk": split, "transpose": transpose, "permute": transpose})
     _torchvision_rules(rules)
     rules.methods.update({"mean": reduce, "sum": reduce, "amax": reduce})
