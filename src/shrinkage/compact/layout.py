@@ -6,18 +6,40 @@ layout records, for each such layer, the type and constructor arguments; loading
 rebuilds those layers inside a freshly constructed original model, then loads the
 tensors. Nothing is unpickled: the description is plain JSON and the type names are
 looked up in this module's registry, never imported by name.
+
+Each codec also declares what a file may say about its layer (``args``: a schema), which
+base layers it can stand in for, how its sizes are bounded by the base layer (see
+:mod:`shrinkage.compact.layout_bounds`) and which children it creates, so a layout is
+checked completely before anything is built (:mod:`shrinkage.compact.layout_plan`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
-from shrinkage.errors import ShrinkageError
+from shrinkage.compact.layout_bounds import Bound, Limits, within
+from shrinkage.compact.layout_schema import (
+    AnyObject,
+    AnyOf,
+    Bool,
+    Int,
+    ListOf,
+    MapOf,
+    Nullable,
+    Number,
+    Record,
+    Schema,
+    SchemaMismatch,
+    Text,
+    parse_json,
+)
 from shrinkage.layers import (
     CroppedConv2d,
     HeadPrunedAttention,
@@ -27,16 +49,74 @@ from shrinkage.layers import (
     uninitialized,
 )
 
+Args = dict[str, Any]
+
+
+def _unbounded(a: Args, limits: Limits) -> Iterable[Bound]:
+    return ()
+
+
+def _childless(a: Args) -> tuple[str, ...]:
+    return ()
+
 
 @dataclass(frozen=True)
 class LayoutCodec:
-    """How one layer type becomes JSON (``encode``) and back (``decode``)."""
+    """How one layer type becomes JSON (``encode``) and back (``decode``).
 
-    encode: Callable[[nn.Module], dict[str, Any]]
-    decode: Callable[[dict[str, Any]], nn.Module]
+    ``args``: the schema of ``encode``'s output; ``stands_for``: the base layer types this
+    layer may replace (besides its own type); ``bounds``: the sizes in ``args`` and the
+    limits the base layer sets on them; ``children``: the submodules ``decode`` creates,
+    as placeholders (each rebuilt from its own entry) when ``placeholders``.
+    """
+
+    encode: Callable[[nn.Module], Args]
+    decode: Callable[[Args], nn.Module]
+    args: Record
+    stands_for: tuple[type[nn.Module], ...]
+    bounds: Callable[[Args, Limits], Iterable[Bound]] = _unbounded
+    children: Callable[[Args], tuple[str, ...]] = _childless
+    placeholders: bool = False
 
 
-def _conv_args(m: nn.Module) -> dict[str, Any]:
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _per_dim(dims: int | None, item: Schema) -> ListOf:
+    """One value per spatial dimension: ``dims`` of them, or 1 to 3 when the type allows any."""
+    return ListOf(item, length=dims) if dims else ListOf(item, min_length=1, max_length=3)
+
+
+def _conv_schema(dims: int | None) -> Record:
+    positive = _per_dim(dims, Int(1))
+    return Record({
+        "in_channels": Int(0), "out_channels": Int(0), "kernel_size": positive, "stride": positive,
+        "padding": AnyOf((_per_dim(dims, Int(0)), Text(("same", "valid")))), "dilation": positive,
+        "groups": Int(1), "bias": Bool(), "padding_mode": Text(PADDING_MODES),
+    })  # fmt: skip
+
+
+def _geometry_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
+    """Channels and kernel taps are sizes: at most the base layer's. Stride and dilation are
+    not (a fresh base model may be configured differently; the file's geometry wins), but
+    padding beyond the base layer's and beyond the kernel's own reach only adds zeros, so
+    it is bounded: a layout cannot make a layer pad its input by 10**12."""
+    yield Bound("in_channels", a["in_channels"], limits.inputs)
+    yield Bound("out_channels", a["out_channels"], limits.outputs)
+    yield from within("kernel_size", a["kernel_size"], limits.kernel)
+    if isinstance(a["padding"], str):
+        return
+    reach = [d * (k - 1) for d, k in zip(a["dilation"], a["kernel_size"], strict=False)]
+    pads = limits.padding or (0,) * len(reach)
+    yield from within("padding", a["padding"], tuple(max(p, r) for p, r in zip(pads, reach, strict=False)))
+
+
+def _conv_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
+    yield from _geometry_bounds(a, limits)
+    yield Bound("groups", a["groups"], limits.groups)
+
+
+def _conv_args(m: nn.Module) -> Args:
     return {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
         "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
@@ -44,24 +124,46 @@ def _conv_args(m: nn.Module) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _conv(cls: type[nn.Module]) -> LayoutCodec:
-    def decode(a: dict[str, Any]) -> nn.Module:
+def _conv(cls: type[nn.Module], dims: int) -> LayoutCodec:
+    def decode(a: Args) -> nn.Module:
         padding = a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"])
         # uninitialized: every tensor arrives with the state dict
-        return uninitialized(cls, a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), stride=tuple(a["stride"]),
-                   padding=padding, dilation=tuple(a["dilation"]), groups=a["groups"], bias=a["bias"],
-                   padding_mode=a["padding_mode"])
+        return uninitialized(
+            cls,
+            a["in_channels"],
+            a["out_channels"],
+            tuple(a["kernel_size"]),
+            stride=tuple(a["stride"]),
+            padding=padding,
+            dilation=tuple(a["dilation"]),
+            groups=a["groups"],
+            bias=a["bias"],
+            padding_mode=a["padding_mode"],
+        )
 
-    return LayoutCodec(_conv_args, decode)
+    return LayoutCodec(_conv_args, decode, _conv_schema(dims), (cls,), _conv_bounds)
 
 
-def _zero_width_decode(a: dict[str, Any]) -> nn.Module:
+def _zero_width_decode(a: Args) -> nn.Module:
     padding = a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"])
-    return ZeroWidthConv(a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), tuple(a["stride"]), padding,
-                         tuple(a["dilation"]), bias=a["bias"], padding_mode=a["padding_mode"])
+    return ZeroWidthConv(
+        a["in_channels"],
+        a["out_channels"],
+        tuple(a["kernel_size"]),
+        tuple(a["stride"]),
+        padding,
+        tuple(a["dilation"]),
+        bias=a["bias"],
+        padding_mode=a["padding_mode"],
+    )
 
 
-def _attention_args(m: HeadPrunedAttention) -> dict[str, Any]:
+def _zero_width_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
+    yield from _conv_bounds(a, limits)
+    yield Bound("min(in_channels, out_channels)", min(a["in_channels"], a["out_channels"]), 0)
+
+
+def _attention_args(m: HeadPrunedAttention) -> Args:
     return {
         "embed_dim": m.embed_dim, "num_heads": m.num_heads, "head_dim": m.head_dim, "original_heads": m.original_heads,
         "kdim": m.kdim, "vdim": m.vdim, "bias": m.q_proj.bias is not None, "out_bias": m.out_proj.bias is not None,
@@ -69,31 +171,89 @@ def _attention_args(m: HeadPrunedAttention) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _attention_decode(a: dict[str, Any]) -> nn.Module:
+def _attention_decode(a: Args) -> nn.Module:
     # the projections are uninitialized here; their tensors (and ``kept``) come with the state dict
-    return HeadPrunedAttention(a["embed_dim"], a["num_heads"], a["head_dim"], a["original_heads"], kdim=a["kdim"],
-                               vdim=a["vdim"], bias=a["bias"], out_bias=a["out_bias"], dropout=a["dropout"],
-                               batch_first=a["batch_first"])
+    return HeadPrunedAttention(
+        a["embed_dim"],
+        a["num_heads"],
+        a["head_dim"],
+        a["original_heads"],
+        kdim=a["kdim"],
+        vdim=a["vdim"],
+        bias=a["bias"],
+        out_bias=a["out_bias"],
+        dropout=a["dropout"],
+        batch_first=a["batch_first"],
+    )
+
+
+_ATTENTION_SCHEMA = Record({
+    "embed_dim": Int(1), "num_heads": Int(0), "head_dim": Int(1), "original_heads": Int(1), "kdim": Int(1),
+    "vdim": Int(1), "bias": Bool(), "out_bias": Bool(), "dropout": Number(0, 1), "batch_first": Bool(),
+})  # fmt: skip
+
+
+def _attention_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
+    for key in ("embed_dim", "kdim", "vdim"):
+        yield Bound(key, a[key], limits.inputs)
+    yield Bound("original_heads", a["original_heads"], limits.heads)
+    yield Bound("num_heads", a["num_heads"], a["original_heads"])
+    yield Bound("head_dim", a["head_dim"], limits.head_dim)
 
 
 def _batchnorm(cls: type[nn.Module]) -> LayoutCodec:
     return LayoutCodec(
-        lambda m: {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum, "affine": m.affine,
-                   "track_running_stats": m.track_running_stats},
-        lambda a: cls(a["num_features"], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
-                      track_running_stats=a["track_running_stats"]),
+        lambda m: {
+            "num_features": m.num_features,
+            "eps": m.eps,
+            "momentum": m.momentum,
+            "affine": m.affine,
+            "track_running_stats": m.track_running_stats,
+        },
+        lambda a: cls(
+            a["num_features"],
+            eps=a["eps"],
+            momentum=a["momentum"],
+            affine=a["affine"],
+            track_running_stats=a["track_running_stats"],
+        ),
+        Record(
+            {
+                "num_features": Int(0),
+                "eps": Number(0),
+                "momentum": Nullable(Number(0, 1)),
+                "affine": Bool(),
+                "track_running_stats": Bool(),
+            }
+        ),
+        (cls,),
+        lambda a, limits: (Bound("num_features", a["num_features"], limits.outputs),),
     )
 
 
-def _lowered_decode(a: dict[str, Any]) -> nn.Module:
-    conv = nn.Conv2d(a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), stride=tuple(a["stride"]),
-                     padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), bias=a["bias"], device="meta")
+def _lowered_decode(a: Args) -> nn.Module:
+    conv = nn.Conv2d(
+        a["in_channels"],
+        a["out_channels"],
+        tuple(a["kernel_size"]),
+        stride=tuple(a["stride"]),
+        padding=tuple(a["padding"]),
+        dilation=tuple(a["dilation"]),
+        bias=a["bias"],
+        device="meta",
+    )
     # the real weight, bias and column indices arrive with the state dict
     layer = LoweredConv2d(conv.to_empty(device="cpu"), torch.zeros(a["columns"], dtype=torch.long))
     return layer
 
 
-def _cropped_args(m: CroppedConv2d) -> dict[str, Any]:
+def _lowered_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
+    yield from _geometry_bounds(a, limits)
+    kh, kw = a["kernel_size"]
+    yield Bound("columns", a["columns"], a["in_channels"] * kh * kw)
+
+
+def _cropped_args(m: CroppedConv2d) -> Args:
     return {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
         "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "offset": list(m.offset),
@@ -101,43 +261,127 @@ def _cropped_args(m: CroppedConv2d) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _cropped_decode(a: dict[str, Any]) -> nn.Module:
+def _cropped_decode(a: Args) -> nn.Module:
     # the weight and bias arrive with the state dict
-    return CroppedConv2d(a["in_channels"], a["out_channels"], tuple(a["kernel_size"]), tuple(a["stride"]),
-                         tuple(a["padding"]), tuple(a["dilation"]), tuple(a["offset"]), tuple(a["full_kernel_size"]),
-                         bias=a["bias"])
+    return CroppedConv2d(
+        a["in_channels"],
+        a["out_channels"],
+        tuple(a["kernel_size"]),
+        tuple(a["stride"]),
+        tuple(a["padding"]),
+        tuple(a["dilation"]),
+        tuple(a["offset"]),
+        tuple(a["full_kernel_size"]),
+        bias=a["bias"],
+    )
 
+
+def _cropped_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
+    yield from _geometry_bounds(a, limits)
+    yield from within("full_kernel_size", a["full_kernel_size"], limits.kernel)
+    for i, (offset, size, full) in enumerate(zip(a["offset"], a["kernel_size"], a["full_kernel_size"], strict=True)):
+        yield Bound(f"offset[{i}] + kernel_size[{i}]", offset + size, full)
+
+
+_PAIR, _PAIR0 = ListOf(Int(1), length=2), ListOf(Int(0), length=2)
+_LOWERED_SCHEMA = Record({
+    "in_channels": Int(1), "out_channels": Int(1), "kernel_size": _PAIR, "stride": _PAIR, "padding": _PAIR0,
+    "dilation": _PAIR, "bias": Bool(), "columns": Int(0),
+})  # fmt: skip
+_CROPPED_SCHEMA = Record({
+    "in_channels": Int(0), "out_channels": Int(0), "kernel_size": _PAIR, "stride": _PAIR, "padding": _PAIR0,
+    "dilation": _PAIR, "offset": _PAIR0, "full_kernel_size": _PAIR, "bias": Bool(),
+})  # fmt: skip
+#: layers a factorization or an input selection replaces by a container of smaller ones
+_SPLIT = (nn.Linear, nn.Conv2d, nn.MultiheadAttention, HeadPrunedAttention)
 
 CODECS: dict[type[nn.Module], LayoutCodec] = {
-    nn.Conv1d: _conv(nn.Conv1d),
-    nn.Conv2d: _conv(nn.Conv2d),
-    nn.Conv3d: _conv(nn.Conv3d),
+    nn.Conv1d: _conv(nn.Conv1d, 1),
+    nn.Conv2d: _conv(nn.Conv2d, 2),
+    nn.Conv3d: _conv(nn.Conv3d, 3),
     nn.Linear: LayoutCodec(
         lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
         lambda a: uninitialized(nn.Linear, a["in_features"], a["out_features"], bias=a["bias"]),
+        Record({"in_features": Int(0), "out_features": Int(0), "bias": Bool()}),
+        (nn.Linear, nn.MultiheadAttention, HeadPrunedAttention),  # also an attention's projections
+        lambda a, limits: (
+            Bound("in_features", a["in_features"], limits.inputs),
+            Bound("out_features", a["out_features"], limits.outputs),
+        ),
     ),
     nn.BatchNorm1d: _batchnorm(nn.BatchNorm1d),
     nn.BatchNorm2d: _batchnorm(nn.BatchNorm2d),
     nn.BatchNorm3d: _batchnorm(nn.BatchNorm3d),
-    ZeroWidthConv: LayoutCodec(_conv_args, _zero_width_decode),
-    nn.Identity: LayoutCodec(lambda m: {}, lambda a: nn.Identity()),
-    HeadPrunedAttention: LayoutCodec(_attention_args, _attention_decode),
+    nn.PReLU: LayoutCodec(
+        lambda m: {"num_parameters": m.num_parameters},
+        lambda a: uninitialized(nn.PReLU, a["num_parameters"]),
+        Record({"num_parameters": Int(1)}),
+        (nn.PReLU,),
+        lambda a, limits: (Bound("num_parameters", a["num_parameters"], limits.outputs),),
+    ),
+    ZeroWidthConv: LayoutCodec(_conv_args, _zero_width_decode, _conv_schema(None), (_ConvNd,), _zero_width_bounds),
+    nn.Identity: LayoutCodec(lambda m: {}, lambda a: nn.Identity(), Record({}), (_BatchNorm,)),  # BN of no channels
+    HeadPrunedAttention: LayoutCodec(
+        _attention_args,
+        _attention_decode,
+        _ATTENTION_SCHEMA,
+        (nn.MultiheadAttention,),
+        _attention_bounds,
+        lambda a: ("q_proj", "k_proj", "v_proj", "out_proj"),
+    ),
     # containers made by compaction/factorization: children are described by their own entries
-    nn.Sequential: LayoutCodec(lambda m: {"children": [n for n, _ in m.named_children()]},
-                               lambda a: nn.Sequential()),
+    nn.Sequential: LayoutCodec(
+        lambda m: {"children": [n for n, _ in m.named_children()]},
+        lambda a: nn.Sequential(),
+        Record({"children": ListOf(Text(parts=1), unique=True)}),
+        _SPLIT,
+        children=lambda a: tuple(a["children"]),
+        placeholders=True,
+    ),
     SelectInputs: LayoutCodec(
         lambda m: {"dim": m.dim, "kept": m.index.numel()},
         lambda a: SelectInputs(torch.zeros(a["kept"], dtype=torch.long), a["dim"]),
+        Record({"dim": Int(-8, 8), "kept": Int(0)}),
+        (nn.Linear, nn.Conv2d),
+        lambda a, limits: (Bound("kept", a["kept"], limits.inputs),),
     ),
     LoweredConv2d: LayoutCodec(
-        lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-                   "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation),
-                   "bias": m.bias is not None, "columns": m.columns.numel()},
+        lambda m: {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "dilation": list(m.dilation),
+            "bias": m.bias is not None,
+            "columns": m.columns.numel(),
+        },
         _lowered_decode,
+        _LOWERED_SCHEMA,
+        (nn.Conv2d,),
+        _lowered_bounds,
     ),
-    CroppedConv2d: LayoutCodec(_cropped_args, _cropped_decode),
+    CroppedConv2d: LayoutCodec(_cropped_args, _cropped_decode, _CROPPED_SCHEMA, (nn.Conv2d,), _cropped_bounds),
 }
 _BY_NAME = {cls.__name__: cls for cls in CODECS}
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    """One checked entry of a layout: the layer type and its constructor arguments."""
+
+    cls: type[nn.Module]
+    args: Args
+
+    @property
+    def codec(self) -> LayoutCodec:
+        return CODECS[self.cls]
+
+
+#: module names: dotted, each part non-empty; deeper nesting than this is not a real model
+_MODULE_NAME = Text(parts=64)
+_ENTRY = Record({"type": Text(tuple(_BY_NAME)), "args": AnyObject()})
+_LAYOUT = MapOf(_MODULE_NAME, _ENTRY)
 
 
 def describe(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -150,30 +394,18 @@ def describe(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def rebuild(base: nn.Module, layout: dict[str, dict[str, Any]]) -> nn.Module:
-    """Replace, inside ``base`` (in place), every layer whose description differs from it."""
-    from shrinkage.compact.surgery import set_submodule
+def parse_layout(text: str, where: str = "layout") -> dict[str, LayoutEntry]:
+    """The layout JSON ``text`` checked against the schema of every entry's type; a
+    :class:`~shrinkage.compact.layout_schema.SchemaMismatch` names the first bad key."""
+    raw = parse_json(text, where)
+    _LAYOUT.check(raw, where)
+    assert isinstance(raw, dict)  # checked just above; tells the type checker
+    entries: dict[str, LayoutEntry] = {}
+    for name, item in raw.items():
+        cls = _BY_NAME[item["type"]]
+        CODECS[cls].args.check(item["args"], f"{where}[{name!r}].args")
+        entries[name] = LayoutEntry(cls, item["args"])
+    return entries
 
-    for name in sorted(layout, key=lambda n: n.count(".")):  # parents before their children
-        entry = layout[name]
-        cls = _BY_NAME.get(entry.get("type"))
-        if cls is None:
-            raise ShrinkageError(f"layout entry '{name}' has unknown layer type {entry.get('type')!r}")
-        try:
-            current = base.get_submodule(name)
-        except AttributeError:
-            current = None
-        codec = CODECS[cls]
-        if current is not None and type(current) is cls and codec.encode(current) == entry["args"]:
-            continue
-        new = codec.decode(entry["args"])
-        if current is not None:
-            new.train(current.training)
-        if cls is nn.Sequential:  # placeholders keep the child order; each child is rebuilt next
-            for child in entry["args"]["children"]:
-                new.add_module(child, nn.Identity())
-        try:
-            set_submodule(base, name, new)
-        except AttributeError as exc:
-            raise ShrinkageError(f"layout entry '{name}' has no parent module in {type(base).__name__}") from exc
-    return base
+
+__all__ = ["CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "describe", "parse_layout"]

@@ -4,23 +4,46 @@ The file is one ``.safetensors`` file: the tensors of the model's state dict, an
 its metadata header the JSON layout of every layer (see :mod:`shrinkage.compact.layout`).
 ``load(path, base_model)`` rebuilds the changed layers inside a freshly constructed
 original model and loads the tensors; no pickle is involved at any point.
+
+``load`` trusts nothing in the file. In order: the file is readable safetensors; its
+metadata and layout match their schemas; every layout entry names a place in the base
+model, with a layer type and sizes that fit the base layer there; the layers are built
+(outside the base model); the stored tensor names and shapes match them; the tensors'
+types and index values are valid. Only then is the base model changed. Every failure is
+one :class:`~shrinkage.errors.ShrinkageError` line naming the file and the key, entry or
+tensor at fault.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from shrinkage.compact.layout import describe, rebuild
-from shrinkage.errors import DataError, ShrinkageError
+from shrinkage.compact.layout import LayoutEntry, describe, parse_layout
+from shrinkage.compact.layout_plan import build, index_bounds, install, plan_rebuild
+from shrinkage.compact.layout_schema import LayoutError, MapOf, Record, SchemaMismatch, Text, parse_json
+from shrinkage.compact.saved_tensors import (
+    adopt_dtypes,
+    check_dtypes,
+    check_header,
+    check_indices,
+    expected_modules,
+    expected_tensors,
+)
+from shrinkage.errors import DataError, ShrinkageError, UnsupportedModuleError
 from shrinkage.io.atomic import atomic_path
 
 FORMAT = "shrinkage.model/1"
+_FORMAT_FAMILY = "shrinkage.model/"
+#: the safetensors metadata ``save`` writes; every value there is a string
+_METADATA = Record({"format": Text(), "base": Text(), "layout": Text(), "aliases": Text()}, frozenset({"aliases"}))
+_ALIASES = MapOf(Text(parts=64), Text(parts=64))
 
 
 def save(model: nn.Module, path: str | Path) -> Path:
@@ -56,35 +79,106 @@ def _unshared(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, st
     return out, aliases
 
 
-def load(path: str | Path, base_model: nn.Module) -> nn.Module:
-    """Rebuild the saved model from ``base_model`` (a fresh instance of the original
-    architecture, modified in place and returned) and the file's tensors."""
-    path = Path(path)
+@dataclass(frozen=True)
+class SavedModel:
+    """The checked metadata of a saved model file."""
+
+    layout: dict[str, LayoutEntry]
+    aliases: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]  # stored tensor name -> shape, from the header
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a model file")
     if not path.is_file():
         raise DataError(f"model file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise DataError(f"{path} is not a safetensors file: {exc}") from exc
-    if metadata.get("format") != FORMAT:
-        raise DataError(f"{path} was not written by shrinkage.save (format {metadata.get('format')!r})")
-    if metadata.get("base") != type(base_model).__name__:
-        raise ShrinkageError(f"{path} holds a {metadata.get('base')}, but the base model is a {type(base_model).__name__}")
-    rebuild(base_model, json.loads(metadata["layout"]))
-    state = load_file(str(path))
-    aliases = json.loads(metadata.get("aliases", "{}"))
-    for name, source in aliases.items():
-        if source not in state:
-            raise DataError(f"{path}: tensor '{name}' is stored as '{source}', which the file lacks")
-        state[name] = state[source]
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (a handle, not a dict)
+    except (SafetensorError, OSError, ValueError) as exc:  # a damaged, truncated or unreadable file
+        raise DataError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from None
+    return metadata, shapes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _parse_metadata(
+    path: Path, metadata: dict[str, str], base_model: nn.Module
+) -> tuple[dict[str, LayoutEntry], dict[str, str]]:
+    try:
+        _METADATA.check(metadata, "metadata")
+    except SchemaMismatch as exc:
+        if "format" not in metadata:
+            raise DataError(f"{path} was not written by shrinkage.save (its metadata has no format)") from None
+        raise LayoutError(f"{path}: {exc}") from None
+    found = metadata["format"]
+    if found != FORMAT:
+        if found.startswith(_FORMAT_FAMILY):
+            raise DataError(f"{path} has format version {found!r}; this version of shrinkage reads {FORMAT!r}")
+        raise DataError(f"{path} was not written by shrinkage.save (format {found!r})")
+    if metadata["base"] != type(base_model).__name__:
+        raise LayoutError(f"{path} holds a {metadata['base']}, but the base model is a {type(base_model).__name__}")
+    try:
+        layout = parse_layout(metadata["layout"], "layout")
+        aliases = parse_json(metadata.get("aliases", "{}"), "aliases")
+        _ALIASES.check(aliases, "aliases")
+    except SchemaMismatch as exc:
+        raise LayoutError(f"{path}: {exc}") from None
+    assert isinstance(aliases, dict)  # checked by _ALIASES
+    return layout, aliases
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # changed on disk, or a dtype torch lacks
+        raise DataError(f"{path}: cannot read its tensors: {_first_line(exc)}") from None
+
+
+def load(path: str | Path, base_model: nn.Module) -> nn.Module:
+    """Rebuild the saved model from ``base_model`` (a fresh instance of the original
+    architecture, modified in place and returned) and the file's tensors.
+
+    Floating-point tensors keep the precision they were saved in. Nothing in the base
+    model changes unless the whole file checks out."""
+    if not isinstance(base_model, nn.Module):
+        raise UnsupportedModuleError(f"load: the base model must be an nn.Module, got {type(base_model).__name__}")
+    path = Path(path)
+    source = str(path)
+    metadata, shapes = _read_header(path)
+    layout, aliases = _parse_metadata(path, metadata, base_model)
+    plan = plan_rebuild(base_model, layout, source)
+    made = build(plan, source)
+    expected = expected_tensors(base_model, made)
+    check_header(expected, shapes, aliases, source)
+    state = _read_tensors(path)
+    if set(state) != set(shapes):
+        raise DataError(f"{path} changed while it was being read")
+    for name, target in aliases.items():
+        state[name] = state[target]
+    check_dtypes(expected, state, expected_modules(base_model, made), source)
+    check_indices(state, index_bounds(base_model, plan, made), source)
+
+    install(base_model, made)
+    adopt_dtypes(base_model, state)
     # modules check the version of the layout their tensors were saved in (MNASNet refuses
     # none); the file was written from this very architecture, so its versions are the base's
-    state = OrderedDict(state)
-    state._metadata = getattr(base_model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
-    missing, unexpected = base_model.load_state_dict(state, strict=False)
+    ordered = OrderedDict(state)
+    ordered._metadata = getattr(base_model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    try:
+        missing, unexpected = base_model.load_state_dict(ordered, strict=False)
+    except RuntimeError as exc:  # checked above; a module with its own loading rules may still refuse
+        raise ShrinkageError(f"{path} does not load into the rebuilt {type(base_model).__name__}: "
+                             f"{_first_line(exc)}") from None  # fmt: skip
     if missing or unexpected:
         key = (missing or unexpected)[0]
-        raise ShrinkageError(f"{path} does not fit the rebuilt {type(base_model).__name__}: "
-                             f"{'missing' if missing else 'unexpected'} tensor '{key}'")
+        raise ShrinkageError(
+            f"{path} does not fit the rebuilt {type(base_model).__name__}: "
+            f"{'missing' if missing else 'unexpected'} tensor '{key}'"
+        )
     return base_model

@@ -1,0 +1,196 @@
+"""Check a parsed layout against the base model, then build its layers off to the side.
+
+Loading never trusts the file: before any layer is constructed, every entry must name
+a submodule of the base model (or a child that a rebuilt entry creates), be a layer
+type that can stand in for the base layer there, and ask for no more than that base
+layer has (:mod:`shrinkage.compact.layout_bounds`). Only then are the new layers built,
+outside the base model, so that the tensors can be checked against them too; the base
+model is changed (:func:`install`) once everything fits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from shrinkage.compact.layout import LayoutEntry
+from shrinkage.compact.layout_bounds import limits_of
+from shrinkage.compact.layout_schema import LayoutError
+from shrinkage.compact.surgery import set_submodule
+from shrinkage.layers import HeadPrunedAttention, LoweredConv2d, SelectInputs
+
+#: the most layers one base layer may be rebuilt as (a factorized attention with its four
+#: projections factorized needs 13): a layout cannot multiply the model by listing more
+MAX_PER_BASE_LAYER = 32
+
+
+@dataclass(frozen=True)
+class RebuildPlan:
+    """Which entries of a checked layout are built, and the base layer each derives from."""
+
+    entries: dict[str, LayoutEntry]
+    built: tuple[str, ...]  # parents before children
+    tops: tuple[str, ...]  # the built names that replace a module of the base model
+    origins: dict[str, str]  # entry name -> name of the base layer it stands in for
+
+
+def base_module(root: nn.Module, name: str) -> nn.Module | None:
+    """The submodule ``name`` of ``root``, or None (walks registered children only)."""
+    module: nn.Module | None = root
+    for part in name.split("."):
+        module = module._modules.get(part) if module is not None else None
+    return module
+
+
+def _nearest_base(root: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """The deepest module of ``root`` along the path ``name``, and its name."""
+    module, found, parts = root, "", name.split(".")
+    for i, part in enumerate(parts):
+        child = module._modules.get(part)
+        if child is None:
+            break
+        module, found = child, ".".join(parts[: i + 1])
+    return found, module
+
+
+def _built_ancestor(name: str, built: set[str]) -> str | None:
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i]) in built:
+            return ".".join(parts[:i])
+    return None
+
+
+def _check_place(base: nn.Module, layout: dict[str, LayoutEntry], name: str, inside: str | None, source: str) -> None:
+    """``name`` exists where the layout puts it: in the base model, or as a child that its
+    rebuilt parent creates."""
+    if inside is None:
+        if base_module(base, name) is None:
+            raise LayoutError(f"{source}: layout entry '{name}' names no submodule of the base {type(base).__name__}")
+        return
+    parent, _, leaf = name.rpartition(".")
+    owner = layout.get(parent)
+    if owner is None:
+        raise LayoutError(f"{source}: layout entry '{name}' lies inside the rebuilt '{inside}', "
+                          f"but its parent '{parent}' has no entry")  # fmt: skip
+    children = owner.codec.children(owner.args)
+    if leaf not in children:
+        raise LayoutError(f"{source}: layout entry '{name}' names no child of the rebuilt '{parent}' "
+                          f"({owner.cls.__name__} with children: {', '.join(children) or 'none'})")  # fmt: skip
+
+
+def _check_fit(entry: LayoutEntry, name: str, origin_name: str, origin: nn.Module, source: str) -> None:
+    """The entry's type can stand in for the base layer ``origin``, within its sizes."""
+    what = f"{source}: layout entry '{name}' ({entry.cls.__name__})"
+    base = f"base layer '{origin_name}' ({type(origin).__name__})"
+    if not isinstance(origin, entry.codec.stands_for + (entry.cls,)):
+        raise LayoutError(f"{what} cannot be built in place of {base}")
+    limits = limits_of(origin, derived=origin_name != name)
+    for bound in entry.codec.bounds(entry.args, limits):
+        if bound.broken and bound.exact:
+            raise LayoutError(f"{what} has {bound.field}={bound.value}, but {base} needs {bound.limit}")
+        if bound.broken:
+            raise LayoutError(f"{what} has {bound.field}={bound.value}, more than the {bound.limit} "
+                              f"that {base} allows")  # fmt: skip
+
+
+def plan_rebuild(base: nn.Module, layout: dict[str, LayoutEntry], source: str) -> RebuildPlan:
+    """Check every entry of ``layout`` against ``base`` (nothing is built or changed) and
+    say which entries differ from the base model; ``source`` names the file in errors."""
+    built: list[str] = []
+    origins: dict[str, str] = {}
+    per_origin: Counter[str] = Counter()
+    for name in sorted(layout, key=lambda n: (n.count("."), n)):  # parents before their children
+        entry = layout[name]
+        inside = _built_ancestor(name, set(built))
+        _check_place(base, layout, name, inside, source)
+        origin_name, origin = _nearest_base(base, name)
+        _check_fit(entry, name, origin_name, origin, source)
+        origins[name] = origin_name
+        same = inside is None and type(origin) is entry.cls and entry.codec.encode(origin) == entry.args
+        if same:
+            continue
+        built.append(name)
+        per_origin[origin_name] += 1
+        if per_origin[origin_name] > MAX_PER_BASE_LAYER:
+            raise LayoutError(f"{source}: layout rebuilds base layer '{origin_name}' as more than "
+                              f"{MAX_PER_BASE_LAYER} layers")  # fmt: skip
+        if entry.codec.placeholders:
+            for child in entry.codec.children(entry.args):
+                if f"{name}.{child}" not in layout:
+                    raise LayoutError(f"{source}: layout entry '{name}' lists child '{child}', "
+                                      f"which has no entry '{name}.{child}'")  # fmt: skip
+    tops = tuple(n for n in built if _built_ancestor(n, set(built)) is None)
+    return RebuildPlan(layout, tuple(built), tops, origins)
+
+
+def _decode(name: str, entry: LayoutEntry, source: str) -> nn.Module:
+    try:
+        module = entry.codec.decode(entry.args)
+    except (ValueError, TypeError, RuntimeError) as exc:  # a constructor refusing a combination of sizes
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LayoutError(f"{source}: layout entry '{name}' ({entry.cls.__name__}) cannot be built: {reason}") from None
+    if entry.codec.placeholders:  # children keep their order; each is rebuilt from its own entry next
+        for child in entry.codec.children(entry.args):
+            module.add_module(child, nn.Identity())
+    return module
+
+
+def build(plan: RebuildPlan, source: str) -> dict[str, nn.Module]:
+    """The new module for each of ``plan.tops``, built outside the base model."""
+    made: dict[str, nn.Module] = {}
+    for name in plan.built:
+        entry = plan.entries[name]
+        top = name if name in plan.tops else _built_ancestor(name, set(plan.tops))
+        if top is None or top == name:
+            made[name] = _decode(name, entry, source)
+            continue
+        inner = name[len(top) + 1 :]
+        current = made[top].get_submodule(inner)  # it exists: plan_rebuild checked its parent creates it
+        if type(current) is entry.cls and entry.codec.encode(current) == entry.args:
+            continue  # created by its parent exactly as described (an attention's projections)
+        set_submodule(made[top], inner, _decode(name, entry, source))
+    return made
+
+
+def _device_of(module: nn.Module) -> object | None:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return None
+
+
+def install(base: nn.Module, made: dict[str, nn.Module]) -> None:
+    """Put the built modules into ``base``, in the training mode and on the device of the
+    modules they replace."""
+    for name, new in made.items():
+        old = base_module(base, name)
+        assert old is not None  # plan_rebuild: every top names a module of the base
+        new.train(old.training)
+        device = _device_of(old)
+        if device is not None:
+            new.to(device)
+        set_submodule(base, name, new)
+
+
+#: index buffers a rebuilt layer reads positions with, and the number of positions there are
+_INDEX_BUFFERS: dict[type[nn.Module], tuple[str, Callable[[nn.Module, nn.Module], int]]] = {
+    SelectInputs: ("index", lambda m, origin: limits_of(origin, derived=False).inputs),
+    LoweredConv2d: ("columns", lambda m, origin: m.in_channels * m.kernel_size[0] * m.kernel_size[1]),
+    HeadPrunedAttention: ("kept", lambda m, origin: m.original_heads),
+}
+
+
+def index_bounds(base: nn.Module, plan: RebuildPlan, made: dict[str, nn.Module]) -> Iterator[tuple[str, int]]:
+    """``(tensor name, positions)`` for every index buffer of the built modules: its values
+    must be distinct and in ``range(positions)``."""
+    for top, new in made.items():
+        for inner, module in new.named_modules():
+            spec = _INDEX_BUFFERS.get(type(module))
+            if spec is None:
+                continue
+            name = f"{top}.{inner}" if inner else top
+            buffer, positions = spec
+            yield f"{name}.{buffer}", positions(module, _nearest_base(base, name)[1])
