@@ -18,16 +18,16 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 Inputs = tuple[Tensor, ...]
+#: ``dynamic_shapes`` of ``torch.export`` / ``torch.onnx.export``: one entry per argument
+Dynamic = tuple[Any, ...]
 
 #: largest difference allowed, relative to the output's scale (at least 1)
 RTOL = 1e-5
 
 
-def compile_backend() -> str:
-    """``inductor`` where a C++ compiler exists (it compiles CPU kernels with one), else
-    ``aot_eager``, which still traces the model through dynamo and AOTAutograd."""
-    found = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++") or shutil.which("c++")
-    return "inductor" if found else "aot_eager"
+def has_cpp_compiler() -> bool:
+    """Whether inductor can build CPU kernels here (it compiles them with a C++ compiler)."""
+    return bool(shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++") or shutil.which("c++"))
 
 
 def leaves(y: Any) -> list[Tensor]:
@@ -44,16 +44,18 @@ def eager(model: nn.Module, inputs: Inputs) -> list[Tensor]:
         return leaves(model.eval()(*inputs))
 
 
-def assert_same(got: Sequence[Tensor], want: Sequence[Tensor], what: str) -> None:
-    """Same number, shapes and values of outputs, up to ``RTOL`` of the output scale."""
+def assert_same(got: Sequence[Tensor], want: Sequence[Tensor], what: str, labels: Sequence[str] | None = None) -> None:
+    """Same number, shapes and values of outputs, each up to ``RTOL`` of its own scale;
+    ``labels`` name the outputs in a failure (default: their index)."""
     assert len(got) == len(want), f"{what}: {len(got)} outputs, expected {len(want)}"
-    scale = max([float(w.abs().max()) for w in want if w.numel()] + [1.0])
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+    labels = labels or [f"output {i}" for i in range(len(want))]
+    for label, g, w in zip(labels, got, want, strict=True):
         assert tuple(g.shape) == tuple(w.shape), (
-            f"{what}: output {i} has shape {tuple(g.shape)}, expected {tuple(w.shape)}"
+            f"{what}: {label} has shape {tuple(g.shape)}, expected {tuple(w.shape)}"
         )
+        scale = max(float(w.abs().max()) if w.numel() else 0.0, 1.0)
         diff = float((g.float() - w.float()).abs().max()) if w.numel() else 0.0
-        assert diff <= RTOL * scale, f"{what}: output {i} differs by {diff:.3g} (scale {scale:.3g})"
+        assert diff <= RTOL * scale, f"{what}: {label} differs by {diff:.3g} (scale {scale:.3g})"
 
 
 def batch_dims(example: Inputs, multiples: Sequence[int] | None = None) -> tuple[dict[int, Any], ...]:
@@ -63,8 +65,10 @@ def batch_dims(example: Inputs, multiples: Sequence[int] | None = None) -> tuple
     return tuple({0: batch if k == 1 else k * batch} for k in (multiples or [1] * len(example)))
 
 
-def check_onnx(model: nn.Module, example: Inputs, fresh: Sequence[Inputs], path: Path,
-               dynamic: tuple[dict[int, Any], ...] | None) -> None:  # fmt: skip
+def check_onnx(
+    model: nn.Module, example: Inputs, fresh: Sequence[Inputs], path: Path, dynamic: Dynamic,
+    labels: Sequence[str] | None = None,
+) -> None:  # fmt: skip
     """Export with the dynamo-based exporter (``dynamo=True``; the TorchScript one cannot
     trace a zero-width layer) with the ``dynamic`` dims, and compare onnxruntime's CPU
     outputs on ``fresh`` inputs."""
@@ -79,13 +83,11 @@ def check_onnx(model: nn.Module, example: Inputs, fresh: Sequence[Inputs], path:
     assert len(names) == len(example), f"the ONNX graph takes {names}, expected {len(example)} inputs"
     for inputs in fresh:
         got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
-        assert_same(
-            [torch.from_numpy(g) for g in got], eager(model, inputs), f"onnxruntime, batch {inputs[0].shape[0]}"
-        )
+        want = eager(model, inputs)
+        assert_same([torch.from_numpy(g) for g in got], want, f"onnxruntime, batch {inputs[0].shape[0]}", labels)
 
 
-def check_export(model: nn.Module, example: Inputs, fresh: Sequence[Inputs],
-                 dynamic: tuple[dict[int, Any], ...] | None) -> None:  # fmt: skip
+def check_export(model: nn.Module, example: Inputs, fresh: Sequence[Inputs], dynamic: Dynamic) -> None:
     """``torch.export.export`` with the ``dynamic`` dims, then the exported module on ``fresh``."""
     model.eval()
     program = torch.export.export(model, example, dynamic_shapes=dynamic)
@@ -96,10 +98,10 @@ def check_export(model: nn.Module, example: Inputs, fresh: Sequence[Inputs],
         assert_same(got, eager(model, inputs), f"torch.export, batch {inputs[0].shape[0]}")
 
 
-def check_compile(model: nn.Module, inputs: Inputs) -> None:
-    """``torch.compile`` (backend from :func:`compile_backend`), called once on ``inputs``."""
+def check_compile(model: nn.Module, inputs: Inputs, backend: str, labels: Sequence[str] | None = None) -> None:
+    """``torch.compile`` with ``backend``, called once on ``inputs``."""
     model.eval()
-    compiled = torch.compile(model, backend=compile_backend())
+    compiled = torch.compile(model, backend=backend)
     with torch.no_grad():
         got = leaves(compiled(*inputs))
-    assert_same(got, eager(model, inputs), f"torch.compile ({compile_backend()})")
+    assert_same(got, eager(model, inputs), f"torch.compile ({backend})", labels)
