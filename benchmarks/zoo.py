@@ -37,9 +37,12 @@ import argparse
 import copy
 import datetime as dt
 import fcntl
+import hashlib
+import importlib
 import json
 import logging
 import multiprocessing as mp
+import pkgutil
 import platform
 import queue as queue_module
 import re
@@ -377,14 +380,19 @@ def causes(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def source_state() -> dict[str, Any]:
-    """The commit measured and whether the library's sources differed from it."""
+    """The commit measured, whether the library's sources differed from it, and a digest of them."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], check=False, cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
+    # the library's sources as this process imported them: other rows may come from another state
+    digest = hashlib.sha1()
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return {
         "commit": git("rev-parse", "HEAD"),
         "src_modified": bool(git("status", "--porcelain", "src")),
+        "src_digest": digest.hexdigest()[:12],
     }
 
 
@@ -438,6 +446,16 @@ def describe(row: dict[str, Any]) -> str:
     return text
 
 
+def import_library() -> None:
+    """Import every module of the library now: the forked children then all run the sources
+    as they were when this run started, even if the files change meanwhile."""
+    for info in pkgutil.walk_packages(shrinkage.__path__, "shrinkage."):
+        try:
+            importlib.import_module(info.name)
+        except ImportError:  # an optional extra not installed: no child will need it either
+            continue
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -482,6 +500,7 @@ def main() -> int:
                 data = json.loads(args.out.read_text())
                 write_json(args.out, {**data, "totals": totals(rows), "causes": causes(rows), "rows": rows})
         return 0
+    import_library()
     done = {(r["family"], r["name"]) for r in load_rows(args.out)} if not args.force else set()
     meta = {
         "benchmark": "zoo", "command": "python benchmarks/zoo.py [--family F] [--only NAME] [--force]",
@@ -494,6 +513,7 @@ def main() -> int:
         if (case.family, case.name) in done:
             continue
         row = measure(case, args.fraction, int(args.max_params), args.threads, args.timeout)
+        row["src_digest"] = meta["source"]["src_digest"]
         save_row(args.out, row, meta)
         print(describe(row), flush=True)
     return 0
