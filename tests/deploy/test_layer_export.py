@@ -80,10 +80,6 @@ from .checks import (
     leaves,
 )
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")  # the dynamo-based ONNX exporter is written with it
-
 
 @dataclass(frozen=True)
 class Prefer(FormPolicy):

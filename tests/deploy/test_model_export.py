@@ -31,10 +31,6 @@ from shrinkage.zoo import LeNet, resnet20
 
 from .checks import Inputs, batch_dims, check_compile, check_export, check_onnx, has_cpp_compiler
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
 
 def _resnet20() -> tuple[nn.Module, nn.Module, Inputs]:
     torch.manual_seed(0)
