@@ -49,6 +49,7 @@ class _Recorder(fx.Interpreter):
         self.snapshot = snapshot
         self.mutations: dict[str, list[str]] = {}
         self.live: dict[str, Any] = {}  # the values themselves, as later ops left them
+        self.result: Any = None  # what the graph returned
         self._versions: dict[str, tuple[int, ...]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -317,6 +318,7 @@ def build_channel_graph(
         raise UnsupportedModuleError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     recorder = _record(model, gm, example_inputs)
+    _check_trace(model, example_inputs, recorder.result)
     if recorder.mutations:
         resolve_in_place(gm, recorder)
         if recorder.mutated:  # record again, keeping what each reader saw before the mutation
@@ -333,11 +335,39 @@ def _record(
         with torch.no_grad():
             recorder = _Recorder(gm, snapshot)
             # copies: a model that mutates its input in place must not change the caller's tensors
-            recorder.run(*(x.clone() if isinstance(x, Tensor) else x for x in example_inputs))
+            recorder.result = recorder.run(*(x.clone() if isinstance(x, Tensor) else x for x in example_inputs))
     finally:
         for m, flag in was_training.items():
             m.training = flag
     return recorder
+
+
+def _check_trace(model: nn.Module, example_inputs: tuple[Any, ...], traced: Any) -> None:
+    """Refuse a trace that computes something else than the model.
+
+    Symbolic tracing can lose an effect: ``x += y`` on a tensor that another name still
+    refers to mutates it in eager mode, but fx (whose proxies have no ``__iadd__``) records
+    an out-of-place add, so the other name keeps the old value in the graph."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            eager = model(*(x.clone() if isinstance(x, Tensor) else x for x in example_inputs))
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    want = [t for t in torch.utils._pytree.tree_leaves(eager) if isinstance(t, Tensor)]
+    got = [t for t in torch.utils._pytree.tree_leaves(traced) if isinstance(t, Tensor)]
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=True)):
+        return  # outputs this check cannot line up; the compacted model's own check still runs
+    for a, b in zip(want, got, strict=True):
+        if a.numel() and a.is_floating_point():
+            scale = max(float(a.abs().max()), 1.0)
+            if not float((a - b).abs().max()) <= 1e-6 * scale:
+                raise UnsupportedModuleError(
+                    f"the torch.fx trace of {type(model).__name__} computes other outputs than the model (an in-place "
+                    "'x += y' on a tensor another name still refers to is traced out of place); write x.add_(y)"
+                )
 
 
 def _find_spaces(gm: fx.GraphModule, values: dict[str, Any], rules: RuleSet, allow_unknown: bool) -> ChannelGraph:
