@@ -26,7 +26,7 @@ from torch import nn
 
 import shrinkage
 from shrinkage.compact import max_output_difference
-from shrinkage.layers import ZeroWidthConv
+from shrinkage.layers import LoweredConv2d, ZeroWidthConv
 from shrinkage.zoo import LeNet, resnet20
 
 from .checks import Inputs, batch_dims, check_compile, check_export, check_onnx, has_cpp_compiler
@@ -99,12 +99,15 @@ EXPORT = [("resnet20", "compacted"), ("resnet20", "reloaded"), ("lenet", "compac
           ("lenet", "reloaded")]  # fmt: skip
 
 
-def test_the_resnet_lost_a_branch_and_channels(compacted) -> None:
+def test_the_models_hold_what_compaction_made(compacted) -> None:
     dense, small, _ = compacted["resnet20"]
     block = small.layer2[1]
     assert isinstance(block.conv1, ZeroWidthConv) and block.conv1.out_channels == 0
     assert isinstance(block.conv2, ZeroWidthConv) and block.conv2.in_channels == 0
     assert small.conv1.out_channels < dense.conv1.out_channels
+    dense, small, _ = compacted["lenet"]
+    assert small.conv1.out_channels < dense.conv1.out_channels
+    assert isinstance(small.conv2, LoweredConv2d)  # its index buffers are rebuilt when it is loaded
 
 
 @pytest.mark.parametrize(("name", "kind"), ONNX)
