@@ -20,11 +20,11 @@ output column block, which a narrow operand amortizes well; COO's kernel adds
 wide. So :class:`SparseLinear` defaults to CSR and :class:`SparseConv2d` (whose im2col
 operand has ``batch * output positions`` columns) to COO; ``layout`` overrides either.
 
-**Exported** (``torch.export``, and through it the ONNX exporter), neither format can
-go: ONNX has no sparse tensors or sparse x dense product, and ``torch.export`` cannot
-trace PyTorch's sparse kernels with a dynamic batch. There the layers scatter their
-non-zeros (kept beside the sparse weight as plain tensors: their flat positions and
-values) into a dense weight and run the dense layer: same outputs, dense speed.
+**Exported** (``torch.export`` and the ONNX exporters), neither format can go: ONNX has
+no sparse tensors or sparse x dense product, and ``torch.export`` cannot trace PyTorch's
+sparse kernels with a dynamic batch. There the layers scatter their non-zeros (kept
+beside the sparse weight as plain tensors: their flat positions and values) into a dense
+weight and run the dense layer: same outputs, dense speed.
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ def _to_sparse(matrix: Tensor, layout: torch.layout, owner: str) -> Tensor:
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
         dense = matrix.detach().clone().contiguous()
         return dense.to_sparse_csr() if layout == torch.sparse_csr else dense.to_sparse().coalesce()
+
+
+def _exporting() -> bool:
+    """Whether a graph is being exported (``torch.export``, either ONNX exporter), where the
+    sparse weight cannot go. ``torch.compiler.is_exporting`` exists from torch 2.6 on."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting())
 
 
 def _nnz(weight: Tensor) -> int:
@@ -133,7 +140,7 @@ class SparseLinear(_SparseWeight):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
-        if torch.compiler.is_exporting():
+        if _exporting():
             return F.linear(flat, self._scattered_weight(), self.bias).reshape(*lead, self.out_features)
         # sparse @ dense only takes the sparse operand first: compute (W x^T)^T; the
         # transposed view needs no copy (measured as fast as a contiguous one)
@@ -184,7 +191,7 @@ class SparseConv2d(_SparseWeight):
     def forward(self, x: Tensor) -> Tensor:
         if any(self.pad):
             x = F.pad(x, self.pad, mode=self.pad_mode)
-        if torch.compiler.is_exporting():
+        if _exporting():
             weight = self._scattered_weight().view(self.out_channels, self.in_channels, *self.kernel_size)
             return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation)
         n, _, h, w = x.shape
