@@ -68,26 +68,33 @@ def batch_dims(example: Inputs, multiples: Sequence[int] | None = None) -> tuple
 
 def check_onnx(
     model: nn.Module, example: Inputs, fresh: Sequence[Inputs], path: Path, dynamic: Dynamic,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None, *, dynamo: bool = True,
 ) -> None:  # fmt: skip
-    """Export with the dynamo-based exporter (``dynamo=True``; the TorchScript one cannot
-    trace a zero-width layer) with the ``dynamic`` dims, and compare onnxruntime's CPU
-    outputs on ``fresh`` inputs."""
-    for needed in ("onnx", "onnxscript", "onnxruntime"):  # the exporter is written with onnxscript
+    """Export to ONNX and compare onnxruntime's CPU outputs on ``fresh`` inputs.
+
+    ``dynamo``: the torch.export-based exporter (the default from torch 2.9), with the
+    ``dynamic`` dims; else the TorchScript-based one (the default before), with dim 0 of
+    every input dynamic when ``dynamic`` is given."""
+    for needed in ("onnx", "onnxruntime") + (("onnxscript",) if dynamo else ()):  # dynamo's is written in onnxscript
         pytest.importorskip(needed)
     import onnxruntime as ort
 
     model.eval()
+    inputs = [f"input{i}" for i in range(len(example))]
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-        torch.onnx.export(model, example, str(path), dynamo=True, dynamic_shapes=dynamic)
+        warnings.simplefilter("ignore")  # the exporters' notes on their own internals and deprecation
+        if dynamo:
+            torch.onnx.export(model, example, str(path), dynamo=True, dynamic_shapes=dynamic)
+        else:
+            axes = {name: {0: f"rows{i}"} for i, name in enumerate(inputs)} if dynamic is not None else None
+            torch.onnx.export(model, example, str(path), dynamo=False, input_names=inputs, dynamic_axes=axes)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     assert len(names) == len(example), f"the ONNX graph takes {names}, expected {len(example)} inputs"
-    for inputs in fresh:
-        got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
-        want = eager(model, inputs)
-        assert_same([torch.from_numpy(g) for g in got], want, f"onnxruntime, batch {inputs[0].shape[0]}", labels)
+    what = f"onnxruntime ({'dynamo' if dynamo else 'TorchScript'} exporter)"
+    for x in fresh:
+        got = session.run(None, {n: t.numpy() for n, t in zip(names, x, strict=True)})
+        assert_same([torch.from_numpy(g) for g in got], eager(model, x), f"{what}, batch {x[0].shape[0]}", labels)
 
 
 def check_export(model: nn.Module, example: Inputs, fresh: Sequence[Inputs], dynamic: Dynamic) -> None:

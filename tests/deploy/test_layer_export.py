@@ -3,7 +3,8 @@
 For each type, a small model whose compaction (or ``factorize`` / ``sparsify``) creates it
 (the form forced where the fewest-MAC choice would not pick it). All of them side by side
 in one model are exported to ONNX (the dynamo-based exporter, ``dynamo=True``, with a
-dynamic batch) and run in onnxruntime on the CPU, and compiled with ``torch.compile``;
+dynamic batch; and with the TorchScript-based exporter, the default before torch 2.9)
+and run in onnxruntime on the CPU, and compiled with ``torch.compile``;
 each is exported with ``torch.export`` (dynamic batch). Outputs on fresh inputs, of the
 example's batch size and a larger one, equal the eager model's up to 1e-5 of each
 output's scale. One export and one compilation for all: each costs seconds of fixed
@@ -329,6 +330,13 @@ def together(cases: dict[str, Case]) -> Together:
 def test_onnxruntime_gives_the_same_outputs(together: Together, tmp_path) -> None:
     t = together
     check_onnx(t.model, t.example, t.fresh, tmp_path / "layers.onnx", t.dynamic, t.labels)
+
+
+def test_the_torchscript_onnx_exporter_gives_the_same_outputs(together: Together, tmp_path) -> None:
+    """The exporter ``torch.onnx.export`` uses by default before torch 2.9 (the library
+    supports torch >= 2.4)."""
+    t = together
+    check_onnx(t.model, t.example, t.fresh, tmp_path / "layers.onnx", t.dynamic, t.labels, dynamo=False)
 
 
 @pytest.mark.parametrize("name", BUILDERS)

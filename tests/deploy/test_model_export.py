@@ -3,13 +3,13 @@
 A ResNet-20 with a residual branch and a quarter of its coupled channels removed, LeNet
 with filters, filter-shape columns and neurons removed, that LeNet factorized, and both
 compacted models reloaded through ``shrinkage.save`` / ``shrinkage.load`` into fresh
-models. Each goes through ``torch.export`` (dynamic batch); the reloaded ResNet-20 and the
-compacted and factorized LeNets through ONNX + onnxruntime (CPU, dynamic batch; the
-reloaded ResNet-20 equals the compacted one exactly, layer types included, and the
-export of each takes about 10 s on a loaded machine); the compacted ResNet-20 through
-``torch.compile`` (``aot_eager``; inductor in a ``slow`` test: see
-``test_layer_export.py``). Outputs on fresh inputs of two batch sizes equal the eager
-model's up to 1e-5 of the output scale.
+models. Each goes through ``torch.export`` (dynamic batch). The reloaded ResNet-20 and
+the compacted and factorized LeNets go through ONNX, with both exporters, + onnxruntime
+(CPU, dynamic batch): the reloaded ResNet-20 equals the compacted one exactly, layer
+types included, and the dynamo-based export of each takes about 10 s on a loaded
+machine. The compacted ResNet-20 goes through ``torch.compile`` (``aot_eager``; inductor
+in a ``slow`` test, see ``test_layer_export.py``). Outputs on fresh inputs of two batch
+sizes equal the eager model's up to 1e-5 of the output scale.
 """
 
 from __future__ import annotations
@@ -110,10 +110,11 @@ def test_the_models_hold_what_compaction_made(compacted) -> None:
     assert isinstance(small.conv2, LoweredConv2d)  # its index buffers are rebuilt when it is loaded
 
 
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 @pytest.mark.parametrize(("name", "kind"), ONNX)
-def test_onnxruntime_gives_the_same_outputs(name: str, kind: str, compacted, tmp_path) -> None:
+def test_onnxruntime_gives_the_same_outputs(name: str, kind: str, dynamo: bool, compacted, tmp_path) -> None:
     model, x = _deployed(name, compacted, kind, tmp_path)
-    check_onnx(model, x, _fresh(x), tmp_path / f"{name}-{kind}.onnx", batch_dims(x))
+    check_onnx(model, x, _fresh(x), tmp_path / f"{name}-{kind}.onnx", batch_dims(x), dynamo=dynamo)
 
 
 @pytest.mark.parametrize(("name", "kind"), EXPORT)
