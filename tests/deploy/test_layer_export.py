@@ -98,16 +98,16 @@ class Prefer(FormPolicy):
 @dataclass(frozen=True)
 class Case:
     """A deployable model, the inputs it was built on and the layer types it must hold;
-    dim 0 of input ``i`` is the batch times ``multiples[i]``."""
+    dim 0 of input ``i`` is the batch times ``per_sample[i]`` (default: every input 1)."""
 
     model: nn.Module
     example: Inputs
     holds: tuple[type[nn.Module], ...]
-    multiples: tuple[int, ...] = (1,)
+    per_sample: tuple[int, ...] = ()
 
-    def __post_init__(self) -> None:
-        if len(self.multiples) != len(self.example):
-            object.__setattr__(self, "multiples", (1,) * len(self.example))
+    @property
+    def multiples(self) -> tuple[int, ...]:
+        return self.per_sample or (1,) * len(self.example)
 
 
 def _compacted(model: nn.Module, example: Inputs, form: str | None = None) -> nn.Module:
@@ -202,7 +202,7 @@ def _attention() -> Case:
     padding[:, -1] = True
     mask = torch.randn(n * 4, length, length)  # per (sample, original head)
     x = (torch.randn(n, length, e), padding, mask)
-    return Case(_compacted(model, x), x, (HeadPrunedAttention,), multiples=(1, 1, 4))
+    return Case(_compacted(model, x), x, (HeadPrunedAttention,), per_sample=(1, 1, 4))
 
 
 def _factorizable() -> nn.Module:
@@ -272,8 +272,8 @@ def test_each_case_holds_its_layer_types(cases: dict[str, Case]) -> None:
         types = {type(m) for m in case.model.modules()}
         missing = [t.__name__ for t in case.holds if t not in types]
         assert not missing, f"{name}: compaction made no {missing}"
-    kinds = {name: [m for m in cases[name].model.modules() if isinstance(m, ZeroWidthConv)] for name in cases}
-    widths = {(m.in_channels == 0, m.out_channels == 0) for m in kinds["zero-width-conv"]}
+    zero_width = [m for m in cases["zero-width-conv"].model.modules() if isinstance(m, ZeroWidthConv)]
+    widths = {(m.in_channels == 0, m.out_channels == 0) for m in zero_width}
     assert widths == {(True, False), (False, True)}
     attention = [m for m in cases["head-pruned-attention"].model.modules() if isinstance(m, HeadPrunedAttention)]
     assert sorted(m.num_heads for m in attention) == [0, 3, 3]
