@@ -77,7 +77,7 @@ def check_onnx(
     every input dynamic when ``dynamic`` is given."""
     for needed in ("onnx", "onnxruntime") + (("onnxscript",) if dynamo else ()):  # dynamo's is written in onnxscript
         pytest.importorskip(needed)
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     model.eval()
     inputs = [f"input{i}" for i in range(len(example))]
