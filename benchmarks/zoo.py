@@ -450,6 +450,8 @@ def import_library() -> None:
     """Import every module of the library now: the forked children then all run the sources
     as they were when this run started, even if the files change meanwhile."""
     for info in pkgutil.walk_packages(shrinkage.__path__, "shrinkage."):
+        if info.name.endswith("__main__"):
+            continue  # importing it runs the command line
         try:
             importlib.import_module(info.name)
         except ImportError:  # an optional extra not installed: no child will need it either
