@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from shrinkage.errors import ShrinkageError
 from shrinkage.groups import CoupledChannels, Grouping, Heads
 from shrinkage.groups.coupled import space_grouping
 
+ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("torchvision", "timm", "transformers")
 #: token ids of the transformers cases are drawn below this
 VOCAB = 100
@@ -286,5 +288,6 @@ def prepare(case: Case, fraction: float, seed: int = 0) -> Prepared:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """``Type: first line``, with paths relative to the repository (the results are shared)."""
+    text = str(exc).strip().replace(f"{ROOT}/", "")
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
