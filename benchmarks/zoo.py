@@ -373,8 +373,9 @@ def causes(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for r in rows:
         s = r["shrinkage"]
-        if s["status"] in ("refused", "raw", "wrong", "timeout") and s.get("message"):
-            key = f"{s['status']}: {refusal_cause(s['message'])}"
+        message = s.get("message") or (r.get("zeroed") or {}).get("error")
+        if s["status"] in ("refused", "raw", "wrong", "timeout", "no_groups") and message:
+            key = f"{s['status']}: {refusal_cause(message)}"
             grouped.setdefault(key, []).append(f"{r['family']}/{r['name']}")
     return dict(sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 

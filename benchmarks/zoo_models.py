@@ -195,7 +195,7 @@ def coupled_groupings(model: nn.Module, shape: tuple[int, ...], vocab: int | Non
     """The coupled groups of every conv and linear, and how they were found: by
     ``CoupledChannels`` (torch.fx) or, where it cannot trace the model, by the groups of
     the graph that compaction captures (torch.export, in versions that have it)."""
-    chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, _linear_types())]
     try:
         return CoupledChannels(shape, vocab=vocab).build_for(model, chosen), "CoupledChannels"
     except ShrinkageError:
@@ -212,6 +212,16 @@ def coupled_groupings(model: nn.Module, shape: tuple[int, ...], vocab: int | Non
         if not space.pinned and not space.is_input and selected.intersection(s.module for s in space.producers):
             groupings.append(space_grouping(graph, params, root))
     return groupings, "captured graph"
+
+
+def _linear_types() -> tuple[type[nn.Module], ...]:
+    """The layers whose outputs are zeroed: convs, linears and transformers' ``Conv1D`` (GPT-2's
+    linear layer, its weight stored transposed)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (nn.Conv2d, nn.Linear)
+    return (nn.Conv2d, nn.Linear, Conv1D)
 
 
 def _compaction_capture() -> Callable[..., Any] | None:
