@@ -54,7 +54,8 @@ class Grouping(ABC):
     @torch.no_grad()
     def row_norms(self) -> Tensor:
         """The L2 norm of each row of the matrix, shape ``(n_groups,)`` (not differentiable)."""
-        return self.gather().norm(dim=1)
+        norms: Tensor = self.gather().norm(dim=1)
+        return norms
 
     @torch.no_grad()
     def scale_rows_(self, factors: Tensor) -> None:

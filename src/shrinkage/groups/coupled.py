@@ -79,8 +79,9 @@ def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: i
             continue  # running statistics are buffers, not trained
         index = _positions_by_channel(channel_positions(graph, use, root), space.size)
         if index is None:
-            log.warning("coupled group of %s skips %s: it reads only part of the channels",
-                        "+".join(producers), use.module)
+            log.warning(
+                "coupled group of %s skips %s: it reads only part of the channels", "+".join(producers), use.module
+            )
             continue
         members.append((param, use.slice.dim, index))
     return SliceGrouping("+".join(producers), tuple(members))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -27,10 +28,9 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 def _weight_of(kind: str, name: str, module: nn.Module) -> nn.Parameter:
     if not isinstance(module, _WEIGHTED):
         raise UnsupportedModuleError(
-            f"module '{name}' ({type(module).__name__}) has no {kind} groups; "
-            "they exist for Conv1d/2d/3d and Linear"
+            f"module '{name}' ({type(module).__name__}) has no {kind} groups; they exist for Conv1d/2d/3d and Linear"
         )
-    return module.weight
+    return cast(nn.Parameter, module.weight)  # torch types it Tensor; a layer's weight is a Parameter
 
 
 def _is_transposed(module: nn.Module) -> bool:
@@ -94,7 +94,7 @@ class Shapes(GroupKind):
                 f"module '{name}' ({type(module).__name__}) has no filter-shape groups; "
                 "they exist for convolutions (use channel groups for Linear columns)"
             )
-        return [ColumnGrouping(name, module.weight)]
+        return [ColumnGrouping(name, cast(nn.Parameter, module.weight))]
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,9 @@ _BIAS_WEIGHT = 0.5
 def _number(key: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or value > high or value < low or (low_open and value == low):
-        raise ConfigError(f"controller.{key} must be a number in {'(' if low_open else '['}{low:g}, {high:g}], "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"controller.{key} must be a number in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}"
+        )
 
 
 def _integer(key: str, value: Any, low: int) -> None:
@@ -193,8 +194,11 @@ class BudgetController:
         if self.steps == self.warmup_steps and not self.active:
             self._update(lrs, START_RANGE, damped=False)
             self.active = True
-            log.info("budget controller: penalty on after %d warm-up steps, strengths x%s", self.steps,
-                     ", x".join(f"{self.regularizer.scales[r]:.3g}" for r in self.rules))
+            log.info(
+                "budget controller: penalty on after %d warm-up steps, strengths x%s",
+                self.steps,
+                ", x".join(f"{self.regularizer.scales[r]:.3g}" for r in self.rules),
+            )
         elif (self.steps - self.warmup_steps) % self.config.interval == 0:
             self._update(lrs, self.config.max_factor, damped=True)
 
@@ -202,7 +206,10 @@ class BudgetController:
         """Measure; once the warm-up is over, forecast and solve for the new strengths."""
         now = self.estimator.summaries()
         elapsed = max(1, self.steps - self._previous_step)
-        pace = [(n - p) / elapsed if n.shape == p.shape else torch.zeros_like(n) for n, p in zip(now, self._previous)]
+        pace = [
+            (n - p) / elapsed if n.shape == p.shape else torch.zeros_like(n)
+            for n, p in zip(now, self._previous, strict=False)
+        ]
         in_effect = [self.regularizer.scale_of(t) for t in self.regularizer.terms]
         self._previous, self._previous_step = now, self.steps
         if self.steps < self.warmup_steps:
@@ -232,8 +239,14 @@ class BudgetController:
         self._apply()
         self.last_forecast = forecast_at(step)
         self._due[self.steps + horizon] = self.last_forecast - self.bias
-        log.debug("budget controller step %d: estimate %.4f, forecast %.4f for target %.4f, strength x%.4g",
-                  self.steps, self.last_estimate, self.last_forecast, goal, math.exp(step))
+        log.debug(
+            "budget controller step %d: estimate %.4f, forecast %.4f for target %.4f, strength x%.4g",
+            self.steps,
+            self.last_estimate,
+            self.last_forecast,
+            goal,
+            math.exp(step),
+        )
 
     def _apply(self, off: bool = False) -> None:
         for r in self.rules:
@@ -255,8 +268,9 @@ class BudgetController:
     def stats(self) -> dict[str, float]:
         """Per-epoch columns: each rule's strength multiplier, the estimate, forecast and target."""
         out = {f"strength_scale[rule{r}]": self.regularizer.scales[r] for r in self.rules}
-        out.update(estimated_macs=self.last_estimate, forecast_macs=self.last_forecast,
-                   target_macs=self.target(self.steps))
+        out.update(
+            estimated_macs=self.last_estimate, forecast_macs=self.last_forecast, target_macs=self.target(self.steps)
+        )
         return out
 
     def state_dict(self) -> dict[str, Any]:

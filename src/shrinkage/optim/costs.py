@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -97,7 +97,7 @@ class _Context:
 
     def weight_layer(self, name: str) -> Layer:
         if name not in self.layers:
-            w = self.model.get_submodule(name).weight
+            w = cast(Tensor, self.model.get_submodule(name).weight)
             self.layers[name] = Layer(float(self.macs.get(name, 0)), w.shape[0], w[0].numel(), math.prod(w.shape[2:]))
         return self.layers[name]
 

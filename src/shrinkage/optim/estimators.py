@@ -30,7 +30,7 @@ import copy
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,8 @@ def summary_of(term: Term, matrix: Tensor) -> Tensor:
     """What the estimate reads of a term's matrix, on the CPU in float64: its singular
     values for a nuclear norm, else its group norms."""
     m = matrix.detach().double()
-    return (torch.linalg.svdvals(m) if isinstance(term.penalty, NuclearNorm) else m.norm(dim=1)).cpu()
+    summary: Tensor = (torch.linalg.svdvals(m) if isinstance(term.penalty, NuclearNorm) else m.norm(dim=1)).cpu()
+    return summary
 
 
 class StructureMacEstimator(MacEstimator):
@@ -222,7 +223,7 @@ class ExactMacEstimator(MacEstimator):
         for name in self.low_rank:
             layer = _factorable(small, name)
             if layer is not None:
-                energy[layer] = _energy_for_rank(small.get_submodule(layer).weight)
+                energy[layer] = _energy_for_rank(cast(Tensor, small.get_submodule(layer).weight))
         if energy:
             small = factorize(small, energy, layers=sorted(energy))
         return count_macs(small, self.example_inputs).total / self.dense

@@ -35,8 +35,9 @@ class Forecast:
     def ahead(self, scales: Sequence[float], steps: int) -> list[Tensor]:
         """The summaries ``steps`` steps ahead under ``scales`` (one per term)."""
         out = []
-        for now, pace, unit, was, scale in zip(self.now, self.pace, self.unit_shrink, self.in_effect, scales,
-                                               strict=True):
+        for now, pace, unit, was, scale in zip(
+            self.now, self.pace, self.unit_shrink, self.in_effect, scales, strict=True
+        ):
             future = torch.clamp(now + steps * (pace - (scale - was) * unit), min=0)
             out.append(torch.where(now == 0, torch.zeros_like(future), future))
         return out

@@ -26,7 +26,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -126,7 +126,7 @@ class ZeroGate:
         """New zero groups of term ``i`` (weakest first), and the one an emptied layer keeps."""
         matrix = self.terms[i].grouping.gather().detach()
         zero[i] = matrix.abs().amax(dim=1) == 0
-        dead = self.dead[i].to(zero[i].device) if self.dead[i] is not None else torch.zeros_like(zero[i])
+        dead = cast(Tensor, self.dead[i]).to(zero[i].device) if self.dead[i] is not None else torch.zeros_like(zero[i])
         zero[i] |= dead
         summaries[i] = matrix.double().norm(dim=1).masked_fill(zero[i], 0.0)
         before = self._before[i]
@@ -220,7 +220,7 @@ def _threshold_keeping(matrix: Tensor, threshold: float, kept: Sequence[int]) ->
     shrunk = torch.clamp(s - threshold, min=0)
     index = torch.tensor(list(kept), dtype=torch.long, device=s.device)
     shrunk[index] = s[index]
-    out = (u * shrunk) @ vh
+    out: Tensor = (u * shrunk) @ vh
     out[zero_rows] = 0
     out[:, zero_cols] = 0
     return out

@@ -13,7 +13,8 @@ from shrinkage.errors import ConfigError
 
 
 def check_strength(owner: str, strength: float) -> None:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength < 0:
+    is_number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+    if not is_number or not math.isfinite(strength) or strength < 0:
         raise ConfigError(f"{owner}.strength must be a finite number >= 0, got {strength!r}")
 
 

@@ -36,7 +36,8 @@ class GroupLasso(Penalty):
         return math.sqrt(group_size) if self.scale_by_size else 1.0
 
     def value(self, matrix: Tensor) -> Tensor:
-        return self.strength * self._weight(matrix) * matrix.norm(dim=1).sum()
+        value: Tensor = self.strength * self._weight(matrix) * matrix.norm(dim=1).sum()
+        return value
 
     def prox_(self, matrix: Tensor, step: float) -> None:
         """Block soft-thresholding: ``w_g <- max(1 - t/||w_g||, 0) w_g``, ``t = step*strength*c``."""

@@ -78,7 +78,8 @@ class NuclearNorm(Penalty):
                 raise ConfigError(f"nuclear_norm.{name} must be an integer >= {low}, got {value!r}")
 
     def value(self, matrix: Tensor) -> Tensor:
-        return self.strength * torch.linalg.svdvals(matrix).sum()
+        value: Tensor = self.strength * torch.linalg.svdvals(matrix).sum()
+        return value
 
     def prox_(self, matrix: Tensor, step: float) -> None:
         """Singular value thresholding: ``W <- U diag(max(sigma - t, 0)) V^T``, ``t = step*strength``."""
@@ -106,7 +107,8 @@ class NuclearNorm(Penalty):
                 u, s, vh = _randomized_svd(matrix, q, self.power_iterations)
                 if s[-1] <= threshold:  # everything above the threshold lies inside the sketch
                     return u, s, vh
-        return torch.linalg.svd(matrix, full_matrices=False)
+        factors: tuple[Tensor, Tensor, Tensor] = torch.linalg.svd(matrix, full_matrices=False)
+        return factors
 
     def structure(self, matrix: Tensor) -> dict[str, float]:
         with torch.no_grad():

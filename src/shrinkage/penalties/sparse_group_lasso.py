@@ -27,7 +27,8 @@ class SparseGroupLasso(Penalty):
 
     def value(self, matrix: Tensor) -> Tensor:
         group = math.sqrt(matrix.shape[1]) * matrix.norm(dim=1).sum()
-        return self.strength * ((1 - self.alpha) * group + self.alpha * matrix.abs().sum())
+        value: Tensor = self.strength * ((1 - self.alpha) * group + self.alpha * matrix.abs().sum())
+        return value
 
     def prox_(self, matrix: Tensor, step: float) -> None:
         """Soft-threshold each weight by ``t*alpha``, then block soft-threshold each group by
