@@ -3,6 +3,12 @@ groups zeroed at random as a group Lasso would leave them."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
 import torch
 from torch import nn
 
@@ -19,7 +25,10 @@ SLOW = {
     "convnext_tiny": 32, "vit_b_16": 224,
 }  # fmt: skip
 #: the auxiliary classifiers only run in training mode; building them would only cost time
-KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}, "inception_v3": {"aux_logits": False, "init_weights": False}}
+KWARGS = {
+    "googlenet": {"aux_logits": False, "init_weights": False},
+    "inception_v3": {"aux_logits": False, "init_weights": False},
+}
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
@@ -32,7 +41,9 @@ def build(name: str, seed: int = 0) -> nn.Module:
 def zero_coupled(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator, fraction: float) -> int:
     """Zero a random fraction of every coupled group set, as a group Lasso would; returns how many."""
     kind = CoupledChannels(shape)
-    groupings = kind.build_for(model, [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)])
+    groupings = kind.build_for(
+        model, [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    )
     zeroed = 0
     with torch.no_grad():
         for g in groupings:
@@ -58,3 +69,16 @@ def zero_heads(model: nn.Module, gen: torch.Generator, fraction: float) -> int:
                     g.scatter_(matrix)
                     zeroed += len(rows)
     return zeroed
+
+
+@cache
+def zoo_models() -> ModuleType:
+    """``benchmarks/zoo_models.py``: the timm and Hugging Face models of the zoo benchmark
+    (one list, so the slow tests check exactly the models the benchmark reports)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_models.py"
+    spec = importlib.util.spec_from_file_location("zoo_models", path)
+    assert spec is not None and spec.loader is not None, f"cannot load {path}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
