@@ -12,10 +12,12 @@ from torch import Tensor, fx, nn
 from shrinkage.compact import layer_forms as _layer_forms  # noqa: F401  (registers the conv/linear forms)
 from shrinkage.compact.forms import choose_form, forms_for, mark
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
-from shrinkage.compact.surgery import add_bias, set_submodule, shrink
-from shrinkage.errors import ShrinkageError
-from shrinkage.graph.builder import ChannelGraph, build_channel_graph
-from shrinkage.graph.rules import default_rules
+from shrinkage.compact.surgery import add_bias, shrink
+from shrinkage.compact.surgery import set_submodule as _set_submodule
+from shrinkage.errors import ShrinkageError, UnsupportedModuleError
+from shrinkage.graph.builder import ChannelGraph
+from shrinkage.graph.capture import capture_channel_graph, capture_used
+from shrinkage.graph.export_graph import called_as_module, node_owner
 from shrinkage.layers import HeadPrunedAttention
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,11 @@ def plan_compaction(
     layer's form (nothing is modified). Forms are timed on ``device`` (default: the
     model's) when the policy measures."""
     options = options or CompactOptions()
-    cg = build_channel_graph(
-        model, example_inputs, default_rules(), leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown
+    cg = capture_channel_graph(
+        model, example_inputs, options.capture, leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown
     )
     plan = decide(cg, options.round_to)
+    plan.capture = capture_used(cg)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     _plan_forms(model, cg, plan, options, torch.device(device))
@@ -78,8 +81,9 @@ def _plan_forms(
     (``nn.MultiheadAttention.out_proj``) cannot be replaced."""
     first_call: dict[str, fx.Node] = {}
     for node in cg.gm.graph.nodes:
-        if node.op == "call_module":
-            first_call.setdefault(str(node.target), node)
+        owner = node_owner(cg, node)
+        if owner is not None and called_as_module(cg, node):
+            first_call.setdefault(owner, node)
     policy = options.policy()
     for name, node in first_call.items():
         if not forms_for(model.get_submodule(name)) or name in plan.heads:
@@ -103,6 +107,13 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         per_module.setdefault(name, {})[dim] = mask
     shrunk = {name for name, keep in per_module.items() if not all(bool(m.all()) for m in keep.values())}
     new = _copy_except(model, shrunk | set(plan.heads) | set(plan.layers))
+    aliases = _other_names(model)
+
+    def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+        # a layer registered under several names is replaced under all of them
+        for each in (name, *aliases.get(name, ())):
+            _set_submodule(root, each, module)
+
     for name in shrunk - set(plan.layers):
         set_submodule(new, name, shrink(name, new.get_submodule(name), per_module[name]))
     for name, delta in plan.bias_delta.items():
@@ -116,6 +127,14 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         chosen = copy.deepcopy(layer).train(model.get_submodule(name).training)
         set_submodule(new, name, mark(chosen, plan.forms[name]))
     return new
+
+
+def _other_names(model: nn.Module) -> dict[str, list[str]]:
+    """First name of a module registered under several names -> its other names."""
+    names: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(name)
+    return {found[0]: found[1:] for found in names.values() if len(found) > 1}
 
 
 def _copy_except(model: nn.Module, replaced: set[str]) -> nn.Module:
@@ -143,6 +162,41 @@ def _outputs(model: nn.Module, example_inputs: tuple[Any, ...]) -> list[Tensor]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def _refuse_hooks(model: nn.Module) -> None:
+    """A forward hook computes something compaction cannot see or shrink: refuse, naming it."""
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise UnsupportedModuleError(
+                f"module '{name or type(model).__name__}' has forward hooks, which compaction cannot follow: "
+                "remove them before compact() and register them on the compacted model"
+            )
+
+
+def _check_train_mode(model: nn.Module, new: nn.Module, example_inputs: tuple[Any, ...], atol: float) -> None:
+    """A model in train mode must also match in train mode (same random state for both),
+    or compaction refuses: batch statistics of a folded constant channel or dropout over
+    fewer channels differ from the original's. Running statistics are left as found."""
+
+    def run(m: nn.Module) -> list[Tensor]:
+        saved = [(b, b.detach().clone()) for b in m.buffers()]
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return _leaves(m(*example_inputs))
+        finally:
+            with torch.no_grad():
+                for b, value in saved:
+                    b.copy_(value)
+
+    reference, got = run(model), run(new)
+    scale = max([float(t.abs().max()) for t in reference if t.numel()] + [1.0])
+    if not _largest_difference(reference, got) <= atol * scale:
+        raise UnsupportedModuleError(
+            f"compacted {type(model).__name__} matches in eval mode but not in train mode (batch statistics of "
+            "folded channels or dropout over fewer channels differ): call model.eval() before compact()"
+        )
 
 
 def max_output_difference(a: nn.Module, b: nn.Module, example_inputs: tuple[Any, ...]) -> float:
@@ -200,6 +254,7 @@ def compact(
 def _compact(
     model: nn.Module, example_inputs: tuple[Any, ...], options: CompactOptions | None, atol: float, device: torch.device
 ) -> nn.Module:
+    _refuse_hooks(model)
     plan = plan_compaction(model, example_inputs, options, device=device)
     new = apply_plan(model, plan)
     reference, got = _outputs(model, example_inputs), _outputs(new, example_inputs)
@@ -207,7 +262,9 @@ def _compact(
     diff = _largest_difference(reference, got)
     if not diff <= atol * scale:
         raise ShrinkageError(f"compacted {type(model).__name__} differs from the original by {diff:.3g}; please report this")
-    log.info("compacted %s: max output difference %.3g", type(model).__name__, diff)
+    if any(m.training for m in model.modules()):
+        _check_train_mode(model, new, example_inputs, atol)
+    log.info("compacted %s (captured with %s): max output difference %.3g", type(model).__name__, plan.capture.value, diff)
     for name, choice in plan.forms.items():
         log.info("layer %s: form %s (%s)", name, choice.chosen, choice.by)
     return new

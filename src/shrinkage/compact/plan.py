@@ -31,9 +31,12 @@ from torch import Tensor, fx, nn
 
 from shrinkage.compact.choice import FormChoice, FormPolicy, default_policy
 from shrinkage.compact.forms import FormContext
+from shrinkage.compact.layer_types import canonical_param, layer_type_of
 from shrinkage.compact.surgery import ZERO_WIDTH
 from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions
+from shrinkage.graph.capture import Capture
+from shrinkage.graph.export_graph import layer_input, node_owner
 from shrinkage.graph.spaces import Axis, Space, Use
 from shrinkage.layers import HeadPrunedAttention, removable_heads
 
@@ -53,7 +56,8 @@ class CompactOptions:
     channels, which is exact. ``choose_by``: how each layer's form is chosen among its
     exact forms (:class:`~shrinkage.compact.choice.Measured` or
     :class:`~shrinkage.compact.choice.ByMacs`; ``None``: the process default, see
-    :func:`~shrinkage.compact.choice.default_policy`).
+    :func:`~shrinkage.compact.choice.default_policy`). ``capture``: how the model's graph
+    is captured (:class:`~shrinkage.graph.capture.Capture`; the plan records which one was used).
     """
 
     select_inputs_min_fraction: float = 0.05
@@ -62,10 +66,13 @@ class CompactOptions:
     leaf_modules: tuple[type[nn.Module], ...] = ()
     round_to: int = 1
     choose_by: FormPolicy | None = None
+    capture: Capture = Capture.AUTO
 
     def __post_init__(self) -> None:
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"CompactOptions: round_to must be a positive integer, got {self.round_to!r}")
+        if not isinstance(self.capture, Capture):
+            raise ConfigError(f"CompactOptions: capture must be a shrinkage.Capture, got {self.capture!r}")
         if self.choose_by is not None and not isinstance(self.choose_by, FormPolicy):
             raise ConfigError(f"CompactOptions: choose_by must be Measured(), ByMacs() or None, got {self.choose_by!r}")
 
@@ -89,6 +96,7 @@ class CompactionPlan:
     forms: dict[str, FormChoice] = field(default_factory=dict)  # layer -> its form choice
     layers: dict[str, nn.Module] = field(default_factory=dict)  # layer -> the chosen layer
     spaces: list[dict[str, Any]] = field(default_factory=list)
+    capture: Capture = Capture.FX  # the capture that produced the graph
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable description (indices as lists)."""
@@ -101,11 +109,12 @@ class CompactionPlan:
             modules.setdefault(name, {})["kept_heads"] = mask.nonzero().flatten().tolist()
         for name, choice in self.forms.items():
             modules.setdefault(name, {})["form"] = choice.as_dict()
-        return {"modules": modules, "spaces": self.spaces}
+        return {"capture": self.capture.value, "modules": modules, "spaces": self.spaces}
 
 
 def _param(cg: ChannelGraph, module: str, attr: str) -> Tensor:
-    return getattr(cg.module(module), attr).detach()
+    """The parameter in canonical orientation (dim 0 outputs, dim 1 inputs; see layer_types)."""
+    return canonical_param(cg.module(module), attr)
 
 
 def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
@@ -142,28 +151,81 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
     """
     n = space.size
     weights = {s.module: s for s in space.producers if s.attr == "weight"}
+    biases = {s.module: s for s in space.producers if s.attr == "bias"}
     kills: dict[str, list[Use]] = {}
     for use in space.passthrough:
         if use.zero_kills:
             kills.setdefault(use.node, []).append(use)
     const: dict[str, Tensor] = {}
+    zero: dict[str, Tensor] = {}  # constant and exactly zero
     for node in carriers:
         if node is None:
             continue  # a piece of a split: its getitem node carries it again
         carried = _present(cg, cg.axes[node.name], root, n)
-        if node.op == "call_module" and str(node.target) in weights:
-            s = weights[str(node.target)]
+        owner = node_owner(cg, node)
+        if owner is not None and owner in weights:
+            s = weights[owner]
             w = _param(cg, s.module, s.attr).movedim(s.dim, 0)
             c = ~w.reshape(w.shape[0], -1).ne(0).any(dim=1) if w.numel() else torch.ones(n, dtype=torch.bool)
+            z = c.clone()
+            if owner in biases:
+                z &= _param(cg, owner, "bias").movedim(biases[owner].dim, 0).eq(0)
         else:
             inputs = [a for a in node.all_input_nodes if a.name in const]
             c = torch.zeros(n, dtype=torch.bool) if not inputs else torch.ones(n, dtype=torch.bool)
             for a in inputs:
                 c &= const[a.name] | ~_present(cg, cg.axes[a.name], root, n)
+            z = _zero_out(cg, node, inputs, zero, root, n)
+            if getattr(_rule(cg, node), "zero_bias_keeps_zero", False):
+                # a per-channel scale plus bias (a depthwise conv): zero in, zero bias, zero out
+                z = torch.zeros(n, dtype=torch.bool)
+                if inputs:
+                    z = torch.ones(n, dtype=torch.bool)
+                    for a in inputs:
+                        z &= zero[a.name] | ~_present(cg, cg.axes[a.name], root, n)
+                    for use in space.passthrough:
+                        if use.node == node.name and use.slice.attr == "bias":
+                            z &= _zero_channels(cg, use, root, n) | ~_present(cg, use.axis, root, n)
+            c |= z
         for use in kills.get(node.name, []):
             c |= _zero_channels(cg, use, root, n) & _present(cg, use.axis, root, n)
         const[node.name] = c & carried
+        zero[node.name] = z & carried
     return const
+
+
+def _rule(cg: ChannelGraph, node: fx.Node) -> object:
+    if cg.rules is None:
+        return None
+    return cg.rules.rule_for(node, cg.module(str(node.target)) if node.op == "call_module" else None)
+
+
+def _zero_out(
+    cg: ChannelGraph, node: fx.Node, inputs: list[fx.Node], zero: dict[str, Tensor], root: int, n: int
+) -> Tensor:
+    """Channels ``node`` outputs as exactly zero given its inputs' zero channels: a product
+    is zero where any factor is (``0 * s == 0`` whatever ``s``: a squeeze-excitation gate,
+    a gated MLP's other branch); an op whose rule says it maps zero to zero (activations
+    with ``f(0) = 0``, pooling, reshapes; an add of two zero operands) where all of its
+    tensor inputs are. Values are assumed finite."""
+    rule = _rule(cg, node)
+    out = torch.zeros(n, dtype=torch.bool)
+    if not inputs:
+        return out
+    if getattr(rule, "product", False):
+        for a in inputs:
+            out |= zero[a.name] & _present(cg, cg.axes[a.name], root, n)
+        return out
+    tensors = [a for a in node.all_input_nodes if isinstance(cg.values.get(a.name), Tensor)]
+    operands = node.args[:2]
+    two_zero_operands = getattr(rule, "adds_zero", False) and all(
+        isinstance(a, fx.Node) and a.name in zero for a in operands
+    )  # an add of a number or of a tensor without these channels is not zero
+    if two_zero_operands or (getattr(rule, "keeps_zero", False) and all(a.name in zero for a in tensors)):
+        out = torch.ones(n, dtype=torch.bool)
+        for a in inputs:
+            out &= zero[a.name] | ~_present(cg, cg.axes[a.name], root, n)
+    return out
 
 
 def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: int, candidates: Tensor):
@@ -175,8 +237,8 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     module = cg.module(use.module)
     ok = torch.zeros(n, dtype=torch.bool)
     node = nodes[use.node]
-    x = cg.values[node.args[0].name]
-    weight = module.weight.detach()
+    x = cg.values[layer_input(node).name]
+    weight = _param(cg, use.module, "weight")
     delta = torch.zeros(weight.shape[0], dtype=weight.dtype)
     for ch, pos in channel_positions(cg, use, root):
         sel = candidates[ch]
@@ -184,7 +246,7 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
             continue
         ch, pos = ch[sel], pos[sel]
         flat = pos.reshape(-1)
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or _is_matmul_layer(module):
             vals = x.movedim(-1, 0)[flat].reshape(flat.numel(), -1)  # (positions, everything else)
             const = (vals == vals[:, :1]).all(dim=1).reshape(pos.shape).all(dim=1)
             v = vals[:, 0].reshape(pos.shape)  # (k, repeat)
@@ -204,6 +266,11 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     return ok, delta
 
 
+def _is_matmul_layer(module: nn.Module) -> bool:
+    lt = layer_type_of(module)
+    return lt is not None and lt.matmul_weight
+
+
 def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node]) -> bool:
     """Can every channel of ``space`` go? Each layer owning one of its slices must have a
     zero-width surgery, and each op its tensors pass through must accept no channels."""
@@ -219,10 +286,16 @@ def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node]) -> bool
 
 
 def _nodes_by_space(cg: ChannelGraph, nodes: dict[str, fx.Node]) -> dict[int, list[fx.Node | None]]:
-    """Root space -> the graph nodes whose output carries some of its channels (``None``
-    for a piece of a split, which is never safe to empty)."""
+    """Root space -> the graph nodes whose output carries some of its channels. An item of a
+    tuple output (``<node>.<i>``: a piece of a split, a batch norm's output) is skipped: the
+    node that made the tuple is listed (whether it runs on no channels is its rule's
+    answer), and so is the ``getitem`` that picks the item."""
     out: dict[int, list[fx.Node | None]] = {}
     for name, axis in cg.axes.items():
+        if name not in nodes:
+            source = name.rpartition(".")[0]
+            if source in nodes:
+                continue
         for root in dict.fromkeys(cg.table.find(seg.space) for seg in axis.segments):  # a shuffle: many segments
             out.setdefault(root, []).append(nodes.get(name))
     return out
@@ -276,7 +349,7 @@ def decide(cg: ChannelGraph, round_to: int = 1) -> CompactionPlan:
         const = _constant_channels(cg, root, space, space_nodes.get(root, []))
         dead = torch.ones(n, dtype=torch.bool)
         for use in space.consumers:  # constant where every consumer reads it
-            x = nodes[use.node].args[0]
+            x = layer_input(nodes[use.node])
             dead &= const.get(x.name, torch.zeros(n, dtype=torch.bool)) | ~_present(cg, use.axis, root, n)
         candidates = dead & ~unread
         foldable = candidates.clone()

@@ -6,6 +6,7 @@ conformance test over every registered type, so a new entry cannot forget a fiel
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -107,15 +108,30 @@ def _batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     idx = _idx(keep, 0, m.num_features)
     if len(idx) == 0:
         return nn.Identity()  # normalizing no channels is the identity on an empty tensor
-    new = type(m)(len(idx), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
-    new = new.to(device=next(iter(m.buffers()), torch.empty(0)).device)
-    if m.affine:
-        _copy(new.weight, m.weight.detach()[idx])
-        _copy(new.bias, m.bias.detach()[idx])
-    if m.track_running_stats:
-        _copy(new.running_mean, m.running_mean[idx])
-        _copy(new.running_var, m.running_var[idx])
-        _copy(new.num_batches_tracked, m.num_batches_tracked)
+    # a sliced copy, not a new instance: a subclass (timm's BatchNormAct2d, which also
+    # applies an activation) keeps its type, its other attributes and children, and the
+    # original's device and dtype (a float64 model stays float64)
+    return sliced_copy(m, {name: t.detach()[idx] for name, t in _per_channel(m)}, num_features=len(idx))
+
+
+def _per_channel(m: nn.Module) -> list[tuple[str, Tensor]]:
+    names = (["weight", "bias"] if m.affine else []) + (["running_mean", "running_var"] if m.track_running_stats else [])
+    return [(n, getattr(m, n)) for n in names]
+
+
+def sliced_copy(m: nn.Module, tensors: dict[str, Tensor], **attrs: object) -> nn.Module:
+    """Copy of ``m`` whose named parameters/buffers are replaced by ``tensors`` (already
+    sliced) and whose ``attrs`` are set; every other tensor and child is copied too, the
+    replaced ones are not copied first."""
+    memo: dict[int, object] = {id(getattr(m, n)): None for n in tensors}
+    new = copy.deepcopy(m, memo)
+    for name, value in tensors.items():
+        if name in m._parameters:
+            new._parameters[name] = nn.Parameter(value.clone(), requires_grad=m._parameters[name].requires_grad)
+        else:
+            new._buffers[name] = value.clone()
+    for key, value in attrs.items():
+        setattr(new, key, value)
     return new
 
 

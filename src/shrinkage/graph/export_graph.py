@@ -1,0 +1,272 @@
+"""Capture with ``torch.export``: the ATen-level program of a model, with parameter owners.
+
+``torch.export`` sees through Python control flow that ``torch.fx`` symbolic tracing
+cannot follow (Hugging Face models, most of timm), resolves in-place ops (a later use of
+a mutated tensor points at the mutating node) and reduces every model to a small set of
+ATen ops, so the channel rules (:mod:`shrinkage.graph.aten_rules`) are keyed on ops, not
+on every Python function and module type. Surgery stays on modules: each parameter read
+by the graph is a ``get_attr`` of its fully qualified name, so the op that reads
+``layer1.0.conv1.weight`` is *owned* by the module ``layer1.0.conv1``, and the rule of
+that op registers the slices of that module's parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from shrinkage.errors import UnsupportedModuleError
+from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder
+from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
+
+
+@dataclass
+class ExportChannelGraph(ChannelGraph):
+    """A channel graph over the exported program: modules are looked up in the original
+    model; ``owners`` maps an op node to the module whose weight it reads."""
+
+    root: nn.Module | None = None
+    owners: dict[str, str] = field(default_factory=dict)
+    #: a module registered under several names -> its first name (``named_modules`` order)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def module(self, name: str) -> nn.Module:
+        assert self.root is not None
+        return self.root.get_submodule(name)
+
+
+class ExportGraphBuilder(GraphBuilder):
+    """The walk of :class:`GraphBuilder` over ATen nodes; slices name the owning module."""
+
+    g: ExportChannelGraph
+
+    def param(self, arg: Any) -> tuple[str, str] | None:
+        """``(module, attr)`` when ``arg`` reads a parameter or buffer of a module, else None."""
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            module, _, attr = _module_name(str(arg.target)).rpartition(".")
+            return self.g.aliases.get(module, module), attr
+        return None
+
+    def owner(self, node: fx.Node) -> nn.Module | None:
+        name = self.g.owners.get(node.name)
+        return self.g.module(name) if name is not None else None
+
+    def module(self, node: fx.Node) -> nn.Module:
+        owner = self.owner(node)
+        if owner is None:
+            raise AssertionError(f"node {node.name} has no owning module")
+        return owner
+
+    def own(self, node: fx.Node, module: str) -> None:
+        self.g.owners[node.name] = module
+
+    def new_space(self, node: fx.Node, size: int, dim: int, producers: Any = ()) -> Axis:
+        sid = self.g.table.new(size, node.name)
+        space = self.g.table.get(sid)
+        module = self.g.owners.get(node.name, "")
+        for attr, pdim in producers:
+            space.producers.append(Slice(module, attr, pdim))
+        return Axis(dim, (Segment(sid, 0, size),))
+
+    def use(self, node: fx.Node, axis: Axis, attr: str, dim: int, *, consumer: bool, zero_kills: bool = False) -> None:
+        module = self.g.owners[node.name]
+        use = Use(module, node.name, Slice(module, attr, dim), axis, zero_kills)
+        for root in dict.fromkeys(self.g.table.find(seg.space) for seg in axis.segments):
+            space = self.g.table.get(root)
+            (space.consumers if consumer else space.passthrough).append(use)
+
+    def run(self, rules: RuleSet) -> None:
+        for node in self.g.gm.graph.nodes:
+            out = self.g.values.get(node.name)
+            if node.op == "placeholder":
+                axis = self._input_axis(node, out)
+            elif node.op == "output":
+                for arg in node.all_input_nodes:
+                    self.pin(self.axis(arg), f"model output ({arg.name})")
+                axis = None
+            elif node.op != "call_function" or not _holds_tensor(out):
+                axis = None  # parameters (their readers slice them), shape arithmetic, asserts
+            elif not any(self.axis(a) for a in node.all_input_nodes) and not _reads_weight(self, node):
+                axis = None  # computed from no channel tensor (ids, positions, masks)
+            else:
+                axis = rules.apply(self, node)
+            if axis is not None:
+                self.g.axes[node.name] = axis
+
+    def _input_axis(self, node: fx.Node, value: Any) -> Axis | None:
+        if not isinstance(value, torch.Tensor) or value.dim() < 2 or not value.is_floating_point():
+            return None
+        # (N, C, ...) for images and features; a 3-D input is (N, C, L) when a convolution
+        # reads it first, else a sequence (N, T, C)
+        dim = 1
+        if value.dim() == 3:
+            first = next(iter(node.users), None)
+            dim = 1 if first is not None and _is_conv(first) else 2
+        axis = self.new_space(node, value.shape[dim], dim)
+        self.g.table.get(axis.segments[0].space).is_input = True
+        return axis
+
+    def keep(self, node: fx.Node, why: str) -> Axis | None:
+        """An op that mixes channels in a way no removal survives: every channel it reads
+        stays, and its output's channels form a new space that stays too. Exact by
+        construction, so used for known ops (attention products, channel slicing), not
+        as a silent fallback for unknown ones."""
+        for arg in self.tensor_inputs(node):
+            self.pin(self.axis(arg), f"{why} ({node.name})")
+        out = self.g.values.get(node.name)
+        if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.is_floating_point():
+            axis = self.new_space(node, out.shape[_natural_dim(out)], _natural_dim(out))
+            self.pin(axis, f"{why} ({node.name})")
+            return axis
+        return None
+
+
+def module_aliases(model: nn.Module) -> dict[str, str]:
+    """Every other name of a module registered under several names -> its first name."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) in first and first[id(m)] != name:
+            aliases[name] = first[id(m)]
+        first.setdefault(id(m), name)
+    return aliases
+
+
+def node_owner(graph: ChannelGraph, node: fx.Node) -> str | None:
+    """The module whose weight ``node`` applies: the owner of an ATen op, or the module a
+    torch.fx ``call_module`` node calls."""
+    if isinstance(graph, ExportChannelGraph):
+        return graph.owners.get(node.name)
+    return str(node.target) if node.op == "call_module" else None
+
+
+def layer_input(node: fx.Node) -> fx.Node:
+    """The activation a layer op reads: argument 0, except ``addmm(bias, x, weight)``."""
+    packet = getattr(node.target, "overloadpacket", None)
+    return node.args[1] if packet is torch.ops.aten.addmm else node.args[0]  # type: ignore[return-value]
+
+
+def called_as_module(graph: ChannelGraph, node: fx.Node) -> bool:
+    """Whether ``node`` is the whole forward of its owner (so the owner can be replaced
+    by another module computing the same), not an op of a parent reading its weight."""
+    if not isinstance(graph, ExportChannelGraph):
+        return node.op == "call_module"
+    owner = graph.owners.get(node.name)
+    stack = node.meta.get("nn_module_stack") or {}
+    innermost = next(reversed(stack.values()), None) if stack else None
+    return owner is not None and innermost is not None and _fqn(innermost[0]) == owner
+
+
+def _fqn(path: str) -> str:
+    """``nn_module_stack`` paths may carry ``L['self']``-style prefixes; keep the dotted name."""
+    return _module_name(path.replace("L['self'].", "").replace("L__self___", "").strip("."))
+
+
+def _module_name(exported: str) -> str:
+    """The name in the user's model of a name in the exported wrapper (``model.`` prefix)."""
+    return exported[len("model.") :] if exported.startswith("model.") else exported.removeprefix("model")
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value)
+
+
+def _is_conv(node: fx.Node) -> bool:
+    packet = getattr(node.target, "overloadpacket", None)
+    return packet in (torch.ops.aten.conv1d, torch.ops.aten.conv2d, torch.ops.aten.conv3d, torch.ops.aten.convolution)
+
+
+def _reads_weight(b: ExportGraphBuilder, node: fx.Node) -> bool:
+    return any(b.param(a) is not None for a in node.args if isinstance(a, fx.Node))
+
+
+def _natural_dim(t: torch.Tensor) -> int:
+    """Where a tensor's channels usually are: dim 1 of an image-like (N, C, ...) tensor,
+    the last dim of a sequence (N, T, C) or a feature matrix."""
+    return 1 if t.dim() >= 4 else t.dim() - 1
+
+
+def export_model(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
+    """The ATen graph of ``model`` in eval mode, with parameters as ``get_attr`` nodes.
+
+    In-place ops that remain are functionalized (``run_decompositions`` with an empty
+    table keeps every op, only rewrites mutation), so each node is one value."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(_TensorOutputs(model), example_inputs, strict=False)
+            if any(_mutates(n) for n in program.graph.nodes):
+                program = program.run_decompositions({})
+    except Exception as exc:  # export raises many types; keep its first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModuleError(f"cannot export {type(model).__name__} with torch.export: {first}") from exc
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    gm = program.module()
+    # the input guards of the exported module check shapes, which the recorded run does not
+    # need (and which ``run_decompositions`` can leave without their function)
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and str(node.target) == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+class _TensorOutputs(nn.Module):
+    """``model`` with its outputs reduced to their tensors. A model may return objects
+    export cannot flatten (a Hugging Face model's key/value cache); what compaction must
+    keep equal is the tensors. The model is registered as ``model``, so parameter names
+    in the graph carry that prefix (see :func:`_module_name`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(_tensor_leaves(self.model(*args)))
+
+
+def _tensor_leaves(y: Any) -> list[torch.Tensor]:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _tensor_leaves(v)]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _tensor_leaves(v)]
+    return []
+
+
+def _mutates(node: fx.Node) -> bool:
+    target = node.target
+    schema = getattr(target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def build_export_graph(
+    model: nn.Module, example_inputs: tuple[Any, ...], rules: RuleSet, *, allow_unknown: bool = False
+) -> ExportChannelGraph:
+    """Export ``model`` (left unchanged), record every value on ``example_inputs`` and find
+    its channel spaces with the ATen ``rules``."""
+    gm = export_model(model, example_inputs)
+    recorder = _Recorder(gm)
+    flat = torch.utils._pytree.tree_leaves(example_inputs)
+    with torch.no_grad():
+        try:
+            recorder.run(*flat)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedModuleError(f"cannot run the exported graph of {type(model).__name__}: {first}") from exc
+    cg = ExportChannelGraph(
+        gm=gm, table=SpaceTable(), values=recorder.values, rules=rules, root=model, aliases=module_aliases(model)
+    )
+    ExportGraphBuilder(cg, allow_unknown).run(rules)
+    return cg
