@@ -67,3 +67,22 @@ def test_hf_vit_on_pixels() -> None:
         model.layers[1].mlp.fc2.weight[:, :4] = 0  # four intermediate neurons that nobody reads
     small = assert_compacts_exactly(model, (torch.randn(2, 3, 16, 16),))
     assert small.layers[1].mlp.fc1.out_features == INNER - 4
+
+
+def test_coupled_groups_of_gpt2_cover_conv1d_in_its_stored_orientation() -> None:
+    from shrinkage.groups import CoupledChannels
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=1, n_head=4, n_inner=INNER)
+    model = transformers.GPT2Model(config).eval()
+    fc = model.h[0].mlp.c_fc
+    chosen = [("h.0.mlp.c_fc", fc)]
+    groups = CoupledChannels((2, 7), vocab=VOCAB).build_for(model, chosen)
+    assert len(groups) == 1
+    with torch.no_grad():  # zeroing neurons 0..9 through the group removes them
+        matrix = groups[0].gather()
+        matrix[:10] = 0
+        groups[0].scatter_(matrix)
+    assert fc.weight[:, :10].abs().sum() == 0 and model.h[0].mlp.c_proj.weight[:10].abs().sum() == 0
+    small = assert_compacts_exactly(model, (_ids(),))
+    assert small.h[0].mlp.c_fc.weight.shape == (WIDTH, INNER - 10)

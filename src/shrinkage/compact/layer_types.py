@@ -71,6 +71,14 @@ def canonical_param(module: nn.Module, attr: str) -> Tensor:
     return getattr(module, attr).detach()  # type: ignore[no-any-return]
 
 
+def stored_dim(module: nn.Module, attr: str, dim: int) -> int:
+    """The dim of ``module.<attr>`` as stored that canonical dim ``dim`` refers to."""
+    lt = layer_type_of(module)
+    if lt is not None and lt.matmul_weight and attr == "weight":
+        return 1 - dim  # an (in, out) matrix
+    return dim
+
+
 # -- Hugging Face transformers' Conv1D (GPT-2 and relatives): a linear layer whose weight is (in, out)
 
 

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from shrinkage.errors import ConfigError
-from shrinkage.graph.builder import ChannelGraph, build_channel_graph, channel_positions
-from shrinkage.graph.rules import default_rules
+from shrinkage.compact.layer_types import stored_dim
+from shrinkage.graph.builder import ChannelGraph, channel_positions
+from shrinkage.graph.capture import capture_channel_graph
 from shrinkage.groups.base import Grouping, SliceGrouping
 from shrinkage.groups.kinds import GroupKind
 
@@ -52,7 +53,9 @@ class CoupledChannels(GroupKind):
             example = torch.randint(0, self.vocab, self.input_shape, generator=gen)
         # traced on a CPU copy: the graph only supplies names and positions, and its rules
         # build CPU index tensors (SliceGrouping moves them to each parameter's device)
-        graph = build_channel_graph(copy.deepcopy(model).cpu(), (example,), default_rules())
+        # the same capture as compact() (torch.export, torch.fx as fallback), so the groups
+        # are exactly the channels compaction will be able to remove
+        graph = capture_channel_graph(copy.deepcopy(model).cpu(), (example,))
         params = dict(model.named_parameters())
         groupings: list[Grouping] = []
         for root in graph.table.roots():
@@ -72,7 +75,8 @@ def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: i
     for s in space.producers:
         param = params.get(f"{s.module}.{s.attr}")
         if param is not None:
-            members.append((param, s.dim, torch.arange(space.size).unsqueeze(1)))
+            dim = stored_dim(graph.module(s.module), s.attr, s.dim)
+            members.append((param, dim, torch.arange(space.size).unsqueeze(1)))
     for use in space.passthrough + space.consumers:
         param = params.get(f"{use.slice.module}.{use.slice.attr}")
         if param is None:
@@ -83,7 +87,7 @@ def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: i
                 "coupled group of %s skips %s: it reads only part of the channels", "+".join(producers), use.module
             )
             continue
-        members.append((param, use.slice.dim, index))
+        members.append((param, stored_dim(graph.module(use.slice.module), use.slice.attr, use.slice.dim), index))
     return SliceGrouping("+".join(producers), tuple(members))
 
 
