@@ -437,7 +437,7 @@ def describe(row: dict[str, Any]) -> str:
     share = row.get("channels", {}).get("share")
     text = f"{row['family']}/{row['name']:<30} {ours['status']:<17}"
     if "params" in ours:
-        text += f" {row.get('params', 0):>11,} -> {ours['params']:>11,} diff {ours['max_abs_diff']:.1e}"
+        text += f" {row.get('params') or 0:>11,} -> {ours['params']:>11,} diff {ours['max_abs_diff']:.1e}"
     if share is not None:
         text += f" removable {share:.0%}"
     text += f" | TP {theirs['status']}" + (f" -> {theirs['params']:,}" if "params" in theirs else "")
