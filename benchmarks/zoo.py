@@ -280,6 +280,8 @@ def _child(case: Case, fraction: float, max_params: int, threads: int, queue: An
         queue.put(("torch_pruning", {"status": "skipped"}))
         return
     model, example = prepared.model, prepared.example
+    if params is None:
+        queue.put(("params", params_of(model)))
     queue.put(("zeroed", {"channels": prepared.zeroed_channels, "heads": prepared.zeroed_heads,
                           "groups_by": prepared.groups_by, "error": prepared.error}))  # fmt: skip
     queue.put(("channels", removable_share(model, example)))
