@@ -16,9 +16,9 @@ pytest.importorskip("transformers")
 EXACT = [
     ("timm", "resnet18"), ("timm", "resnet18d"), ("timm", "convnext_tiny"), ("timm", "poolformer_s12"),
     ("timm", "efficientvit_b0"), ("timm", "regnetx_002"), ("timm", "mobilenetv2_100"),
-    ("transformers", "bert"), ("transformers", "roberta"), ("transformers", "distilbert"), ("transformers", "llama"),
-    ("transformers", "mistral"), ("transformers", "qwen2"), ("transformers", "t5_encoder"), ("transformers", "vit"),
-    ("transformers", "swin"), ("transformers", "convnext"),
+    ("transformers", "bert"), ("transformers", "roberta"), ("transformers", "distilbert"), ("transformers", "gpt2"),
+    ("transformers", "llama"), ("transformers", "mistral"), ("transformers", "qwen2"), ("transformers", "t5_encoder"),
+    ("transformers", "vit"), ("transformers", "swin"), ("transformers", "convnext"),
 ]  # fmt: skip
 
 
