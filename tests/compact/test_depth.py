@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.sparsity import param_count, randomize_norm_stats
 from torch import nn
 
-import shrinkage
-from shrinkage.compact import max_output_difference
 from shrinkage.groups import Depth
 from shrinkage.layers import HeadPrunedAttention, ZeroWidthConv
 from shrinkage.metrics import count_macs
+
+from support.exactness import assert_compacts_exactly
+from support.sparsity import randomize_norm_stats
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.resnet import Bottleneck, ResNet  # noqa: E402
@@ -27,16 +27,6 @@ def _zero_branch(model: nn.Module, names: list[str]) -> None:
                 grouping.scatter_(torch.zeros(grouping.shape))
 
 
-def _check(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    small = shrinkage.compact(model, (x,))
-    fresh = torch.randn_like(x)
-    with torch.no_grad():
-        scale = float(model(fresh).abs().max())
-    assert max_output_difference(model, small, (fresh,)) <= 1e-5 * max(1.0, scale)
-    assert param_count(small) < param_count(model)
-    return small
-
-
 def test_resnet_basic_blocks_with_a_zero_last_conv_are_removed() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
@@ -45,7 +35,7 @@ def test_resnet_basic_blocks_with_a_zero_last_conv_are_removed() -> None:
         model.layer2[1].conv2.weight.zero_()
         model.layer3[0].conv2.weight.zero_()  # a block with a strided, downsampling shortcut
     x = torch.randn(2, 3, 64, 64)
-    small = _check(model, x)
+    small = assert_compacts_exactly(model, x)
     for block in (small.layer2[1], small.layer3[0]):
         assert isinstance(block.conv1, ZeroWidthConv) and block.conv1.out_channels == 0
         assert isinstance(block.conv2, ZeroWidthConv) and block.conv2.in_channels == 0
@@ -60,8 +50,8 @@ def test_resnet_bottleneck_branch_zeroed_by_a_depth_group_is_removed() -> None:
     torch.manual_seed(0)
     model = ResNet(Bottleneck, [2, 2, 1, 1], num_classes=10).eval()
     randomize_norm_stats(model, torch.Generator().manual_seed(1))
-    _zero_branch(model, ["layer1.1.conv1", "layer1.1.bn1", "layer1.1.conv2", "layer1.1.bn2", "layer1.1.conv3", "layer1.1.bn3"])
-    small = _check(model, torch.randn(2, 3, 32, 32))
+    _zero_branch(model, [f"layer1.1.{layer}{i}" for i in (1, 2, 3) for layer in ("conv", "bn")])
+    small = assert_compacts_exactly(model, torch.randn(2, 3, 32, 32))
     block = small.layer1[1]
     assert isinstance(block.conv1, ZeroWidthConv) and isinstance(block.conv2, ZeroWidthConv)
     assert isinstance(block.conv3, ZeroWidthConv) and block.conv3.in_channels == 0
@@ -75,7 +65,7 @@ def test_vit_attention_and_mlp_sub_blocks_are_removed() -> None:
         attn.in_proj_weight[64:] = 0  # every head's values
         attn.in_proj_bias[64:] = 0
         model.encoder.layers[1].mlp[3].weight.zero_()  # the MLP's output projection
-    small = _check(model, torch.randn(2, 3, 32, 32))
+    small = assert_compacts_exactly(model, torch.randn(2, 3, 32, 32))
     first, second = small.encoder.layers[0], small.encoder.layers[1]
     assert isinstance(first.self_attention, HeadPrunedAttention) and first.self_attention.num_heads == 0
     assert second.mlp[0].out_features == 0 and second.mlp[3].in_features == 0
@@ -97,5 +87,5 @@ def test_a_branch_through_pooling_keeps_one_channel() -> None:
     model = _PooledBranch().eval()
     with torch.no_grad():
         model.conv2.weight.zero_()
-    small = _check(model, torch.randn(2, 4, 8, 8))
+    small = assert_compacts_exactly(model, torch.randn(2, 4, 8, 8))
     assert small.conv1.out_channels == 1 and small.conv2.in_channels == 1

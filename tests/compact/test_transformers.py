@@ -5,7 +5,6 @@ is kept, as documented."""
 from __future__ import annotations
 
 import torch
-from support.sparsity import param_count
 from torch import nn
 
 import shrinkage
@@ -14,6 +13,8 @@ from shrinkage.groups import CoupledChannels, Heads
 from shrinkage.layers import HeadPrunedAttention, removable_heads
 from shrinkage.optim import ModuleType, NamePattern, ProximalOptimizer, Regularizer, Rule
 from shrinkage.penalties import GroupLasso
+
+from support.exactness import assert_compacts_exactly
 
 E, HEADS, T, VOCAB = 32, 4, 8, 50
 
@@ -113,10 +114,8 @@ def test_gpt_mlp_neurons_are_removed_exactly_and_tied_weights_survive() -> None:
     model, ids = GPT().eval(), _ids()
     assert sorted(_coupled_of(model, ids)) == ["blocks.0.mlp.fc", "blocks.1.mlp.fc"]  # the residual stream is kept
     _zero_mlp_neurons(model, ids)
-    small = shrinkage.compact(model, (ids,))
-    assert max_output_difference(model, small, (_ids(),)) <= 1e-5
+    small = assert_compacts_exactly(model, ids)
     assert small.blocks[0].mlp.fc.out_features == small.blocks[0].mlp.proj.in_features == 4 * E - 4 * E // 3
-    assert param_count(small) < param_count(model)
     assert small.head.weight is small.tok.weight
 
 
@@ -124,10 +123,8 @@ def test_bert_mlp_neurons_are_removed_exactly() -> None:
     torch.manual_seed(0)
     model, ids = BERT().eval(), _ids()
     _zero_mlp_neurons(model, ids)
-    small = shrinkage.compact(model, (ids,))
-    assert max_output_difference(model, small, (_ids(),)) <= 1e-5
+    small = assert_compacts_exactly(model, ids)
     assert small.blocks[1].mlp.fc.out_features == 4 * E - 4 * E // 3
-    assert param_count(small) < param_count(model)
 
 
 def test_gpt_heads_and_neurons_trained_to_zero_by_proximal_group_lasso_are_removed() -> None:
@@ -150,12 +147,10 @@ def test_gpt_heads_and_neurons_trained_to_zero_by_proximal_group_lasso_are_remov
     model.eval()
     gone = [int(removable_heads(f"blocks.{i}.attn", model.blocks[i].attn).sum()) for i in range(2)]
     assert gone == [2, 2]  # whole heads reached exactly zero: q, k, v and output together
-    small = shrinkage.compact(model, (ids,))
-    assert max_output_difference(model, small, (_ids(),)) <= 1e-5
+    small = assert_compacts_exactly(model, ids)
     for i in range(2):
         attn = small.blocks[i].attn
         assert (attn.num_heads if isinstance(attn, HeadPrunedAttention) else HEADS) == HEADS - gone[i]
-    assert param_count(small) < param_count(model)
 
 
 def test_gpt_sub_blocks_with_every_head_or_neuron_zeroed_are_removed(tmp_path) -> None:
@@ -165,8 +160,7 @@ def test_gpt_sub_blocks_with_every_head_or_neuron_zeroed_are_removed(tmp_path) -
         model.blocks[0].attn.out_proj.weight.zero_()  # no head of block 0 is read
         model.blocks[1].mlp.fc.weight.zero_()  # no neuron of block 1 is fed...
         model.blocks[1].mlp.fc.bias.zero_()  # ...or biased
-    small = shrinkage.compact(model, (ids,))
-    assert max_output_difference(model, small, (_ids(),)) <= 1e-5
+    small = assert_compacts_exactly(model, ids)
     assert small.blocks[0].attn.num_heads == 0
     assert small.blocks[1].mlp.fc.out_features == small.blocks[1].mlp.proj.in_features == 0
     loaded = shrinkage.load(shrinkage.save(small, tmp_path / "gpt.safetensors"), GPT()).eval()
