@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shrinkage.errors import ConfigError
 from shrinkage.compact.layer_types import stored_dim
+from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions
 from shrinkage.graph.capture import capture_channel_graph
 from shrinkage.groups.base import Grouping, SliceGrouping
