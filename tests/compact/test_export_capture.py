@@ -182,3 +182,32 @@ def test_unread_channels_leave_a_model_in_train_mode_exactly() -> None:
         model[3].weight[:, :2] = 0  # unread: nothing is folded, train mode matches too
     small = shrinkage.compact(model, (torch.randn(8, 4),))
     assert small.training and small[0].out_features == 4
+
+
+class DeadThroughPadding(nn.Module):
+    """A dead channel (constant bias) through an op that pads: a border pattern, not a constant."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.spread = nn.AvgPool2d(3, 1, padding=1) if pool else nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.spread(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["depthwise", "avg-pool"])
+@pytest.mark.parametrize("capture", [Capture.EXPORT, Capture.FX], ids=["export", "fx"])
+def test_a_dead_channel_through_padding_stays_unless_it_is_zero(pool: bool, capture: Capture) -> None:
+    torch.manual_seed(0)
+    model = DeadThroughPadding(pool).eval()
+    with torch.no_grad():
+        model.conv.weight[1] = 0
+        model.conv.bias[1] = 0.7
+        model.conv.weight[2] = 0
+        model.conv.bias[2] = 0  # exactly zero: stays zero through padding, so it goes
+    options = CompactOptions(capture=capture)
+    fresh = [(torch.randn(2, 3, 10, 10),), (torch.randn(1, 3, 4, 6),)]
+    small = assert_compacts_exactly(model, (torch.randn(2, 3, 7, 7),), options=options, fresh=fresh)
+    assert small.conv.out_channels == 3

@@ -65,7 +65,9 @@ def _recorded_input(cg: ChannelGraph, node: fx.Node, plan: CompactionPlan, name:
     x = cg.values.get(arg.name) if isinstance(arg, fx.Node) else None
     if not isinstance(x, Tensor):
         return None
-    mask = plan.keep.get((name, 1))
+    module = cg.module(name)
+    depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
+    mask = plan.keep.get((name, 0 if depthwise else 1))  # a depthwise conv's inputs are its outputs
     if mask is not None and not bool(mask.all()):
         dim = -1 if isinstance(cg.module(name), nn.Linear) else 1
         x = x.index_select(dim, mask.nonzero().flatten())

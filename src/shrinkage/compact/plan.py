@@ -173,8 +173,10 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
         else:
             inputs = [a for a in node.all_input_nodes if a.name in const]
             c = torch.zeros(n, dtype=torch.bool) if not inputs else torch.ones(n, dtype=torch.bool)
+            padded = _pads(cg, node)
             for a in inputs:
-                c &= const[a.name] | ~_present(cg, cg.axes[a.name], root, n)
+                # padding turns a non-zero constant into a border pattern: only zero stays constant
+                c &= (zero[a.name] if padded else const[a.name]) | ~_present(cg, cg.axes[a.name], root, n)
             z = _zero_out(cg, node, inputs, zero, root, n)
             if getattr(_rule(cg, node), "zero_bias_keeps_zero", False):
                 # a per-channel scale plus bias (a depthwise conv): zero in, zero bias, zero out
@@ -192,6 +194,16 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
         const[node.name] = c & carried
         zero[node.name] = z & carried
     return const
+
+
+def _pads(cg: ChannelGraph, node: fx.Node) -> bool:
+    """Does the op pad its input (its rule says; a depthwise conv's padding, an average pool's)?"""
+    rule = _rule(cg, node)
+    pads = getattr(rule, "pads", None)
+    if pads is None:
+        return False
+    owner = node_owner(cg, node)
+    return bool(pads(node, cg.module(owner) if owner is not None else None))
 
 
 def _rule(cg: ChannelGraph, node: fx.Node) -> object:

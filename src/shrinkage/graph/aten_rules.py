@@ -256,6 +256,18 @@ def spatial(k: int) -> Rule:
     return rule
 
 
+def _pads_at(index: int) -> Callable[[fx.Node, nn.Module | None], bool]:
+    """Whether the op pads its input: its padding argument at ``index`` is not all zero."""
+
+    def pads(node: fx.Node, module: nn.Module | None) -> bool:
+        padding = node.args[index] if len(node.args) > index else 0
+        if isinstance(padding, str):
+            return padding != "valid"
+        return any(int(p) != 0 for p in ((padding,) if isinstance(padding, int) else padding))
+
+    return pads
+
+
 def pad(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     """``constant_pad_nd`` / ``pad``: pads the last ``len(pad) // 2`` dims."""
     axis = b.axis(node.args[0])
@@ -518,6 +530,11 @@ _MIXING = {
 }  # fmt: skip
 
 
+def _with_pads(rule: Rule, index: int) -> Rule:
+    rule.pads = _pads_at(index)  # type: ignore[attr-defined]
+    return rule
+
+
 def _packet(name: str) -> Any:
     return getattr(aten, name, None)
 
@@ -578,6 +595,11 @@ def default_aten_rules() -> AtenRuleSet:
     for fn in (reshape, permute, passthrough, zero_to_zero):
         fn.handles_grid = True  # type: ignore[attr-defined]
     product.product = True  # type: ignore[attr-defined]
+    # ops that pad: a non-zero constant channel leaves them as a border pattern
+    conv.pads = _pads_at(4)  # type: ignore[attr-defined]  (conv1d/2d/3d and convolution: padding is argument 4)
+    pad.pads = lambda node, module: True  # type: ignore[attr-defined]
+    for packet, k in ((aten.avg_pool1d, 1), (aten.avg_pool2d, 2), (aten.avg_pool3d, 3)):
+        rules.functions[packet] = _with_pads(spatial(k), 3)  # avg_pool(x, kernel, stride, padding, ...)
     conv.zero_bias_keeps_zero = True  # type: ignore[attr-defined]  (a depthwise conv, the only one not a producer)
     binary.adds_zero = True  # type: ignore[attr-defined]
     zero_preserving = [zero_to_zero, reshape, permute, unsqueeze, squeeze, expand, slice_, split, getitem, cat,

@@ -511,6 +511,24 @@ for _fn in (passthrough, layout_only, add, mul, scalar_mul, conv, linear, batchn
     _fn.zero_width = True  # type: ignore[attr-defined]
 
 
+def _padding_of(node: fx.Node, module: nn.Module | None) -> bool:
+    """Whether the op pads its input (a non-zero constant channel then becomes a border
+    pattern): an average pool or a convolution with non-zero padding."""
+    if module is not None:
+        if not isinstance(module, nn.modules.pooling._AvgPoolNd | nn.modules.conv._ConvNd):
+            return False
+        padding = module.padding
+    else:
+        if node.target not in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d):
+            return False
+        padding = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+    return isinstance(padding, str) or any(int(p) != 0 for p in ((padding,) if isinstance(padding, int) else padding))
+
+
+spatial.pads = _padding_of  # type: ignore[attr-defined]
+conv.pads = _padding_of  # type: ignore[attr-defined]
+
+
 def default_rules() -> RuleSet:
     rules = RuleSet()
     for cls in _ELEMENTWISE_MODULES:
