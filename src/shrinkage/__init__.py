@@ -6,8 +6,19 @@ steps, then removal of the zeroed structures and low-rank factorization.
 """
 
 from shrinkage.budget import Achieved, Budget, BudgetError, PruneResult, prune
-from shrinkage.compact import CompactOptions, compact, factorize, load, plan_compaction, save
+from shrinkage.compact import (
+    CompactOptions,
+    LayerType,
+    WeightUse,
+    compact,
+    factorize,
+    load,
+    plan_compaction,
+    register_layer_type,
+    save,
+)
 from shrinkage.errors import ShrinkageError
+from shrinkage.graph.capture import Capture
 
 __version__ = "0.1.0"
 
@@ -17,4 +28,8 @@ __all__ = [
     "BudgetError",
     "PruneResult",
     "prune",
+    "Capture",
+    "LayerType",
+    "WeightUse",
+    "register_layer_type",
     "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction", "save"]

@@ -1,6 +1,6 @@
 """What a budgeted selection may remove, what each removal saves, and how weak it is.
 
-One capture of the model (:func:`shrinkage.graph.build_channel_graph`) gives the
+One capture of the model (:func:`shrinkage.graph.capture.capture_channel_graph`) gives the
 *units* of removal:
 
 * a channel space (:mod:`shrinkage.graph.spaces`): one group per channel, holding the

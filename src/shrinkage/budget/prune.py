@@ -28,8 +28,7 @@ from shrinkage.compact.api import compact
 from shrinkage.compact.choice import ByMacs
 from shrinkage.compact.plan import CompactOptions
 from shrinkage.errors import ConfigError, ShrinkageError
-from shrinkage.graph.builder import build_channel_graph
-from shrinkage.graph.rules import default_rules
+from shrinkage.graph.capture import capture_channel_graph
 from shrinkage.metrics.latency import measure_latency
 from shrinkage.metrics.size import count_macs, count_parameters
 from shrinkage.optim.masks import ZeroMask
@@ -107,8 +106,11 @@ class _Search:
         self.original = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
         self.dense_macs = count_macs(self.work, example_inputs)
         self.dense_params = count_parameters(self.work)
-        graph = build_channel_graph(self.work, example_inputs, default_rules(),
-                                    leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown)  # fmt: skip
+        # the capture compact() uses too, so every unit found here is one compaction removes
+        graph = capture_channel_graph(
+            self.work, example_inputs, options.capture, leaf_modules=options.leaf_modules,
+            allow_unknown=options.allow_unknown,
+        )  # fmt: skip
         self.units = find_units(self.work, graph, self.dense_macs.per_module)
         self.steps = self._order(min_channels, depth)
         self.evaluations = 0

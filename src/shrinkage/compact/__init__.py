@@ -4,14 +4,18 @@ from shrinkage.compact.api import apply_plan, compact, max_output_difference, pl
 from shrinkage.compact.choice import ByMacs, FormChoice, FormPolicy, Measured, default_policy, set_default_policy
 from shrinkage.compact.factorize import LayerFactorization, factorize, plan_factorization, rank_for_energy
 from shrinkage.compact.forms import FormContext, LayerForm, form_choices, register_form
+from shrinkage.compact.layer_types import LayerType, WeightUse, layer_type_of, register_layer_type
 from shrinkage.compact.plan import CompactionPlan, CompactOptions
 from shrinkage.compact.serialize import load, save
 from shrinkage.compact.sparse import magnitude_sparsify, matched_sparsity, sparsify, weight_sparsity
-from shrinkage.compact.surgery import SURGEONS, shrink
+from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
 
 __all__ = [
-    "SURGEONS",
+    "LayerType",
+    "WeightUse",
+    "layer_type_of",
+    "register_layer_type",
     "ByMacs",
     "CompactOptions",
     "CompactionPlan",

@@ -11,6 +11,7 @@ from torch import Tensor, fx, nn
 
 from shrinkage.compact import layer_forms as _layer_forms  # noqa: F401  (registers the conv/linear forms)
 from shrinkage.compact.forms import choose_form, forms_for, mark
+from shrinkage.compact.layer_types import layer_type_of
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
 from shrinkage.compact.surgery import add_bias, shrink
 from shrinkage.compact.surgery import set_submodule as _set_submodule
@@ -69,7 +70,8 @@ def _recorded_input(cg: ChannelGraph, node: fx.Node, plan: CompactionPlan, name:
     depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
     mask = plan.keep.get((name, 0 if depthwise else 1))  # a depthwise conv's inputs are its outputs
     if mask is not None and not bool(mask.all()):
-        dim = -1 if isinstance(cg.module(name), nn.Linear) else 1
+        layer_type = layer_type_of(module)
+        dim = layer_type.input_dim if layer_type is not None else 1
         x = x.index_select(dim, mask.nonzero().flatten())
     return x
 

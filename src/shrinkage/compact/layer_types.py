@@ -1,90 +1,149 @@
-"""Layer types: what compaction must know about a module that owns sliced parameters.
+"""Layer types: everything compaction knows about a module type that owns sliced parameters.
 
-One :class:`LayerType` per module type holds how its weight is laid out (which dim is
-output channels, which input), how a smaller copy is built from keep-masks, and whether
-it accepts keeping no channel at all. Users register their own module with
-:func:`register_layer_type`; subclasses of a registered type are covered by it.
+One :class:`LayerType` per module family, registered once with
+:func:`register_layer_type`, holds
 
-The plan speaks of a layer's parameters in their *canonical* orientation: dim 0 is the
-output channels and dim 1 the input channels, as in ``nn.Linear`` and ``nn.Conv2d``. A
-layer that stores its weight otherwise (GPT-2's ``Conv1D`` keeps ``(in, out)``) says so
-through ``canonical``, and its ``shrink`` receives masks in that same orientation.
+* how the graph applies its weight (:class:`WeightUse`): which ATen op reads it under
+  ``torch.export``, which weight dims are output and input channels, and how a constant
+  input channel is folded into its bias;
+* its module-level channel rule for the ``torch.fx`` capture (``fx_rule``), where the
+  module is one node;
+* its surgery (``shrink``: a smaller copy from keep-masks) and whether it may keep no
+  channel at all (``zero_width``: a removed branch);
+* its save/load description (``codecs``, see :mod:`shrinkage.compact.layout`).
+
+Subclasses of a registered type are covered by it (timm's ``BatchNormAct2d`` is a
+``BatchNorm2d``). The plan speaks of a layer's parameters in *canonical* orientation
+(dim 0: outputs, dim 1: inputs, as ``nn.Linear`` and ``nn.Conv2d`` store them); a
+``MATMUL`` layer stores its weight ``(in, out)`` and is transposed on the way.
 """
 
 from __future__ import annotations
 
+import enum
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from torch import Tensor, nn
 
-from shrinkage.compact.surgery import SURGEONS, ZERO_WIDTH, sliced_copy
+from shrinkage.compact import surgery
+from shrinkage.compact.layout import LayoutCodec, register_codec
+from shrinkage.graph import rules as fx_rules
+from shrinkage.layers import ZeroWidthConv
 
 Shrink = Callable[[nn.Module, dict[int, Tensor]], nn.Module]
+
+
+class WeightUse(enum.Enum):
+    """How the graph applies a layer's ``weight``."""
+
+    #: ``y = x @ weight.T + bias`` over the last dim (``aten.linear``); weight ``(out, in)``
+    LINEAR = "linear"
+    #: ``y = x @ weight + bias`` (``aten.addmm``/``mm``/``matmul``); weight ``(in, out)``
+    MATMUL = "matmul"
+    #: a convolution over dims 2.. (``aten.conv*``); weight ``(out, in / groups, *kernel)``
+    CONV = "conv"
+    #: a per-channel scale and shift on dim 1 (batch norm, PReLU): no input channels of its own
+    PER_CHANNEL = "per-channel"
 
 
 @dataclass(frozen=True)
 class LayerType:
     """How compaction treats modules of ``types`` (and their subclasses).
 
-    ``shrink(module, keep)``: a smaller copy keeping ``keep[d]`` (bool masks) along
-    canonical dim ``d`` (0: outputs, 1: inputs). ``canonical(module, attr)``: the
-    parameter ``attr`` in canonical orientation (``None``: as stored). ``matmul_weight``:
-    the graph applies the weight as ``x @ weight`` (an ``(in, out)`` matrix read by
-    ``addmm``/``mm``/``matmul``) rather than through ``linear``/``convolution``.
-    ``zero_width``: ``shrink`` may keep no channel along a dim (a removed branch).
+    ``shrink(module, keep)`` returns a smaller copy keeping ``keep[d]`` (bool masks) along
+    canonical dim ``d`` (0: outputs, 1: inputs). ``fx_rule`` is the module's channel rule
+    when ``torch.fx`` captures it as one node (``None``: that capture refuses the module).
+    ``codecs`` maps each concrete class to its layout codec for ``shrinkage.save`` /
+    ``shrinkage.load`` (a class without one cannot be saved once shrunk).
     """
 
     types: tuple[type[nn.Module], ...]
     shrink: Shrink
-    canonical: Callable[[nn.Module, str], Tensor] | None = None
-    matmul_weight: bool = False
+    weight_use: WeightUse
+    fx_rule: Callable[..., Any] | None = None
     zero_width: bool = False
+    codecs: Mapping[type[nn.Module], LayoutCodec] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def input_dim(self) -> int:
+        """The dim of the layer's input that holds its input channels."""
+        return -1 if self.weight_use in (WeightUse.LINEAR, WeightUse.MATMUL) else 1
 
 
 _REGISTRY: dict[type[nn.Module], LayerType] = {}
 
 
 def register_layer_type(layer_type: LayerType) -> LayerType:
-    """Make compaction support ``layer_type.types`` (replacing an earlier registration)."""
+    """Make compaction support ``layer_type.types`` (replacing an earlier registration of
+    the same classes). Returns ``layer_type``."""
     for cls in layer_type.types:
         _REGISTRY[cls] = layer_type
-        SURGEONS[cls] = layer_type.shrink
-        if layer_type.zero_width:
-            ZERO_WIDTH.add(cls)
-        else:
-            ZERO_WIDTH.discard(cls)
+    for cls, codec in layer_type.codecs.items():
+        register_codec(cls, codec)
     return layer_type
 
 
 def layer_type_of(module: nn.Module) -> LayerType | None:
+    """The registered layer type of ``module`` (its own class or the nearest base)."""
     _register_optional()
     return next((_REGISTRY[c] for c in type(module).__mro__ if c in _REGISTRY), None)
 
 
+def registered_layer_types() -> Iterator[tuple[type[nn.Module], LayerType]]:
+    _register_optional()
+    yield from list(_REGISTRY.items())
+
+
 def canonical_param(module: nn.Module, attr: str) -> Tensor:
     """``module.<attr>`` with dim 0 the output channels and dim 1 the input channels."""
-    lt = layer_type_of(module)
-    if lt is not None and lt.canonical is not None:
-        return lt.canonical(module, attr)
-    return getattr(module, attr).detach()  # type: ignore[no-any-return]
+    t: Tensor = getattr(module, attr).detach()
+    return t.t() if attr == "weight" and _is_matmul(module) else t
 
 
 def stored_dim(module: nn.Module, attr: str, dim: int) -> int:
     """The dim of ``module.<attr>`` as stored that canonical dim ``dim`` refers to."""
+    return 1 - dim if attr == "weight" and _is_matmul(module) else dim
+
+
+def _is_matmul(module: nn.Module) -> bool:
     lt = layer_type_of(module)
-    if lt is not None and lt.matmul_weight and attr == "weight":
-        return 1 - dim  # an (in, out) matrix
-    return dim
+    return lt is not None and lt.weight_use is WeightUse.MATMUL
+
+
+# -- the layer types of PyTorch -----------------------------------------------------------
+
+
+def _codecs(*classes: type[nn.Module]) -> Mapping[type[nn.Module], LayoutCodec]:
+    from shrinkage.compact.layout import CODECS
+
+    return MappingProxyType({cls: CODECS[cls] for cls in classes})
+
+
+def _register_builtin() -> None:
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    register_layer_type(LayerType(
+        (*convs, ZeroWidthConv), surgery.shrink_conv, WeightUse.CONV, fx_rules.conv, zero_width=True,
+        codecs=_codecs(*convs, ZeroWidthConv),
+    ))  # fmt: skip
+    register_layer_type(LayerType(
+        (nn.Linear,), surgery.shrink_linear, WeightUse.LINEAR, fx_rules.linear, zero_width=True,
+        codecs=_codecs(nn.Linear),
+    ))  # fmt: skip
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    register_layer_type(LayerType(
+        norms, surgery.shrink_batchnorm, WeightUse.PER_CHANNEL, fx_rules.batchnorm, zero_width=True,
+        codecs=_codecs(*norms),
+    ))  # fmt: skip
+    register_layer_type(LayerType(
+        (nn.PReLU,), surgery.shrink_prelu, WeightUse.PER_CHANNEL, fx_rules.prelu, codecs=_codecs(nn.PReLU)
+    ))  # fmt: skip
 
 
 # -- Hugging Face transformers' Conv1D (GPT-2 and relatives): a linear layer whose weight is (in, out)
-
-
-def _matrix_canonical(module: nn.Module, attr: str) -> Tensor:
-    t = getattr(module, attr).detach()
-    return t.t() if attr == "weight" else t
 
 
 def _matrix_shrink(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
@@ -95,7 +154,7 @@ def _matrix_shrink(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
         weight = weight[in_idx]
     if out_idx is not None:
         weight, bias = weight[:, out_idx], bias[out_idx]
-    return sliced_copy(module, {"weight": weight, "bias": bias}, nx=weight.shape[0], nf=weight.shape[1])
+    return surgery.sliced_copy(module, {"weight": weight, "bias": bias}, nx=weight.shape[0], nf=weight.shape[1])
 
 
 _OPTIONAL_DONE: set[str] = set()
@@ -110,4 +169,7 @@ def _register_optional() -> None:
             from transformers.pytorch_utils import Conv1D
         except ImportError:
             return
-        register_layer_type(LayerType((Conv1D,), _matrix_shrink, canonical=_matrix_canonical, matmul_weight=True))
+        register_layer_type(LayerType((Conv1D,), _matrix_shrink, WeightUse.MATMUL))
+
+
+_register_builtin()

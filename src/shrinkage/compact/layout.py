@@ -384,6 +384,15 @@ _ENTRY = Record({"type": Text(tuple(_BY_NAME)), "args": AnyObject()})
 _LAYOUT = MapOf(_MODULE_NAME, _ENTRY)
 
 
+def register_codec(cls: type[nn.Module], codec: LayoutCodec) -> None:
+    """Let ``save``/``load`` describe and rebuild layers of ``cls`` (a layer type's codec)."""
+    global _ENTRY, _LAYOUT
+    CODECS[cls] = codec
+    _BY_NAME[cls.__name__] = cls
+    _ENTRY = Record({"type": Text(tuple(_BY_NAME)), "args": AnyObject()})
+    _LAYOUT = MapOf(_MODULE_NAME, _ENTRY)
+
+
 def describe(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{module name: {"type": ..., "args": ...}}`` for every layer of a registered type."""
     out: dict[str, dict[str, Any]] = {}
@@ -408,4 +417,4 @@ def parse_layout(text: str, where: str = "layout") -> dict[str, LayoutEntry]:
     return entries
 
 
-__all__ = ["CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "describe", "parse_layout"]
+__all__ = ["CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "describe", "parse_layout", "register_codec"]

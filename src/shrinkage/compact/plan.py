@@ -31,8 +31,7 @@ from torch import Tensor, fx, nn
 
 from shrinkage.compact.choice import FormChoice, FormPolicy, default_policy
 from shrinkage.compact.forms import FormContext
-from shrinkage.compact.layer_types import canonical_param, layer_type_of
-from shrinkage.compact.surgery import ZERO_WIDTH
+from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
 from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions
 from shrinkage.graph.capture import Capture
@@ -247,6 +246,8 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     same at every batch/spatial/token position and whose constant the layer can absorb.
     """
     module = cg.module(use.module)
+    layer_type = layer_type_of(module)
+    weight_use = layer_type.weight_use if layer_type is not None else None
     ok = torch.zeros(n, dtype=torch.bool)
     node = nodes[use.node]
     x = cg.values[layer_input(node).name]
@@ -258,14 +259,14 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
             continue
         ch, pos = ch[sel], pos[sel]
         flat = pos.reshape(-1)
-        if isinstance(module, nn.Linear) or _is_matmul_layer(module):
+        if weight_use in (WeightUse.LINEAR, WeightUse.MATMUL):
             vals = x.movedim(-1, 0)[flat].reshape(flat.numel(), -1)  # (positions, everything else)
             const = (vals == vals[:, :1]).all(dim=1).reshape(pos.shape).all(dim=1)
             v = vals[:, 0].reshape(pos.shape)  # (k, repeat)
             ok[ch] = const
             use_pos = pos[const].reshape(-1)
             delta += weight[:, use_pos] @ v[const].reshape(-1)
-        elif isinstance(module, nn.Conv2d | nn.Conv1d | nn.Conv3d) and module.groups == 1:
+        elif weight_use is WeightUse.CONV and module.groups == 1:
             vals = x.movedim(1, 0)[flat].reshape(flat.numel(), -1)
             const = (vals == vals[:, :1]).all(dim=1)
             v = vals[:, 0]
@@ -278,16 +279,11 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     return ok, delta
 
 
-def _is_matmul_layer(module: nn.Module) -> bool:
-    lt = layer_type_of(module)
-    return lt is not None and lt.matmul_weight
-
-
 def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node]) -> bool:
     """Can every channel of ``space`` go? Each layer owning one of its slices must have a
     zero-width surgery, and each op its tensors pass through must accept no channels."""
     modules = {s.module for s in space.producers} | {u.module for u in space.passthrough + space.consumers}
-    if any(type(cg.module(m)) not in ZERO_WIDTH for m in modules):
+    if any(not ((lt := layer_type_of(cg.module(m))) is not None and lt.zero_width) for m in modules):
         return False
     rules = cg.rules
     return rules is not None and all(

@@ -1,13 +1,13 @@
 """Layer surgery: build a smaller copy of a layer from keep-masks, one function per type.
 
-The registry is keyed by layer type; ``tests/compact/test_surgery.py`` runs one
-conformance test over every registered type, so a new entry cannot forget a field.
+Each function is the ``shrink`` of a layer type (:mod:`shrinkage.compact.layer_types`);
+``tests/compact/test_surgery.py`` runs one conformance test over every registered type,
+so a new entry cannot forget a field.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -15,33 +15,19 @@ from torch import Tensor, nn
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.layers import ZeroWidthConv, uninitialized
 
-#: (module, keep masks by dim) -> new module of the same type with the dims shrunk
-Surgeon = Callable[[nn.Module, dict[int, Tensor]], nn.Module]
-SURGEONS: dict[type[nn.Module], Surgeon] = {}
-#: types whose surgeon accepts keeping *no* entry of a dim (a removed branch, see plan.py)
-ZERO_WIDTH: set[type[nn.Module]] = set()
-
-
-def surgeon(*types: type[nn.Module], zero_width: bool = False) -> Callable[[Surgeon], Surgeon]:
-    def register(fn: Surgeon) -> Surgeon:
-        for t in types:
-            SURGEONS[t] = fn
-            if zero_width:
-                ZERO_WIDTH.add(t)
-        return fn
-
-    return register
-
 
 def shrink(name: str, module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     """Smaller copy of ``module`` keeping ``keep[dim]`` along each masked dim."""
-    for cls in type(module).__mro__:
-        if cls in SURGEONS:
-            new = SURGEONS[cls](module, keep)
-            new.train(module.training)  # a fresh module starts in training mode; keep the original's
-            return new
+    from shrinkage.compact.layer_types import layer_type_of  # the registry imports this module
+
+    layer_type = layer_type_of(module)
+    if layer_type is not None:
+        new = layer_type.shrink(module, keep)
+        new.train(module.training)  # a fresh module starts in training mode; keep the original's
+        return new
     raise UnsupportedModuleError(
-        f"cannot shrink module '{name}' ({type(module).__name__}): no surgery rule is registered for its type"
+        f"cannot shrink module '{name}' ({type(module).__name__}): no layer type is registered for it "
+        "(see shrinkage.register_layer_type)"
     )
 
 
@@ -60,8 +46,10 @@ def _copy(dst: Tensor, src: Tensor) -> None:
         dst.copy_(src)
 
 
-@surgeon(nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv, zero_width=True)
-def _conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv)
+
+
+def shrink_conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     out_idx = _idx(keep, 0, m.out_channels)
     if m.groups == 1:
         in_idx = _idx(keep, 1, m.in_channels)
@@ -78,6 +66,11 @@ def _conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
             in_ch, len(out_idx), m.kernel_size, m.stride, m.padding, m.dilation, bias=m.bias is not None,
             padding_mode=m.padding_mode,
         ).to(device=m.weight.device, dtype=m.weight.dtype)  # fmt: skip
+    elif type(m) not in _PLAIN_CONVS:
+        # a subclass (timm's Conv2dSame, a weight-standardized conv) may take other
+        # constructor arguments and compute more: a sliced copy keeps all of it
+        tensors = {"weight": weight} | ({"bias": m.bias.detach()[out_idx]} if m.bias is not None else {})
+        return sliced_copy(m, tensors, in_channels=in_ch, out_channels=len(out_idx), groups=groups)
     else:
         new = uninitialized(
             type(m), in_ch, len(out_idx), m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
@@ -90,10 +83,13 @@ def _conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     return new
 
 
-@surgeon(nn.Linear, zero_width=True)
-def _linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+def shrink_linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     out_idx = _idx(keep, 0, m.out_features)
     in_idx = _idx(keep, 1, m.in_features)
+    if type(m) is not nn.Linear and len(in_idx) and len(out_idx):  # a subclass keeps its type and extras
+        weight = _select(_select(m.weight.detach(), 0, out_idx, m.out_features), 1, in_idx, m.in_features)
+        tensors = {"weight": weight} | ({"bias": m.bias.detach()[out_idx]} if m.bias is not None else {})
+        return sliced_copy(m, tensors, in_features=len(in_idx), out_features=len(out_idx))
     new = uninitialized(
         nn.Linear, len(in_idx), len(out_idx), bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype
     )
@@ -103,8 +99,7 @@ def _linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     return new
 
 
-@surgeon(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, zero_width=True)
-def _batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+def shrink_batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     idx = _idx(keep, 0, m.num_features)
     if len(idx) == 0:
         return nn.Identity()  # normalizing no channels is the identity on an empty tensor
@@ -135,8 +130,7 @@ def sliced_copy(m: nn.Module, tensors: dict[str, Tensor], **attrs: object) -> nn
     return new
 
 
-@surgeon(nn.PReLU)
-def _prelu(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+def shrink_prelu(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     idx = _idx(keep, 0, m.num_parameters)
     new = nn.PReLU(len(idx), device=m.weight.device, dtype=m.weight.dtype)
     _copy(new.weight, m.weight.detach()[idx])

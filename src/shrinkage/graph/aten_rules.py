@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from shrinkage.compact.layer_types import layer_type_of
+from shrinkage.compact.layer_types import WeightUse, layer_type_of
 from shrinkage.graph import rules as fx_rules
 from shrinkage.graph.builder import GraphBuilder, RuleSet
 from shrinkage.graph.export_graph import ExportGraphBuilder
@@ -45,7 +45,8 @@ class AtenRuleSet(RuleSet):
         fn = self.rule_for(node, None)
         if any((a := b.axis(arg)) is not None and a.grid is not None for arg in node.all_input_nodes):
             if fn is None or not getattr(fn, "handles_grid", False):
-                return b.unknown(node, f"{_name(node)} on a channel axis split over two dims")
+                # the split axis is pinned already (see reshape): keep what this op reads
+                return b.keep(node, f"{_name(node)} on a channel axis split over two dims")
         if fn is None:
             return b.unknown(node, f"ATen op {_name(node)}")
         return fn(b, node)  # type: ignore[no-any-return]
@@ -61,7 +62,7 @@ def _name(node: fx.Node) -> str:
 
 def conv(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     """``conv1d/2d/3d(x, weight, bias, ...)`` and ``convolution`` (not transposed)."""
-    owner = _owner(b, node, node.args[1], (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    owner = _owner(b, node.args[1], WeightUse.CONV)
     if owner is None or _is_transposed(node):
         return b.keep(node, "convolution with a computed weight or of an unsupported module")
     b.own(node, owner)
@@ -77,7 +78,7 @@ def _is_transposed(node: fx.Node) -> bool:
 
 def linear(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     """``linear(x, weight, bias)``: the weight of an ``nn.Linear`` (or a subclass)."""
-    owner = _owner(b, node, node.args[1], (nn.Linear,))
+    owner = _owner(b, node.args[1], WeightUse.LINEAR)
     axis = b.axis(node.args[0])
     if owner is None:
         return b.keep(node, "linear with a computed weight or of an unsupported module")
@@ -99,9 +100,10 @@ def matmul(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     packet = getattr(node.target, "overloadpacket", None)
     x_arg, w_arg, bias = (node.args[1], node.args[2], node.args[0]) if packet is aten.addmm else (*node.args[:2], None)
     p = b.param(w_arg)
-    lt = layer_type_of(b.g.module(p[0])) if p is not None and p[1] == "weight" else None
-    if p is None or lt is None or not lt.matmul_weight:
-        return b.keep(node, "a product of two activations" if p is None else "a product with a weight of an unknown layer")
+    if p is None:
+        return b.keep(node, "a product of two activations")
+    if _owner(b, w_arg, WeightUse.MATMUL) is None:
+        return b.keep(node, "a product with a weight of a module without a MATMUL layer type")
     b.own(node, p[0])
     axis = b.axis(x_arg)
     x = b.value(x_arg)
@@ -120,7 +122,7 @@ def batch_norm(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     axis = b.axis(node.args[0])
     module = b.g.module(owner) if owner is not None else None
     tuple_out = isinstance(b.value(node), (tuple, list))
-    if module is None or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if module is None or not isinstance(module, nn.modules.batchnorm._BatchNorm) or layer_type_of(module) is None:
         out = b.keep(node, "batch norm with computed statistics")
         if tuple_out:
             b.g.axes[f"{node.name}.0"] = out  # type: ignore[assignment]
@@ -152,14 +154,14 @@ def norm_across(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     return axis
 
 
-def _owner(b: ExportGraphBuilder, node: fx.Node, weight: Any, types: tuple[type[nn.Module], ...]) -> str | None:
-    """The module owning ``weight`` when it is that module's ``weight`` and of a type whose
-    surgery exists; else None (the op's channels are then kept)."""
+def _owner(b: ExportGraphBuilder, weight: Any, use: WeightUse) -> str | None:
+    """The module owning ``weight`` when it is that module's ``weight`` and the module's
+    layer type applies it this way; else None (the op's channels are then kept)."""
     p = b.param(weight)
     if p is None or p[1] != "weight":
         return None
-    module = b.g.module(p[0])
-    return p[0] if isinstance(module, types) else None
+    layer_type = layer_type_of(b.g.module(p[0]))
+    return p[0] if layer_type is not None and layer_type.weight_use is use else None
 
 
 # -- elementwise -----------------------------------------------------------------------
@@ -210,10 +212,11 @@ def _merge(b: GraphBuilder, node: fx.Node, axes: list[Axis | None], dims: list[i
     assert a is not None and c is not None
     da, dc = a.dim + nd - dims[0], c.dim + nd - dims[1]
     if da != dc or [s.width for s in a.segments] != [s.width for s in c.segments]:
-        return b.unknown(node, f"{_name(node)} of tensors whose channel axes differ")
+        # e.g. a window attention's relative position bias added to scores: keep both sides
+        return b.keep(node, f"{_name(node)} of tensors whose channel axes differ")
     for sa, sc in zip(a.segments, c.segments, strict=True):
         if (sa.start, sa.stop, sa.repeat) != (sc.start, sc.stop, sc.repeat):
-            return b.unknown(node, f"{_name(node)} of differently sliced channel spaces")
+            return b.keep(node, f"{_name(node)} of differently sliced channel spaces")
         b.g.table.union(sa.space, sc.space)
     return Axis(da, a.segments)
 
@@ -486,6 +489,11 @@ def mixing(why: str) -> Rule:
     return rule
 
 
+def fresh(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
+    """``new_zeros``/``zeros_like``...: a new tensor whose values do not depend on the input's."""
+    return None
+
+
 def no_value(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     return None
 
@@ -575,6 +583,12 @@ def default_aten_rules() -> AtenRuleSet:
     table[aten.unsqueeze] = unsqueeze
     table[aten.squeeze] = squeeze
     table[aten.expand] = expand
+    table[aten.expand_as] = expand
+    table[aten.reshape_as] = reshape
+    table[aten.view_as] = reshape
+    for name in ("new_zeros", "new_ones", "new_empty", "new_full", "zeros_like", "ones_like", "empty_like",
+                 "full_like", "rand_like", "randn_like"):  # fmt: skip
+        table[_packet(name)] = fresh
     for name in ("slice", "select", "narrow"):
         table[_packet(name)] = slice_
     for name in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
@@ -596,11 +610,13 @@ def default_aten_rules() -> AtenRuleSet:
         fn.handles_grid = True  # type: ignore[attr-defined]
     product.product = True  # type: ignore[attr-defined]
     # ops that pad: a non-zero constant channel leaves them as a border pattern
-    conv.pads = _pads_at(4)  # type: ignore[attr-defined]  (conv1d/2d/3d and convolution: padding is argument 4)
+    # conv1d/2d/3d and convolution: padding is argument 4
+    conv.pads = _pads_at(4)  # type: ignore[attr-defined]
     pad.pads = lambda node, module: True  # type: ignore[attr-defined]
     for packet, k in ((aten.avg_pool1d, 1), (aten.avg_pool2d, 2), (aten.avg_pool3d, 3)):
         rules.functions[packet] = _with_pads(spatial(k), 3)  # avg_pool(x, kernel, stride, padding, ...)
-    conv.zero_bias_keeps_zero = True  # type: ignore[attr-defined]  (a depthwise conv, the only one not a producer)
+    # a depthwise conv, the only conv that is not a producer: zero in, zero bias, zero out
+    conv.zero_bias_keeps_zero = True  # type: ignore[attr-defined]
     binary.adds_zero = True  # type: ignore[attr-defined]
     zero_preserving = [zero_to_zero, reshape, permute, unsqueeze, squeeze, expand, slice_, split, getitem, cat,
                        reduce] + [rules.functions[_packet(n)] for names in _SPATIAL.values() for n in names

@@ -110,6 +110,14 @@ class ExportGraphBuilder(GraphBuilder):
         self.g.table.get(axis.segments[0].space).is_input = True
         return axis
 
+    def unknown(self, node: fx.Node, what: str) -> Axis | None:
+        if not self.allow_unknown:
+            raise UnsupportedModuleError(
+                f"no channel rule for {what} at graph node '{node.name}'; pass allow_unknown=True to leave "
+                "the channels it touches untouched"
+            )
+        return super().unknown(node, what)
+
     def keep(self, node: fx.Node, why: str) -> Axis | None:
         """An op that mixes channels in a way no removal survives: every channel it reads
         stays, and its output's channels form a new space that stays too. Exact by

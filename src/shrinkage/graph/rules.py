@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from shrinkage.graph.builder import GraphBuilder, RuleSet
 from shrinkage.graph.spaces import Axis, Grid, Segment
-from shrinkage.layers import HeadPrunedAttention, ZeroWidthConv
+from shrinkage.layers import HeadPrunedAttention
 
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -535,12 +535,12 @@ def default_rules() -> RuleSet:
         rules.modules[cls] = passthrough
     for cls in _SPATIAL_MODULES:
         rules.modules[cls] = spatial
-    rules.modules[nn.PReLU] = prelu
-    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv):
-        rules.modules[cls] = conv
-    rules.modules[nn.Linear] = linear
-    for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-        rules.modules[cls] = batchnorm
+    # layers that own sliced parameters: their rule comes with their layer type, registered once
+    from shrinkage.compact.layer_types import registered_layer_types  # that registry imports this module
+
+    for cls, layer_type in registered_layer_types():
+        if layer_type.fx_rule is not None:
+            rules.modules[cls] = layer_type.fx_rule
     rules.modules[nn.Flatten] = flatten_module
     for cls in (nn.LayerNorm, nn.GroupNorm):
         rules.modules[cls] = norm_across_channels
