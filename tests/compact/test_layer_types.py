@@ -7,13 +7,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from support.exactness import assert_compacts_exactly
 from torch import Tensor, nn
 
 import shrinkage
 from shrinkage.compact import layer_types
 from shrinkage.compact.surgery import sliced_copy
 from shrinkage.graph import rules as fx_rules
+
+from support.exactness import assert_compacts_exactly
 
 
 class Dense(nn.Module):
