@@ -42,6 +42,7 @@ class AtenRuleSet(RuleSet):
         return self.functions.get(getattr(target, "overloadpacket", None))
 
     def apply(self, b: GraphBuilder, node: fx.Node) -> Axis | None:
+        assert isinstance(b, ExportGraphBuilder)
         fn = self.rule_for(node, None)
         if any((a := b.axis(arg)) is not None and a.grid is not None for arg in node.all_input_nodes):
             if fn is None or not getattr(fn, "handles_grid", False):
@@ -65,7 +66,8 @@ def conv(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     owner = _owner(b, node.args[1], WeightUse.CONV)
     if owner is None or _is_transposed(node):
         return b.keep(node, "convolution with a computed weight or of an unsupported module")
-    b.own(node, owner)
+    if not b.own(node, owner):
+        return b.keep(node, f"a second call of '{owner}'")
     axis = b.axis(node.args[0])
     if axis is None or axis.dim != 1:
         return b.keep(node, f"convolution '{owner}' on an input without a channel-first axis")
@@ -82,7 +84,8 @@ def linear(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     axis = b.axis(node.args[0])
     if owner is None:
         return b.keep(node, "linear with a computed weight or of an unsupported module")
-    b.own(node, owner)
+    if not b.own(node, owner):
+        return b.keep(node, f"a second call of '{owner}'")
     x = b.value(node.args[0])
     if axis is None:
         return b.keep(node, f"linear '{owner}' on a tensor without channel axis")
@@ -104,7 +107,8 @@ def matmul(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
         return b.keep(node, "a product of two activations")
     if _owner(b, w_arg, WeightUse.MATMUL) is None:
         return b.keep(node, "a product with a weight of a module without a MATMUL layer type")
-    b.own(node, p[0])
+    if not b.own(node, p[0]):
+        return b.keep(node, f"a second call of '{p[0]}'")
     axis = b.axis(x_arg)
     x = b.value(x_arg)
     if axis is None or axis.dim != x.dim() - 1:
@@ -127,14 +131,32 @@ def batch_norm(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
         if tuple_out:
             b.g.axes[f"{node.name}.0"] = out  # type: ignore[assignment]
         return out
-    b.own(node, owner)  # type: ignore[arg-type]
-    if axis is None or axis.dim != 1:
+    if not b.own(node, owner):  # type: ignore[arg-type]
+        out = b.keep(node, f"a second call of '{owner}'")
+    elif axis is None or axis.dim != 1:
         out = b.keep(node, f"batch norm '{owner}' on an input without a channel-first axis")
     else:
         out = fx_rules.batchnorm(b, node)
     if tuple_out and out is not None:
         b.g.axes[f"{node.name}.0"] = out
     return out
+
+
+def prelu(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
+    """``prelu(x, weight)``: one slope per channel (dim 1), or one for all."""
+    axis = b.axis(node.args[0])
+    p = b.param(node.args[1])
+    module = b.g.module(p[0]) if p is not None else None
+    if p is None or not isinstance(module, nn.PReLU) or layer_type_of(module) is None:
+        return b.keep(node, "PReLU with a computed slope")
+    if not b.own(node, p[0]):
+        return b.keep(node, f"a second call of '{p[0]}'")
+    if module.num_parameters == 1:
+        return axis
+    if axis is None or axis.dim != 1:
+        return b.keep(node, f"per-channel PReLU '{p[0]}' on an input without a channel-first axis")
+    b.use(node, axis, "weight", 0, consumer=False)
+    return axis
 
 
 def embedding(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
@@ -207,10 +229,14 @@ def _binary(b: ExportGraphBuilder, node: fx.Node, args: tuple[Any, ...]) -> Axis
     return shifted
 
 
-def _merge(b: GraphBuilder, node: fx.Node, axes: list[Axis | None], dims: list[int], nd: int) -> Axis | None:
+def _merge(b: ExportGraphBuilder, node: fx.Node, axes: list[Axis | None], dims: list[int], nd: int) -> Axis | None:
     a, c = axes
     assert a is not None and c is not None
     da, dc = a.dim + nd - dims[0], c.dim + nd - dims[1]
+    table = b.g.table
+    sizes = [(table.get(sa.space).size, table.get(sc.space).size) for sa, sc in zip(a.segments, c.segments, strict=False)]
+    if len(a.segments) != len(c.segments) or any(x != y for x, y in sizes):
+        return b.keep(node, f"{_name(node)} of pieces of different channel spaces")
     if da != dc or [s.width for s in a.segments] != [s.width for s in c.segments]:
         # e.g. a window attention's relative position bias added to scores: keep both sides
         return b.keep(node, f"{_name(node)} of tensors whose channel axes differ")
@@ -576,6 +602,8 @@ def default_aten_rules() -> AtenRuleSet:
     for name in ("layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "rms_norm", "_fused_rms_norm"):
         table[_packet(name)] = norm_across
     table[aten.embedding] = embedding
+    table[aten.prelu] = prelu
+    table[aten._prelu_kernel] = prelu
     for name in ("view", "reshape", "_unsafe_view", "flatten", "unflatten"):
         table[_packet(name)] = reshape
     for name in ("permute", "transpose", "t", "swapaxes", "movedim"):

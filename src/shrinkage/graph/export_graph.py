@@ -44,6 +44,10 @@ class ExportGraphBuilder(GraphBuilder):
 
     g: ExportChannelGraph
 
+    def __init__(self, graph: ExportChannelGraph, allow_unknown: bool) -> None:
+        super().__init__(graph, allow_unknown)
+        self._first_call: dict[str, fx.Node] = {}
+
     def param(self, arg: Any) -> tuple[str, str] | None:
         """``(module, attr)`` when ``arg`` reads a parameter or buffer of a module, else None."""
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
@@ -61,8 +65,20 @@ class ExportGraphBuilder(GraphBuilder):
             raise AssertionError(f"node {node.name} has no owning module")
         return owner
 
-    def own(self, node: fx.Node, module: str) -> None:
+    def own(self, node: fx.Node, module: str) -> bool:
+        """Record that ``node`` applies ``module``'s weight. False when an earlier node does
+        too (the module is called again): then the channels of every call stay, since one
+        set of rows cannot be cut two ways."""
         self.g.owners[node.name] = module
+        first = self._first_call.setdefault(module, node)
+        if first is node:
+            return True
+        for call in (first, node):
+            self.pin(self.axis(layer_input(call)), f"input of '{module}', called more than once")
+        self.pin(self.axis(first), f"output of '{module}', called more than once")
+        if isinstance(self.g.values.get(first.name), (tuple, list)):
+            self.pin(self.g.axes.get(f"{first.name}.0"), f"output of '{module}', called more than once")
+        return False
 
     def new_space(self, node: fx.Node, size: int, dim: int, producers: Any = ()) -> Axis:
         sid = self.g.table.new(size, node.name)
