@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 import shrinkage
+from shrinkage.compact import CompactOptions
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.graph import build_channel_graph, default_rules
+from shrinkage.graph.capture import Capture
 
 from support.exactness import assert_compacts_exactly
 
@@ -62,6 +64,14 @@ class _SplitThenAdd(nn.Module):
         return y.view(n, 2, c // 2, h, w).sum(dim=1)  # folds channel groups together
 
 
-def test_other_ops_on_a_split_channel_axis_are_reported() -> None:
+def test_other_ops_on_a_split_channel_axis_are_reported_by_fx() -> None:
     with pytest.raises(UnsupportedModuleError, match="sum on a channel axis split over two dims"):
-        shrinkage.compact(_SplitThenAdd(), (torch.randn(1, 3, 4, 4),))
+        shrinkage.compact(_SplitThenAdd(), (torch.randn(1, 3, 4, 4),), CompactOptions(capture=Capture.FX))
+
+
+def test_other_ops_on_a_split_channel_axis_keep_its_channels_under_export() -> None:
+    model = _SplitThenAdd().eval()
+    with torch.no_grad():
+        model.conv.weight[1] = 0  # folded together with channel 5: it must stay
+    small = assert_compacts_exactly(model, torch.randn(1, 3, 4, 4), fewer_params=False)
+    assert small.conv.out_channels == 8
