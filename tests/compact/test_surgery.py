@@ -11,6 +11,12 @@ from shrinkage.compact.surgery import shrink
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.layers import ZeroWidthConv
 
+try:  # the registry adds optional libraries' layers once they are imported: import them
+    # here, so every test worker collects the same cases
+    from transformers.pytorch_utils import Conv1D
+except ImportError:
+    Conv1D = None
+
 
 def _example(cls: type[nn.Module]) -> tuple[nn.Module, torch.Tensor]:
     """An instance of ``cls`` (4 -> 6 channels where that applies) and an input for it."""
@@ -38,6 +44,11 @@ def _example(cls: type[nn.Module]) -> tuple[nn.Module, torch.Tensor]:
         with torch.no_grad():
             m.bias.normal_()
         return m, torch.randn(2, 0, 5, 5)
+    if Conv1D is not None and cls is Conv1D:  # GPT-2's linear layer with an (in, out) weight: 4 -> 6
+        m = Conv1D(6, 4)
+        with torch.no_grad():
+            m.bias.normal_()
+        return m, torch.randn(3, 4)
     raise AssertionError(f"add an example for {cls.__name__} to this conformance test")
 
 
