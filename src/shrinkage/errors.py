@@ -23,3 +23,7 @@ class UnsupportedModuleError(ShrinkageError, TypeError):
 
 class TrainingError(ShrinkageError, RuntimeError):
     """Training cannot continue (for example, the loss became NaN)."""
+
+
+class ExampleInputError(ShrinkageError, ValueError):
+    """The example inputs do not fit the model (a wrong shape or dtype); names the graph node."""

@@ -11,7 +11,7 @@ from torch import nn
 import shrinkage
 from shrinkage.compact import CompactOptions
 from shrinkage.compact.api import plan_compaction
-from shrinkage.errors import UnsupportedModuleError
+from shrinkage.errors import ExampleInputError, UnsupportedModuleError
 from shrinkage.graph import capture as capture_module
 from shrinkage.graph.capture import Capture
 
@@ -211,3 +211,20 @@ def test_a_dead_channel_through_padding_stays_unless_it_is_zero(pool: bool, capt
     fresh = [(torch.randn(2, 3, 10, 10),), (torch.randn(1, 3, 4, 6),)]
     small = assert_compacts_exactly(model, (torch.randn(2, 3, 7, 7),), options=options, fresh=fresh)
     assert small.conv.out_channels == 3
+
+
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (torch.randn(2, 4, 8, 8), "expected input.* to have 3 channels"),
+        (torch.randn(2, 3, 9, 9), "shapes cannot be multiplied"),
+        (torch.randn(2, 3, 8, 8, dtype=torch.float64), "should be the same"),
+    ],
+    ids=["channels", "spatial-size", "dtype"],
+)
+def test_a_wrong_example_input_names_the_node_where_it_fails(x: torch.Tensor, message: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 2)).eval()
+    expected = rf"the example inputs fail at graph node '\w+' \(.*\): .*{message}"
+    with pytest.raises(ExampleInputError, match=expected) as err:
+        shrinkage.compact(model, (x,))
+    assert "\n" not in str(err.value)

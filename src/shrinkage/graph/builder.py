@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from shrinkage.errors import UnsupportedModuleError
+from shrinkage.errors import ExampleInputError, UnsupportedModuleError
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
 
@@ -45,6 +45,7 @@ class _Recorder(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, snapshot: frozenset[str] = frozenset()) -> None:
         super().__init__(gm)
+        self.extra_traceback = False  # errors name their node themselves, on one line
         self.values: dict[str, Any] = {}
         self.snapshot = snapshot
         self.mutations: dict[str, list[str]] = {}
@@ -55,7 +56,14 @@ class _Recorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         inputs = [a for a in n.all_input_nodes if a.name in self._versions]
         before = [_versions(self.live[a.name]) for a in inputs]
-        out = super().run_node(n)
+        try:
+            out = super().run_node(n)
+        except Exception as exc:  # a wrong shape or dtype of the example: name where it fails
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            what = f"module '{n.target}'" if n.op == "call_module" else f"{getattr(n.target, '__name__', n.target)}"
+            raise ExampleInputError(
+                f"the example inputs fail at graph node '{n.name}' ({what}): {first}"
+            ) from exc
         changed = [a.name for a, v in zip(inputs, before, strict=True) if _versions(self.live[a.name]) != v]
         if changed:
             self.mutations[n.name] = changed

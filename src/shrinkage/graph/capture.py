@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from shrinkage.errors import UnsupportedModuleError
+from shrinkage.errors import ExampleInputError, UnsupportedModuleError
 from shrinkage.graph.builder import ChannelGraph, build_channel_graph
 from shrinkage.graph.export_graph import ExportChannelGraph, build_export_graph
 from shrinkage.graph.rules import default_rules
@@ -67,8 +67,12 @@ def capture_channel_graph(
     order = (by_fx, by_export) if any(isinstance(m, whole) for m in model.modules()) else (by_export, by_fx)
     try:
         return order[0]()
+    except ExampleInputError:
+        raise  # the inputs are wrong for either capture
     except UnsupportedModuleError as first:
         try:
             return order[1]()
+        except ExampleInputError:
+            raise
         except UnsupportedModuleError as second:
             raise UnsupportedModuleError(f"{first} (and with the other capture: {second})") from second

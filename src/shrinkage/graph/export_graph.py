@@ -284,11 +284,7 @@ def build_export_graph(
     recorder = _Recorder(gm)
     flat = torch.utils._pytree.tree_leaves(example_inputs)
     with torch.no_grad():
-        try:
-            recorder.run(*flat)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedModuleError(f"cannot run the exported graph of {type(model).__name__}: {first}") from exc
+        recorder.run(*flat)  # a failing node raises ExampleInputError naming it
     cg = ExportChannelGraph(
         gm=gm, table=SpaceTable(), values=recorder.values, rules=rules, root=model, aliases=module_aliases(model)
     )
