@@ -86,3 +86,19 @@ def test_coupled_groups_of_gpt2_cover_conv1d_in_its_stored_orientation() -> None
     assert fc.weight[:, :10].abs().sum() == 0 and model.h[0].mlp.c_proj.weight[:10].abs().sum() == 0
     small = assert_compacts_exactly(model, (_ids(),))
     assert small.h[0].mlp.c_fc.weight.shape == (WIDTH, INNER - 10)
+
+
+def test_a_compacted_gpt2_generates_the_same_tokens_with_its_own_generate() -> None:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=4, n_inner=INNER,
+                                     bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    for block in model.transformer.h:
+        _zero_neurons(block.mlp.c_fc.weight.T, block.mlp.c_fc.bias, [0, 7, 8, 40])
+    small = assert_compacts_exactly(model, (_ids(),))
+    assert small.transformer.h[0].mlp.c_fc.weight.shape == (WIDTH, INNER - 4)
+    prompt = _ids(seed=3)
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=5, do_sample=False)
+        got = small.generate(prompt, max_new_tokens=5, do_sample=False)
+    assert torch.equal(got, expected)
