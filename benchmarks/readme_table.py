@@ -202,10 +202,13 @@ def zoo_table(results: Path) -> str:
             f"| {ours['not_removed']} | {ours['refused']} | {ours['wrong']} | {ours['raw']} "
             f"| {ours['timeout'] + ours['skipped']} | {theirs['ok']} | {theirs['error']} | {theirs['exact']} |"
         )
-    lines += ["", "What stops compaction, by cause (the models it stops):", "", "| cause | models |", "|---|---|"]
     by_cause: dict[str, list[str]] = {}
     for cause, models in d["causes"].items():  # the first capture's reason; the JSON adds the other's
         by_cause.setdefault(cause.split(" (other capture: ")[0], []).extend(models)
+    if by_cause:
+        lines += ["", "What stops compaction, by cause (the models it stops):", "", "| cause | models |", "|---|---|"]
+    else:
+        lines += ["", "Nothing stopped compaction on any of these models."]
     for cause, models in sorted(by_cause.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         escaped = cause.replace("|", "\\|")  # a pipe in a message would split the cell
         lines.append(f"| {escaped} | {', '.join(sorted(models))} |")
