@@ -159,14 +159,6 @@ def prelu(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     return axis
 
 
-def embedding(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
-    """``embedding(weight, ids)``: rows looked up by index; the width is the model width (kept)."""
-    out = b.value(node)
-    axis = b.new_space(node, out.shape[-1], out.dim() - 1)
-    b.pin(axis, f"embedding at '{node.name}' (its width is the model width)")
-    return axis
-
-
 def norm_across(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     """layer / group / RMS norm: statistics over the channels, so every channel they see stays."""
     axis = b.axis(node.args[0])
@@ -601,7 +593,7 @@ def default_aten_rules() -> AtenRuleSet:
         table[_packet(name)] = batch_norm if name != "instance_norm" else norm_across
     for name in ("layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "rms_norm", "_fused_rms_norm"):
         table[_packet(name)] = norm_across
-    table[aten.embedding] = embedding
+    table[aten.embedding] = fx_rules.embedding  # the same rule: a new, kept space of the model width
     table[aten.prelu] = prelu
     table[aten._prelu_kernel] = prelu
     for name in ("view", "reshape", "_unsafe_view", "flatten", "unflatten"):
