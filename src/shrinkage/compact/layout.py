@@ -11,10 +11,17 @@ Each codec also declares what a file may say about its layer (``args``: a schema
 base layers it can stand in for, how its sizes are bounded by the base layer (see
 :mod:`shrinkage.compact.layout_bounds`) and which children it creates, so a layout is
 checked completely before anything is built (:mod:`shrinkage.compact.layout_plan`).
+
+A shrunk subclass of a registered layer (timm's ``BatchNormAct2d``, ``Conv2dSame``, a
+user's ``nn.Linear`` subclass) keeps its own type, which no codec knows by name. It is
+described by the codec of its nearest registered base class, with its own class name
+under ``"subclass"``; loading rebuilds it as a resized copy of the base model's own layer
+at that name (same class, same extra attributes and children), never from the name.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +75,11 @@ class LayoutCodec:
     layer may replace (besides its own type); ``bounds``: the sizes in ``args`` and the
     limits the base layer sets on them; ``children``: the submodules ``decode`` creates,
     as placeholders (each rebuilt from its own entry) when ``placeholders``.
+
+    ``resizable``: the ``args`` a subclass of the layer may take from a file, when it is
+    rebuilt by :meth:`resized` from the base model's own layer (empty: subclasses are not
+    described). Every other arg must equal the base layer's: a subclass may derive state
+    from them in its constructor, which a copy cannot redo.
     """
 
     encode: Callable[[nn.Module], Args]
@@ -77,6 +89,30 @@ class LayoutCodec:
     bounds: Callable[[Args, Limits], Iterable[Bound]] = _unbounded
     children: Callable[[Args], tuple[str, ...]] = _childless
     placeholders: bool = False
+    resizable: tuple[str, ...] = ()
+
+    def resized(self, layer: nn.Module, a: Args) -> nn.Module:
+        """A copy of ``layer`` (a subclass instance from the base model) with the sizes of ``a``.
+
+        ``decode(a)`` makes a plain layer of those sizes; the copy takes its tensors (the
+        ones a plain layer has: the file fills them) and its ``resizable`` attributes, and
+        keeps everything else of ``layer``: its type, other attributes, tensors and children."""
+        plain = self.decode(a)
+        own = {**plain._parameters, **plain._buffers}
+        held = {**layer._parameters, **layer._buffers}
+        memo: dict[int, object] = {id(held[n]): None for n in own if held.get(n) is not None}  # not copied first
+        new = copy.deepcopy(layer, memo)
+        for name, tensor in plain._parameters.items():
+            old = layer._parameters.get(name)
+            if tensor is not None and old is not None:
+                tensor.requires_grad_(old.requires_grad)
+            new._parameters[name] = tensor
+        for name, tensor in plain._buffers.items():
+            new._buffers[name] = tensor
+        for key in self.resizable:
+            if key not in own:  # ``bias``: a tensor, set above
+                setattr(new, key, getattr(plain, key))
+        return new
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -124,6 +160,10 @@ def _conv_args(m: nn.Module) -> Args:
     }  # fmt: skip
 
 
+#: what compaction changes in a conv subclass's sliced copy (a folded constant may add a bias)
+_CONV_SIZES = ("in_channels", "out_channels", "groups", "bias")
+
+
 def _conv(cls: type[nn.Module], dims: int) -> LayoutCodec:
     def decode(a: Args) -> nn.Module:
         padding = a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"])
@@ -141,7 +181,7 @@ def _conv(cls: type[nn.Module], dims: int) -> LayoutCodec:
             padding_mode=a["padding_mode"],
         )
 
-    return LayoutCodec(_conv_args, decode, _conv_schema(dims), (cls,), _conv_bounds)
+    return LayoutCodec(_conv_args, decode, _conv_schema(dims), (cls,), _conv_bounds, resizable=_CONV_SIZES)
 
 
 def _zero_width_decode(a: Args) -> nn.Module:
@@ -228,6 +268,7 @@ def _batchnorm(cls: type[nn.Module]) -> LayoutCodec:
         ),
         (cls,),
         lambda a, limits: (Bound("num_features", a["num_features"], limits.outputs),),
+        resizable=("num_features",),
     )
 
 
@@ -308,6 +349,7 @@ CODECS: dict[type[nn.Module], LayoutCodec] = {
             Bound("in_features", a["in_features"], limits.inputs),
             Bound("out_features", a["out_features"], limits.outputs),
         ),
+        resizable=("in_features", "out_features", "bias"),
     ),
     nn.BatchNorm1d: _batchnorm(nn.BatchNorm1d),
     nn.BatchNorm2d: _batchnorm(nn.BatchNorm2d),
@@ -368,19 +410,47 @@ _BY_NAME = {cls.__name__: cls for cls in CODECS}
 
 @dataclass(frozen=True)
 class LayoutEntry:
-    """One checked entry of a layout: the layer type and its constructor arguments."""
+    """One checked entry of a layout: the layer type and its constructor arguments;
+    ``subclass``: the class name of a layer that is a subclass of ``cls``, rebuilt from the
+    base model's own layer (see :meth:`LayoutCodec.resized`)."""
 
     cls: type[nn.Module]
     args: Args
+    subclass: str | None = None
 
     @property
     def codec(self) -> LayoutCodec:
         return CODECS[self.cls]
 
+    @property
+    def kind(self) -> str:
+        """The layer's class name, for messages (``BatchNormAct2d (a BatchNorm2d)``)."""
+        return f"{self.subclass} (a {self.cls.__name__})" if self.subclass else self.cls.__name__
+
+    def is_kind_of(self, module: nn.Module) -> bool:
+        """``module`` is a layer of the class this entry names (not one of its relatives)."""
+        if self.subclass is None:
+            return type(module) is self.cls
+        return type(module) is not self.cls and isinstance(module, self.cls) and type(module).__name__ == self.subclass
+
+    def describes(self, module: nn.Module) -> bool:
+        """``module`` is already the layer this entry describes (nothing to rebuild)."""
+        return self.is_kind_of(module) and self.codec.encode(module) == self.args
+
 
 #: module names: dotted, each part non-empty; deeper nesting than this is not a real model
 _MODULE_NAME = Text(parts=64)
-_ENTRY = Record({"type": Text(tuple(_BY_NAME)), "args": AnyObject()})
+#: a class name as Python spells it: one name, no dots; never imported, only compared
+_CLASS_NAME = Text(parts=1)
+
+
+def _entry_schema() -> Record:
+    return Record(
+        {"type": Text(tuple(_BY_NAME)), "subclass": _CLASS_NAME, "args": AnyObject()}, frozenset({"subclass"})
+    )
+
+
+_ENTRY = _entry_schema()
 _LAYOUT = MapOf(_MODULE_NAME, _ENTRY)
 
 
@@ -389,17 +459,32 @@ def register_codec(cls: type[nn.Module], codec: LayoutCodec) -> None:
     global _ENTRY, _LAYOUT
     CODECS[cls] = codec
     _BY_NAME[cls.__name__] = cls
-    _ENTRY = Record({"type": Text(tuple(_BY_NAME)), "args": AnyObject()})
+    _ENTRY = _entry_schema()
     _LAYOUT = MapOf(_MODULE_NAME, _ENTRY)
 
 
+def codec_of(cls: type[nn.Module]) -> tuple[type[nn.Module], LayoutCodec] | None:
+    """The registered class that describes layers of ``cls``, and its codec: ``cls`` itself,
+    else its nearest registered base class when that codec can resize a subclass."""
+    if cls in CODECS:
+        return cls, CODECS[cls]
+    base = next((c for c in cls.__mro__[1:] if c in CODECS), None)
+    if base is None or not CODECS[base].resizable:
+        return None
+    return base, CODECS[base]
+
+
 def describe(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """``{module name: {"type": ..., "args": ...}}`` for every layer of a registered type."""
+    """``{module name: {"type": ..., "args": ...}}`` for every layer of a registered type,
+    with ``"subclass"`` for a subclass of one (described by its nearest registered base)."""
     out: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        codec = CODECS.get(type(module))
-        if name and codec is not None:
-            out[name] = {"type": type(module).__name__, "args": codec.encode(module)}
+        found = codec_of(type(module))
+        if not name or found is None:
+            continue
+        cls, codec = found
+        subclass = {"subclass": type(module).__name__} if cls is not type(module) else {}
+        out[name] = {"type": cls.__name__, **subclass, "args": codec.encode(module)}
     return out
 
 
@@ -413,8 +498,13 @@ def parse_layout(text: str, where: str = "layout") -> dict[str, LayoutEntry]:
     for name, item in raw.items():
         cls = _BY_NAME[item["type"]]
         CODECS[cls].args.check(item["args"], f"{where}[{name!r}].args")
-        entries[name] = LayoutEntry(cls, item["args"])
+        subclass = item.get("subclass")
+        if subclass is not None and not CODECS[cls].resizable:
+            raise SchemaMismatch(f"{where}[{name!r}].subclass", f"a subclass of {cls.__name__} cannot be rebuilt")
+        entries[name] = LayoutEntry(cls, item["args"], subclass)
     return entries
 
 
-__all__ = ["CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "describe", "parse_layout", "register_codec"]
+__all__ = [
+    "CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "codec_of", "describe", "parse_layout", "register_codec",
+]  # fmt: skip

@@ -6,6 +6,11 @@ type that can stand in for the base layer there, and ask for no more than that b
 layer has (:mod:`shrinkage.compact.layout_bounds`). Only then are the new layers built,
 outside the base model, so that the tensors can be checked against them too; the base
 model is changed (:func:`install`) once everything fits.
+
+A subclass entry (a shrunk ``BatchNormAct2d``, see :mod:`shrinkage.compact.layout`) is
+rebuilt from the base model's own layer it derives from, which must be of that very
+class; its children are that layer's children, so entries inside it name places of that
+layer.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class RebuildPlan:
     built: tuple[str, ...]  # parents before children
     tops: tuple[str, ...]  # the built names that replace a module of the base model
     origins: dict[str, str]  # entry name -> name of the base layer it stands in for
+    resized_from: dict[str, nn.Module]  # built subclass entry -> the base model's layer it copies
 
 
 def base_module(root: nn.Module, name: str) -> nn.Module | None:
@@ -64,12 +70,29 @@ def _built_ancestor(name: str, built: set[str]) -> str | None:
     return None
 
 
-def _check_place(base: nn.Module, layout: dict[str, LayoutEntry], name: str, inside: str | None, source: str) -> None:
-    """``name`` exists where the layout puts it: in the base model, or as a child that its
-    rebuilt parent creates."""
+def _origin(base: nn.Module, layout: dict[str, LayoutEntry], name: str, inside: str | None,
+            origins: dict[str, str]) -> tuple[str, nn.Module | None]:  # fmt: skip
+    """The base layer ``name`` stands in for, and its name. Inside a rebuilt subclass layer
+    (a copy of a base layer), the place of that base layer's own child; elsewhere the
+    deepest base module along ``name`` (None: a subclass copy has no such child)."""
+    if inside is not None and layout[inside].subclass is not None:
+        origin_name = origins[inside] + name[len(inside) :]
+        return origin_name, base_module(base, origin_name)
+    return _nearest_base(base, name)
+
+
+def _check_place(base: nn.Module, layout: dict[str, LayoutEntry], name: str, inside: str | None,
+                 origin: nn.Module | None, source: str) -> None:  # fmt: skip
+    """``name`` exists where the layout puts it: in the base model, as a child that its
+    rebuilt parent creates, or as a child of the base layer a rebuilt subclass copies."""
     if inside is None:
         if base_module(base, name) is None:
             raise LayoutError(f"{source}: layout entry '{name}' names no submodule of the base {type(base).__name__}")
+        return
+    if layout[inside].subclass is not None:
+        if origin is None:
+            raise LayoutError(f"{source}: layout entry '{name}' names no child of the rebuilt '{inside}' "
+                              f"({layout[inside].kind})")  # fmt: skip
         return
     parent, _, leaf = name.rpartition(".")
     owner = layout.get(parent)
@@ -79,14 +102,16 @@ def _check_place(base: nn.Module, layout: dict[str, LayoutEntry], name: str, ins
     children = owner.codec.children(owner.args)
     if leaf not in children:
         raise LayoutError(f"{source}: layout entry '{name}' names no child of the rebuilt '{parent}' "
-                          f"({owner.cls.__name__} with children: {', '.join(children) or 'none'})")  # fmt: skip
+                          f"({owner.kind} with children: {', '.join(children) or 'none'})")  # fmt: skip
 
 
 def _check_fit(entry: LayoutEntry, name: str, origin_name: str, origin: nn.Module, source: str) -> None:
     """The entry's type can stand in for the base layer ``origin``, within its sizes."""
-    what = f"{source}: layout entry '{name}' ({entry.cls.__name__})"
+    what = f"{source}: layout entry '{name}' ({entry.kind})"
     base = f"base layer '{origin_name}' ({type(origin).__name__})"
-    if not isinstance(origin, entry.codec.stands_for + (entry.cls,)):
+    if entry.subclass is not None:
+        _check_subclass_fit(entry, what, base, origin)
+    elif not isinstance(origin, entry.codec.stands_for + (entry.cls,)):
         raise LayoutError(f"{what} cannot be built in place of {base}")
     limits = limits_of(origin, derived=origin_name != name)
     for bound in entry.codec.bounds(entry.args, limits):
@@ -97,23 +122,37 @@ def _check_fit(entry: LayoutEntry, name: str, origin_name: str, origin: nn.Modul
                               f"that {base} allows")  # fmt: skip
 
 
+def _check_subclass_fit(entry: LayoutEntry, what: str, base: str, origin: nn.Module) -> None:
+    """A subclass layer is a copy of ``origin``: of the named class, with only its sizes changed."""
+    if not entry.is_kind_of(origin):
+        raise LayoutError(f"{what} can only be rebuilt from a base layer of that class, not from {base}")
+    have = entry.codec.encode(origin)
+    for key, value in entry.args.items():
+        if key not in entry.codec.resizable and value != have.get(key):
+            raise LayoutError(f"{what} has {key}={value}, but {base} has {key}={have.get(key)} "
+                              f"(only {', '.join(entry.codec.resizable)} may differ)")  # fmt: skip
+
+
 def plan_rebuild(base: nn.Module, layout: dict[str, LayoutEntry], source: str) -> RebuildPlan:
     """Check every entry of ``layout`` against ``base`` (nothing is built or changed) and
     say which entries differ from the base model; ``source`` names the file in errors."""
     built: list[str] = []
     origins: dict[str, str] = {}
+    resized_from: dict[str, nn.Module] = {}
     per_origin: Counter[str] = Counter()
     for name in sorted(layout, key=lambda n: (n.count("."), n)):  # parents before their children
         entry = layout[name]
         inside = _built_ancestor(name, set(built))
-        _check_place(base, layout, name, inside, source)
-        origin_name, origin = _nearest_base(base, name)
+        origin_name, origin = _origin(base, layout, name, inside, origins)
+        _check_place(base, layout, name, inside, origin, source)
+        assert origin is not None  # _check_place: a subclass copy has this child
         _check_fit(entry, name, origin_name, origin, source)
         origins[name] = origin_name
-        same = inside is None and type(origin) is entry.cls and entry.codec.encode(origin) == entry.args
-        if same:
+        if inside is None and entry.describes(origin):
             continue
         built.append(name)
+        if entry.subclass is not None:
+            resized_from[name] = origin
         per_origin[origin_name] += 1
         if per_origin[origin_name] > MAX_PER_BASE_LAYER:
             raise LayoutError(f"{source}: layout rebuilds base layer '{origin_name}' as more than "
@@ -124,15 +163,17 @@ def plan_rebuild(base: nn.Module, layout: dict[str, LayoutEntry], source: str) -
                     raise LayoutError(f"{source}: layout entry '{name}' lists child '{child}', "
                                       f"which has no entry '{name}.{child}'")  # fmt: skip
     tops = tuple(n for n in built if _built_ancestor(n, set(built)) is None)
-    return RebuildPlan(layout, tuple(built), tops, origins)
+    return RebuildPlan(layout, tuple(built), tops, origins, resized_from)
 
 
-def _decode(name: str, entry: LayoutEntry, source: str) -> nn.Module:
+def _decode(name: str, entry: LayoutEntry, source: str, layer: nn.Module | None = None) -> nn.Module:
+    """The layer ``entry`` describes: a resized copy of the base model's ``layer`` for a
+    subclass entry, else built from its arguments."""
     try:
-        module = entry.codec.decode(entry.args)
+        module = entry.codec.decode(entry.args) if layer is None else entry.codec.resized(layer, entry.args)
     except (ValueError, TypeError, RuntimeError) as exc:  # a constructor refusing a combination of sizes
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayoutError(f"{source}: layout entry '{name}' ({entry.cls.__name__}) cannot be built: {reason}") from None
+        raise LayoutError(f"{source}: layout entry '{name}' ({entry.kind}) cannot be built: {reason}") from None
     if entry.codec.placeholders:  # children keep their order; each is rebuilt from its own entry next
         for child in entry.codec.children(entry.args):
             module.add_module(child, nn.Identity())
@@ -145,14 +186,15 @@ def build(plan: RebuildPlan, source: str) -> dict[str, nn.Module]:
     for name in plan.built:
         entry = plan.entries[name]
         top = name if name in plan.tops else _built_ancestor(name, set(plan.tops))
+        layer = plan.resized_from.get(name)
         if top is None or top == name:
-            made[name] = _decode(name, entry, source)
+            made[name] = _decode(name, entry, source, layer)
             continue
         inner = name[len(top) + 1 :]
         current = made[top].get_submodule(inner)  # it exists: plan_rebuild checked its parent creates it
-        if type(current) is entry.cls and entry.codec.encode(current) == entry.args:
+        if entry.describes(current):
             continue  # created by its parent exactly as described (an attention's projections)
-        set_submodule(made[top], inner, _decode(name, entry, source))
+        set_submodule(made[top], inner, _decode(name, entry, source, layer))
     return made
 
 
