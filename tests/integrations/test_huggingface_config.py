@@ -126,6 +126,9 @@ def test_different_neurons_per_layer_reload_through_the_recorded_layout(family: 
     assert getattr(small.config, key) == INNER  # the base model's width; the layout says the rest
     record = json.loads(small.config.to_json_string())[hf.LAYOUT_KEY]
     assert record["base"][key] == INNER and record["modules"]
+    synced = small.config.to_dict()
+    hf.sync_config(small)  # again: nothing changes
+    assert small.config.to_dict() == synced
     small.save_pretrained(tmp_path)
 
     torch.manual_seed(123)
@@ -285,6 +288,22 @@ def test_an_unknown_architecture_is_one_line_naming_it() -> None:
         hf.sync_config(model)
     with pytest.raises(UnsupportedModuleError, match="expected a transformers model, got Linear"):
         hf.sync_config(nn.Linear(2, 2))
+
+
+def test_sync_if_possible_leaves_other_models_as_they_are() -> None:
+    config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=WIDTH, n_layers=1, n_heads=HEADS, hidden_dim=INNER)
+    model = transformers.DistilBertModel(config)
+    before = model.config.to_dict()
+    assert "DistilBertConfig" in (hf.sync_config_if_possible(model) or "")
+    assert model.config.to_dict() == before
+    assert hf.sync_config_if_possible(nn.Linear(2, 2)) == "Linear is not a transformers model"
+    small = _zeroed("llama", [[0, 5, 9], [0, 5, 9]])
+    with torch.no_grad():  # a narrower model of the same architecture, as compaction makes it
+        for layer in small.layers:
+            for proj, dim in ((layer.mlp.gate_proj, 0), (layer.mlp.up_proj, 0), (layer.mlp.down_proj, 1)):
+                _slice(proj, dim, list(range(10, INNER)))
+    assert hf.sync_config_if_possible(small) is None
+    assert small.config.intermediate_size == INNER - 10
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -343,6 +344,21 @@ def sync_config(model: PreTrainedModel) -> None:
     setattr(config, LAYOUT_KEY, {"format": FORMAT, "base": base, "modules": {n: described[n] for n in plan.built}})
 
 
+def sync_config_if_possible(model: nn.Module) -> str | None:
+    """:func:`sync_config` for whatever model compaction returns, never raising: a
+    transformers model of a known architecture gets its config synced (None is returned);
+    any other model is left as it is and the reason comes back as one line. transformers
+    is not imported here: a model of it can only exist once the caller imported it."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return f"{type(model).__name__} is not a transformers model"
+    try:
+        sync_config(model)
+    except ShrinkageError as exc:
+        return str(exc)
+    return None
+
+
 # -- from_pretrained -------------------------------------------------------------------------
 
 
@@ -493,4 +509,12 @@ def from_pretrained(model_class: type[PreTrainedModel], path: str | Path, **kwar
     return model.eval()
 
 
-__all__ = ["LAYOUT_KEY", "Architecture", "architecture_of", "first_difference", "from_pretrained", "sync_config"]
+__all__ = [
+    "LAYOUT_KEY",
+    "Architecture",
+    "architecture_of",
+    "first_difference",
+    "from_pretrained",
+    "sync_config",
+    "sync_config_if_possible",
+]
