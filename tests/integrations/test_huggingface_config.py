@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from shrinkage.compact import max_output_difference
-from shrinkage.errors import DataError, ShrinkageError, UnsupportedModuleError
+from shrinkage.errors import ConfigError, DataError, ShrinkageError, UnsupportedModuleError
 from shrinkage.integrations import huggingface as hf
 
 from support.exactness import assert_compacts_exactly
@@ -337,6 +337,17 @@ def test_missing_files_are_named(saved_gpt2: Path, tmp_path: Path) -> None:
     (saved_gpt2 / "config.json").unlink()
     with pytest.raises(DataError, match="config file not found: .*config.json"):
         hf.from_pretrained(transformers.GPT2LMHeadModel, saved_gpt2)
+
+
+def test_options_of_the_layout_path(saved_gpt2: Path) -> None:
+    wide = hf.from_pretrained(transformers.GPT2LMHeadModel, saved_gpt2, dtype=torch.float64)
+    assert {p.dtype for p in wide.parameters()} == {torch.float64}
+    narrow = hf.from_pretrained(transformers.GPT2LMHeadModel, saved_gpt2)
+    assert max_output_difference(narrow.double(), wide, (_ids(1),)) == 0.0
+    with pytest.raises(ConfigError, match="option 'device_map' is not supported"):
+        hf.from_pretrained(transformers.GPT2LMHeadModel, saved_gpt2, device_map="auto")
+    with pytest.raises(UnsupportedModuleError, match="AutoModelForCausalLM names no config class"):
+        hf.from_pretrained(transformers.AutoModelForCausalLM, saved_gpt2)
 
 
 @pytest.mark.parametrize(

@@ -138,8 +138,8 @@ def architecture_of(config: PretrainedConfig, who: str) -> Architecture:
 
 def _conv1d_codec(conv1d: type[nn.Module]) -> LayoutCodec:
     def encode(m: nn.Module) -> dict[str, Any]:
-        nx, nf = m.weight.shape  # stored (in, out)
-        return {"nx": int(nx), "nf": int(nf)}
+        nx, nf = _stored_shape(m)
+        return {"nx": nx, "nf": nf}
 
     def decode(a: dict[str, Any]) -> nn.Module:
         with torch.device("meta"):
@@ -147,6 +147,13 @@ def _conv1d_codec(conv1d: type[nn.Module]) -> LayoutCodec:
         return layer.to_empty(device="cpu")  # every tensor arrives with the state dict
 
     return LayoutCodec(encode, decode, Record({"nx": Int(0), "nf": Int(0)}), (conv1d,))
+
+
+def _stored_shape(conv1d: nn.Module) -> tuple[int, int]:
+    """A Conv1D's weight shape: (inputs, outputs)."""
+    weight = conv1d.weight
+    assert isinstance(weight, Tensor)
+    return int(weight.shape[0]), int(weight.shape[1])
 
 
 def _conv1d_class() -> type[nn.Module]:
@@ -166,7 +173,7 @@ def _check_conv1d_sizes(base: nn.Module, layout: Mapping[str, LayoutEntry], sour
         origin = base_module(base, name)
         if entry.cls is not conv1d or not isinstance(origin, conv1d):
             continue
-        for key, limit in zip(("nx", "nf"), origin.weight.shape, strict=True):
+        for key, limit in zip(("nx", "nf"), _stored_shape(origin), strict=True):
             if entry.args[key] > limit:
                 raise LayoutError(f"{source}: layout entry '{name}' (Conv1D) has {key}={entry.args[key]}, "
                                   f"more than the {limit} of the base layer")  # fmt: skip
@@ -490,8 +497,12 @@ def from_pretrained(model_class: type[PreTrainedModel], path: str | Path, **kwar
     if not isinstance(raw, dict) or LAYOUT_KEY not in raw:
         return model_class.from_pretrained(directory, **kwargs)
     dtype = _dtype_option(kwargs)
+    config_class = getattr(model_class, "config_class", None)
+    if config_class is None:
+        raise UnsupportedModuleError(f"from_pretrained: {model_class.__name__} names no config class; pass a "
+                                     f"concrete model class (GPT2LMHeadModel, not an Auto class)")  # fmt: skip
     try:
-        config = model_class.config_class.from_pretrained(directory)
+        config = config_class.from_pretrained(directory)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise DataError(f"{config_file}: cannot read the config: {_first_line(exc)}") from None
     record = read_record(config, architecture_of(config, str(config_file)), str(config_file))
@@ -505,7 +516,7 @@ def from_pretrained(model_class: type[PreTrainedModel], path: str | Path, **kwar
     if generation.is_file() and model.can_generate():
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory)
     if dtype is not None:
-        model.to(dtype)
+        nn.Module.to(model, dtype)
     return model.eval()
 
 
