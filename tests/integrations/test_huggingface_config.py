@@ -307,11 +307,17 @@ def test_sync_if_possible_leaves_other_models_as_they_are() -> None:
 
 
 @pytest.fixture(scope="module")
-def saved_gpt2_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gpt2_per_layer() -> nn.Module:
+    """A compacted GPT-2 of different widths per layer, its config synced."""
     small = assert_compacts_exactly(_zeroed("gpt2", [[0, 1], [2]]), (_ids(0),))
     hf.sync_config(small)
+    return small
+
+
+@pytest.fixture(scope="module")
+def saved_gpt2_once(gpt2_per_layer: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("gpt2")
-    small.save_pretrained(directory)
+    gpt2_per_layer.save_pretrained(directory)
     return directory
 
 
@@ -319,6 +325,16 @@ def saved_gpt2_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def saved_gpt2(saved_gpt2_once: Path, tmp_path: Path) -> Path:
     """A copy of the saved model directory, for a test to damage."""
     return Path(shutil.copytree(saved_gpt2_once, tmp_path / "saved"))
+
+
+def test_weights_in_several_files_load_too(gpt2_per_layer: nn.Module, tmp_path: Path) -> None:
+    gpt2_per_layer.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1 and (tmp_path / "model.safetensors.index.json").is_file()
+    loaded = hf.from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
+    _assert_same_outputs(gpt2_per_layer, loaded, (_ids(1),))
+    next(tmp_path.glob("model-*.safetensors")).unlink()
+    with pytest.raises(DataError, match=r"weight file 'model-\d+-of-\d+.safetensors' not found"):
+        hf.from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
 
 
 def _edit_layout(directory: Path, edit: Callable[[dict], None]) -> None:
