@@ -8,14 +8,25 @@ units, and any ``leaf_modules`` a user declares) are seen whole. ``Capture.AUTO`
 fx for those models and export for the others, and falls back to the other capture when
 the first one cannot capture the model or has no rule for one of its ops; the graph
 records which capture was used.
+
+Example inputs that do not fit the model (a wrong shape or dtype) raise
+:class:`~shrinkage.errors.ExampleInputError` naming the module where they fail. The fx
+capture finds it while recording; ``torch.export`` only reports the failing op, so when
+export fails the model is run once eagerly under hooks that note the innermost module and
+op running (:func:`eager_failure`). A capture that succeeds costs no extra run.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from shrinkage.errors import ExampleInputError, UnsupportedModuleError
 from shrinkage.graph.builder import ChannelGraph, build_channel_graph
@@ -60,7 +71,13 @@ def capture_channel_graph(
         )
 
     if capture is Capture.EXPORT:
-        return by_export()
+        try:
+            return by_export()
+        except UnsupportedModuleError as exc:
+            failure = eager_failure(model, example_inputs)
+            if failure is None:
+                raise  # the inputs fit: export itself cannot capture the model
+            raise failure from exc
     if capture is Capture.FX:
         return by_fx()
     whole = leaf_modules + MODULE_LEVEL_TYPES
@@ -75,4 +92,84 @@ def capture_channel_graph(
         except ExampleInputError:
             raise
         except UnsupportedModuleError as second:
+            # neither capture got to run the inputs through the model: see whether they fit at all
+            failure = eager_failure(model, example_inputs)
+            if failure is not None:
+                raise failure from second
             raise UnsupportedModuleError(f"{first} (and with the other capture: {second})") from second
+
+
+class _FailingOp(TorchFunctionMode):
+    """Notes the torch function that raised last, with its tensor arguments and the
+    modules running at that moment (``stack``, kept by the module hooks)."""
+
+    def __init__(self, stack: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.failure: tuple[str, str, tuple[tuple[str, nn.Module], ...]] | None = None
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.failure = None  # a failure the model caught and recovered from is not the one
+        try:
+            return func(*args, **(kwargs or {}))
+        except Exception:
+            op = getattr(func, "__name__", str(func))
+            self.failure = (op, _shapes((args, kwargs or {})), tuple(self.stack))
+            raise
+
+
+def _shapes(tree: Any, most: int = 4) -> str:
+    """``float32[1, 4, 8, 8], float32[8, 3, 3, 3]``: the tensors among ``tree``'s leaves."""
+    tensors = [t for t in pytree.tree_leaves(tree) if isinstance(t, Tensor)]
+    shown = [f"{str(t.dtype).removeprefix('torch.')}[{', '.join(map(str, t.shape))}]" for t in tensors[:most]]
+    return ", ".join(shown + (["..."] if len(tensors) > most else []))
+
+
+@contextmanager
+def _module_stack(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+    """The modules whose forward is running, outermost first, kept by hooks that are
+    removed on the way out."""
+    stack: list[tuple[str, nn.Module]] = []
+    handles = []
+    for name, module in model.named_modules():
+
+        def enter(m: nn.Module, args: Any, name: str = name) -> None:
+            stack.append((name, m))
+
+        def leave(m: nn.Module, args: Any, out: Any) -> None:
+            # its own entry goes, with any that an exception the model caught left above it
+            last = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][1] is m), None)
+            if last is not None:
+                del stack[last:]
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def eager_failure(model: nn.Module, example_inputs: tuple[Any, ...]) -> ExampleInputError | None:
+    """Where ``example_inputs`` fail in an eager run of ``model`` (in eval mode, without
+    gradients, on copies of the inputs; the model is left as it was): the innermost module
+    running and the op that raised, or None when the run succeeds."""
+    flags = [(m, m.training) for m in model.modules()]
+    inputs = pytree.tree_map(lambda x: x.clone() if isinstance(x, Tensor) else x, example_inputs)
+    with _module_stack(model) as stack:
+        mode = _FailingOp(stack)
+        try:
+            model.eval()
+            with torch.no_grad(), mode:
+                model(*inputs)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            running = mode.failure[2] if mode.failure is not None else tuple(stack)
+            name, module = running[-1] if running and running[-1][0] else ("", model)
+            where = f"module '{name}' ({type(module).__name__})" if name else f"{type(model).__name__}.forward"
+            at = f" at {mode.failure[0]}({mode.failure[1]})" if mode.failure is not None else ""
+            return ExampleInputError(f"the example inputs fail in {where}{at}: {first}")
+        finally:
+            for m, flag in flags:
+                m.training = flag
+    return None
