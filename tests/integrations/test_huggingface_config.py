@@ -278,6 +278,37 @@ def test_bert_heads_reload_through_the_layout(kept: list[list[int]], tmp_path: P
     _assert_same_outputs(small, loaded, (_ids(1),), (_ids(2, batch=5, length=4),))
 
 
+def _gpt2_without_head(model: nn.Module, head: int) -> nn.Module:
+    """A copy of ``model`` whose attentions lost ``head`` (its query, key and value columns
+    of the fused ``c_attn`` and its rows of ``c_proj``), with the counts the module reads."""
+    small = copy.deepcopy(model)
+    kept = [h for h in range(HEADS) if h != head]
+    columns = [part * WIDTH + row for part in range(3) for row in _rows(kept)]
+    for block in small.transformer.h:
+        attn = block.attn
+        attn.c_attn.weight = nn.Parameter(attn.c_attn.weight.detach()[:, columns].clone())
+        attn.c_attn.bias = nn.Parameter(attn.c_attn.bias.detach()[columns].clone())
+        attn.c_attn.nf = len(columns)
+        attn.c_proj.weight = nn.Parameter(attn.c_proj.weight.detach()[_rows(kept)].clone())
+        attn.c_proj.nx = len(kept) * HEAD_DIM
+        attn.num_heads, attn.split_size = len(kept), len(kept) * HEAD_DIM
+    return small
+
+
+@pytest.mark.xfail(strict=True, reason="the layout path leaves GPT2Attention.split_size at the base model's width")
+def test_gpt2_heads_reload_through_the_layout(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dense = _gpt2().eval()
+    with torch.no_grad():
+        for block in dense.transformer.h:
+            block.attn.c_proj.weight[_rows([1])] = 0  # Conv1D: rows are inputs
+    small = assert_compacts_exactly(dense, (_ids(0),), compact=lambda m, x: _gpt2_without_head(m, 1))
+    hf.sync_config(small)
+    assert small.config.n_head == HEADS and hf.LAYOUT_KEY in small.config.to_dict()
+    small.save_pretrained(tmp_path)
+    _assert_same_outputs(small, hf.from_pretrained(type(small), tmp_path), (_ids(1),))
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

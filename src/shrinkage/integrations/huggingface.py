@@ -102,21 +102,32 @@ def _transformers() -> Any:
 @cache
 def _architectures() -> dict[type, Architecture]:
     """The known architectures, by config class (subclasses are covered too)."""
-    from transformers import BertConfig, GPT2Config, LlamaConfig, ViTConfig
+    from transformers import BertConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, RobertaConfig, ViTConfig
     from transformers.models.bert.modeling_bert import BertIntermediate, BertSelfAttention
     from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
+    from transformers.models.mistral.modeling_mistral import MistralAttention, MistralMLP
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
+    from transformers.models.roberta.modeling_roberta import RobertaIntermediate, RobertaSelfAttention
     from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP
 
-    qkv = ("q_proj", "k_proj", "v_proj")
+    def bert_like(name: str, intermediate: type[nn.Module], attention: type[nn.Module]) -> Architecture:
+        return Architecture(name, intermediate, "dense", attention, ("query", "key", "value"), "intermediate_size",
+                            "num_attention_heads")  # fmt: skip
+
+    def llama_like(name: str, mlp: type[nn.Module], attention: type[nn.Module]) -> Architecture:
+        return Architecture(name, mlp, "up_proj", attention, ("q_proj", "k_proj", "v_proj"), "intermediate_size",
+                            "num_attention_heads", "num_key_value_heads", "head_dim")  # fmt: skip
+
     return {
-        BertConfig: Architecture("bert", BertIntermediate, "dense", BertSelfAttention, ("query", "key", "value"),
-                                 "intermediate_size", "num_attention_heads"),
+        BertConfig: bert_like("bert", BertIntermediate, BertSelfAttention),
+        RobertaConfig: bert_like("roberta", RobertaIntermediate, RobertaSelfAttention),
         GPT2Config: Architecture("gpt2", GPT2MLP, "c_fc", GPT2Attention, ("c_attn",), "n_inner", "n_head"),
-        LlamaConfig: Architecture("llama", LlamaMLP, "up_proj", LlamaAttention, qkv, "intermediate_size",
-                                  "num_attention_heads", "num_key_value_heads", "head_dim"),
-        ViTConfig: Architecture("vit", ViTMLP, "fc1", ViTAttention, qkv, "intermediate_size", "num_attention_heads",
-                                head_dim_key="head_dim"),
+        LlamaConfig: llama_like("llama", LlamaMLP, LlamaAttention),
+        MistralConfig: llama_like("mistral", MistralMLP, MistralAttention),
+        Qwen2Config: llama_like("qwen2", Qwen2MLP, Qwen2Attention),
+        ViTConfig: Architecture("vit", ViTMLP, "fc1", ViTAttention, ("q_proj", "k_proj", "v_proj"),
+                                "intermediate_size", "num_attention_heads", head_dim_key="head_dim"),
     }  # fmt: skip
 
 
