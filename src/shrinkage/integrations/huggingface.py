@@ -347,7 +347,7 @@ def sync_config(model: PreTrainedModel) -> None:
     implied = _uniform_sizes(model, arch, base_config)
     uniform = {k: v for k, v in implied.items() if getattr(base_config, k, None) != v}
     if first_difference(model, _on_meta(type(model), _with_sizes(base_config, uniform))) is None:
-        _set_sizes(config, uniform)
+        _set_sizes(config, {**base, **uniform})
         return
     base_model = _on_meta(type(model), base_config)
     described = describe(model)
