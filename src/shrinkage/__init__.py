@@ -7,13 +7,16 @@ steps, then removal of the zeroed structures and low-rank factorization.
 
 from shrinkage.budget import Achieved, Budget, BudgetError, PruneResult, prune
 from shrinkage.compact import (
+    AttentionType,
     CompactOptions,
+    HeadCounts,
     LayerType,
     WeightUse,
     compact,
     factorize,
     load,
     plan_compaction,
+    register_attention_type,
     register_layer_type,
     save,
 )
@@ -32,4 +35,7 @@ __all__ = [
     "LayerType",
     "WeightUse",
     "register_layer_type",
+    "AttentionType",
+    "HeadCounts",
+    "register_attention_type",
     "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction", "save"]

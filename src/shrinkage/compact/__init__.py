@@ -1,6 +1,7 @@
 """Compaction: plan (what to keep) -> surgery (new, smaller modules); factorization."""
 
 from shrinkage.compact.api import apply_plan, compact, max_output_difference, plan_compaction
+from shrinkage.compact.attention_types import AttentionType, HeadCounts, register_attention_type
 from shrinkage.compact.choice import ByMacs, FormChoice, FormPolicy, Measured, default_policy, set_default_policy
 from shrinkage.compact.factorize import LayerFactorization, factorize, plan_factorization, rank_for_energy
 from shrinkage.compact.forms import FormContext, LayerForm, form_choices, register_form
@@ -12,6 +13,9 @@ from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
 
 __all__ = [
+    "AttentionType",
+    "HeadCounts",
+    "register_attention_type",
     "LayerType",
     "WeightUse",
     "layer_type_of",

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from shrinkage.compact import layer_forms as _layer_forms  # noqa: F401  (registers the conv/linear forms)
+from shrinkage.compact.attention_types import attention_type_of
 from shrinkage.compact.forms import choose_form, forms_for, mark
 from shrinkage.compact.layer_types import layer_type_of
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
@@ -127,6 +128,12 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         add_bias(new.get_submodule(name), delta[out_mask] if out_mask is not None else delta)
     for name, keep in plan.heads.items():
         set_submodule(new, name, HeadPrunedAttention.from_module(name, new.get_submodule(name), keep))
+    for name, kept_kv in plan.attention_heads.items():
+        attention = new.get_submodule(name)
+        attention_type = attention_type_of(attention)
+        assert attention_type is not None
+        group = attention_type.counts(model.get_submodule(name)).group
+        attention_type.set_counts(attention, int(kept_kv.sum()) * group, int(kept_kv.sum()))
     for name, layer in plan.layers.items():
         chosen = copy.deepcopy(layer).train(model.get_submodule(name).training)
         set_submodule(new, name, mark(chosen, plan.forms[name]))

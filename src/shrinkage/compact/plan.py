@@ -31,6 +31,7 @@ from torch import Tensor, fx, nn
 
 from shrinkage.compact.choice import FormChoice, FormPolicy, default_policy
 from shrinkage.compact.forms import FormContext
+from shrinkage.compact.head_plan import decide_heads, head_units
 from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
 from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions
@@ -92,6 +93,8 @@ class CompactionPlan:
     keep: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # (module, dim) -> bool mask
     bias_delta: dict[str, Tensor] = field(default_factory=dict)  # consumer module -> added bias
     heads: dict[str, Tensor] = field(default_factory=dict)  # attention module -> bool mask of kept heads
+    #: hand-written attention module -> bool mask of kept key/value heads (query heads follow)
+    attention_heads: dict[str, Tensor] = field(default_factory=dict)
     forms: dict[str, FormChoice] = field(default_factory=dict)  # layer -> its form choice
     layers: dict[str, nn.Module] = field(default_factory=dict)  # layer -> the chosen layer
     spaces: list[dict[str, Any]] = field(default_factory=list)
@@ -104,7 +107,7 @@ class CompactionPlan:
             modules.setdefault(name, {})[f"keep_dim{dim}"] = mask.nonzero().flatten().tolist()
         for name in self.bias_delta:
             modules.setdefault(name, {})["bias_folded"] = True
-        for name, mask in self.heads.items():
+        for name, mask in (self.heads | self.attention_heads).items():
             modules.setdefault(name, {})["kept_heads"] = mask.nonzero().flatten().tolist()
         for name, choice in self.forms.items():
             modules.setdefault(name, {})["form"] = choice.as_dict()
@@ -344,11 +347,17 @@ def decide(cg: ChannelGraph, round_to: int = 1) -> CompactionPlan:
     nodes = {n.name: n for n in cg.gm.graph.nodes}
     space_nodes = _nodes_by_space(cg, nodes)
     _decide_heads(cg, plan)
+    head_keep = _decide_attention_heads(cg, plan)
     for root in cg.table.roots():
         space = cg.table.get(root)
         n = space.size
         summary = {"nodes": space.nodes, "size": n, "kept": n, "pinned": sorted(set(space.pinned))}
         plan.spaces.append(summary)
+        if space.heads is not None:  # channels that go by whole heads
+            if root in head_keep:
+                summary["kept"] = int(head_keep[root].sum())
+                _remove(plan, cg, space, root, head_keep[root])
+            continue
         if space.pinned or space.is_input or not space.consumers or n == 0:
             continue
         unread = torch.ones(n, dtype=torch.bool)
@@ -379,14 +388,29 @@ def decide(cg: ChannelGraph, round_to: int = 1) -> CompactionPlan:
                 if delta.abs().sum() > 0:
                     plan.bias_delta[use.module] = plan.bias_delta.get(use.module, 0) + delta
         summary["kept"] = int((~remove).sum())
-        keep_channels = ~remove
-        for s in space.producers:
-            _mask(plan, cg, s.module, s.attr, s.dim)[:] &= keep_channels
-        for use in space.passthrough + space.consumers:
-            mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
-            for ch, pos in channel_positions(cg, use, root):
-                mask[pos[~keep_channels[ch]].reshape(-1)] = False
+        _remove(plan, cg, space, root, ~remove)
     return plan
+
+
+def _remove(plan: CompactionPlan, cg: ChannelGraph, space: Space, root: int, keep_channels: Tensor) -> None:
+    """Record in ``plan`` that only ``keep_channels`` of space ``root`` stay, in every slice."""
+    for s in space.producers:
+        _mask(plan, cg, s.module, s.attr, s.dim)[:] &= keep_channels
+    for use in space.passthrough + space.consumers:
+        mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
+        for ch, pos in channel_positions(cg, use, root):
+            mask[pos[~keep_channels[ch]].reshape(-1)] = False
+
+
+def _decide_attention_heads(cg: ChannelGraph, plan: CompactionPlan) -> dict[int, Tensor]:
+    """The heads of hand-written attention modules that go; returns the kept channels per space root."""
+    keep: dict[int, Tensor] = {}
+    for unit in head_units(cg):
+        decided = decide_heads(cg, unit, _zero_channels)
+        if decided is not None:
+            plan.attention_heads[unit.module], spaces = decided
+            keep.update(spaces)
+    return keep
 
 
 def _mask(plan: CompactionPlan, cg: ChannelGraph, module: str, attr: str, dim: int) -> Tensor:

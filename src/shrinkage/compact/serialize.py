@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from shrinkage.compact.attention_types import sync_head_counts
 from shrinkage.compact.layout import LayoutEntry, describe, parse_layout
 from shrinkage.compact.layout_plan import build, index_bounds, install, plan_rebuild
 from shrinkage.compact.layout_schema import LayoutError, MapOf, Record, SchemaMismatch, Text, parse_json
@@ -181,4 +182,5 @@ def load(path: str | Path, base_model: nn.Module) -> nn.Module:
             f"{path} does not fit the rebuilt {type(base_model).__name__}: "
             f"{'missing' if missing else 'unexpected'} tensor '{key}'"
         )
+    sync_head_counts(base_model)  # attention modules whose heads were removed read their new counts
     return base_model

@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from shrinkage.errors import UnsupportedModuleError
+from shrinkage.graph.attention_heads import HeadUnit, find_head_units
 from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
@@ -33,6 +34,8 @@ class ExportChannelGraph(ChannelGraph):
     owners: dict[str, str] = field(default_factory=dict)
     #: a module registered under several names -> its first name (``named_modules`` order)
     aliases: dict[str, str] = field(default_factory=dict)
+    #: registered attention modules whose channels go by whole heads
+    head_units: list[HeadUnit] = field(default_factory=list)
 
     def module(self, name: str) -> nn.Module:
         assert self.root is not None
@@ -96,8 +99,22 @@ class ExportGraphBuilder(GraphBuilder):
             (space.consumers if consumer else space.passthrough).append(use)
 
     def run(self, rules: RuleSet) -> None:
+        self.g.head_units = list(find_head_units(self))
+        inside = {name: u for u in self.g.head_units for name in u.inside}
+        projection = {p.name: (u, role) for u in self.g.head_units for role, p in u.projections.items()}
+        merged_by = {u.output_op.name: u for u in self.g.head_units if u.output_op is not None}
         for node in self.g.gm.graph.nodes:
             out = self.g.values.get(node.name)
+            if node.name in inside:
+                unit = inside[node.name]
+                unit.check(self, node)
+                if node is unit.exit:
+                    self.g.axes[node.name] = unit.merged(self, node)
+                continue
+            if node.name in merged_by:  # the output projection reads the merged heads
+                unit = merged_by[node.name]
+                source = layer_input(node)
+                self.g.axes[source.name] = unit.merged(self, source)
             if node.op == "placeholder":
                 axis = self._input_axis(node, out)
             elif node.op == "output":
@@ -112,6 +129,9 @@ class ExportGraphBuilder(GraphBuilder):
                 axis = rules.apply(self, node)
             if axis is not None:
                 self.g.axes[node.name] = axis
+            if node.name in projection:
+                unit, role = projection[node.name]
+                unit.after_projection(self, node, role)
 
     def _input_axis(self, node: fx.Node, value: Any) -> Axis | None:
         if not isinstance(value, torch.Tensor) or value.dim() < 2 or not value.is_floating_point():

@@ -100,6 +100,9 @@ class Space:
     is_input: bool = False
     #: names of the fx nodes whose output channels belong to this space (for messages)
     nodes: list[str] = field(default_factory=list)
+    #: the attention module whose heads these channels belong to: they go by whole heads
+    #: (see :mod:`shrinkage.graph.attention_heads`), never one by one
+    heads: str | None = None
 
 
 class SpaceTable:
@@ -134,6 +137,7 @@ class SpaceTable:
             # a use that read both spaces is listed once in the merged one
             setattr(sa, name, list(dict.fromkeys(getattr(sa, name) + getattr(sb, name))))
         sa.is_input = sa.is_input or sb.is_input
+        sa.heads = sa.heads or sb.heads
         self._parent[rb] = ra
         return ra
 
