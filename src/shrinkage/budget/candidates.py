@@ -115,6 +115,8 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
         space = graph.table.get(root)
         if space.pinned or space.is_input or not space.consumers or space.size < 1:
             continue
+        if space.heads is not None:
+            continue  # attention heads go whole (compaction removes them), never channel by channel
         if not any(f"{s.module}.{s.attr}" in params for s in space.producers):
             continue
         grouping = space_grouping(graph, params, root)
@@ -139,4 +141,15 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
         # at least one head stays: whether the attention's output is bypassed is not known
         # here (its whole sub-block goes through depth of the surrounding spaces instead)
         units.append(Unit(name, grouping, per_head, sizes, _squared_norms(grouping), False, False))
+    for head_unit in getattr(graph, "head_units", []):
+        if head_unit.failed:
+            continue  # the capture keeps these heads: zeroing them would remove nothing
+        (grouping,) = Heads().build(head_unit.module, model.get_submodule(head_unit.module))
+        groups = grouping.n_groups
+        if groups < 2:
+            continue  # at least one head stays
+        # the module's MACs (projections and attention products) split evenly over its groups
+        per_group = torch.full((groups,), macs.get(head_unit.module, 0) / groups, dtype=torch.float64)
+        sizes = torch.full((groups,), float(grouping.shape[1]), dtype=torch.float64)
+        units.append(Unit(head_unit.module, grouping, per_group, sizes, _squared_norms(grouping), False, False))
     return units

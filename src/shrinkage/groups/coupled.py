@@ -62,6 +62,8 @@ class CoupledChannels(GroupKind):
             space = graph.table.get(root)
             if space.pinned or space.is_input or not selected.intersection(s.module for s in space.producers):
                 continue
+            if space.heads is not None:
+                continue  # channels that go by whole attention heads, not one by one
             groupings.append(space_grouping(graph, params, root))
         return groupings
 

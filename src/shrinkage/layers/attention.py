@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from torch import Tensor, nn
 
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.layers.compacted import uninitialized
+
+if TYPE_CHECKING:
+    from shrinkage.compact.attention_types import AttentionType
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,46 @@ def head_layout(name: str, module: nn.Module) -> HeadLayout:
                 qk += (HeadSlice(bias, 0, _rows(h, d)), HeadSlice(bias, 0, _rows(h, d, e)))
                 v += (HeadSlice(bias, 0, _rows(h, d, 2 * e)),)
         return HeadLayout(h, d, v, out, qk)
+    from shrinkage.compact.attention_types import attention_type_of
+
+    attention_type = attention_type_of(module)
+    if attention_type is not None:
+        return _registered_layout(module, attention_type)
     raise UnsupportedModuleError(
         f"module '{name}' ({type(module).__name__}) has no head groups; they exist for "
-        "nn.MultiheadAttention and HeadPrunedAttention"
+        "nn.MultiheadAttention, HeadPrunedAttention and registered attention types "
+        "(see shrinkage.register_attention_type)"
     )
+
+
+def _registered_layout(module: nn.Module, attention_type: AttentionType) -> HeadLayout:
+    """Head layout of a registered hand-written attention. One group per key/value head:
+    in grouped-query attention it holds the rows of every query head that reads it, since
+    compaction removes them together. Without an output projection inside the module (BERT)
+    the groups hold the projections' rows only."""
+    from shrinkage.compact.layer_types import stored_dim
+
+    c = attention_type.counts(module)
+    kv, d, q_width = c.key_value, c.head_dim, c.group * c.head_dim
+
+    def rows(role: str, width: int, offset: int = 0) -> tuple[HeadSlice, ...]:
+        layer = module.get_submodule(attention_type.projections()[role])
+        index = offset + torch.arange(kv * width).reshape(kv, width)
+        out = (HeadSlice(layer.weight, stored_dim(layer, "weight", 0), index),)
+        bias = getattr(layer, "bias", None)
+        return out + ((HeadSlice(bias, 0, index),) if isinstance(bias, nn.Parameter) else ())
+
+    if attention_type.fused_qkv is not None:
+        query_key = rows("qkv", q_width) + rows("qkv", d, kv * q_width)
+        value = rows("qkv", d, kv * q_width + kv * d)
+    else:
+        query_key, value = rows("query", q_width) + rows("key", d), rows("value", d)
+    output: tuple[HeadSlice, ...] = ()
+    if attention_type.output is not None:
+        out = module.get_submodule(attention_type.output)
+        index = torch.arange(kv * q_width).reshape(kv, q_width)
+        output = (HeadSlice(out.weight, stored_dim(out, "weight", 1), index),)
+    return HeadLayout(kv, d, value, output, query_key)
 
 
 def _zero_heads(slices: tuple[HeadSlice, ...], heads: int) -> Tensor:
@@ -105,7 +145,8 @@ def _zero_heads(slices: tuple[HeadSlice, ...], heads: int) -> Tensor:
 def removable_heads(name: str, module: nn.Module) -> Tensor:
     """Bool ``(heads,)``: heads whose removal leaves the module's output unchanged."""
     layout = head_layout(name, module)
-    return _zero_heads(layout.value, layout.heads) | _zero_heads(layout.output, layout.heads)
+    unread = _zero_heads(layout.output, layout.heads) if layout.output else torch.zeros(layout.heads, dtype=torch.bool)
+    return _zero_heads(layout.value, layout.heads) | unread
 
 
 class HeadPrunedAttention(nn.Module):
