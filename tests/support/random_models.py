@@ -4,8 +4,10 @@
 stride and dilation, depthwise convs, Linear on 2-D and 3-D inputs, BatchNorm, PReLU,
 activations including in-place ones, pooling, flatten/view, residual add/sub/mul,
 cat/split/chunk, squeeze-excitation gates, in-place tensor ops, modules called twice,
-``nn.MultiheadAttention``; float32 or float64) and zeroes random structures: rows,
-columns, filter-shape columns, whole layers, BatchNorm scales, attention heads.
+``nn.MultiheadAttention``, attention written by hand (fused or separate projections,
+grouped-query, with or without an output projection); float32 or float64) and zeroes
+random structures: rows, columns, filter-shape columns, whole layers, BatchNorm scales,
+attention heads.
 
 ``fuzz_one(seed)`` compacts the model on its example inputs and compares it with the
 original on fresh inputs (another batch and, where the model allows, other spatial
@@ -26,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import shrinkage
-from shrinkage.compact import CompactOptions, max_output_difference
+from shrinkage.compact import AttentionType, CompactOptions, HeadCounts, max_output_difference, register_attention_type
 from shrinkage.compact.choice import ByMacs
 from shrinkage.errors import ShrinkageError
+from shrinkage.groups import Heads
 
 # the four tensor layouts a value can have
 IMAGE = "image"  # (N, C, H, W)
@@ -66,6 +69,74 @@ class RandomNet(nn.Module):
 
 def _call(name: str, src: int) -> Step:
     return lambda net, v: getattr(net, name)(v[src])
+
+
+class HandAttention(nn.Module):
+    """Attention written by hand, in the variants real models use: one fused qkv Linear or
+    three, grouped-query (``kv_heads < heads``), the scaled-dot-product kernel or an
+    explicit softmax, with or without an output projection inside (without, the merged
+    heads leave the module, as in BERT). Registered as an attention type below."""
+
+    def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, fused: bool, out: bool, sdpa: bool,
+                 bias: bool) -> None:  # fmt: skip
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim, self.sdpa = heads, kv_heads, head_dim, sdpa
+        q, kv = heads * head_dim, kv_heads * head_dim
+        if fused:
+            self.qkv = nn.Linear(width, q + 2 * kv, bias=bias)
+        else:
+            self.q, self.k, self.v = nn.Linear(width, q, bias=bias), nn.Linear(width, kv), nn.Linear(width, kv, bias=bias)
+        self.out = nn.Linear(q, width) if out else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if hasattr(self, "qkv"):
+            q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)
+        k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (k, v))
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = ((q @ k.transpose(-2, -1)) * self.head_dim**-0.5).softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(b, t, -1)
+        return self.out(y) if self.out is not None else y
+
+
+def _hand_counts(m: nn.Module) -> HeadCounts:
+    d = m.head_dim
+    if hasattr(m, "qkv"):  # rows: (heads + 2 kv heads) * d, heads = group * kv heads
+        group = m.heads // m.kv_heads
+        kv = m.qkv.out_features // d // (group + 2)
+        return HeadCounts(kv * group, kv, d)
+    return HeadCounts(m.q.out_features // d, m.v.out_features // d, d)
+
+
+def _hand_set(m: nn.Module, query: int, key_value: int) -> None:
+    m.heads, m.kv_heads = query, key_value
+
+
+def _register_hand_attention() -> None:
+    for fused in (True, False):
+        for out in (True, False):
+            names = {"fused_qkv": "qkv"} if fused else {"query": "q", "key": "k", "value": "v"}
+            register_attention_type(AttentionType((_hand_class(fused, out),), _hand_counts, _hand_set, **names,
+                                                  output="out" if out else None))  # fmt: skip
+
+
+_HAND_CLASSES: dict[tuple[bool, bool], type[HandAttention]] = {}
+
+
+def _hand_class(fused: bool, out: bool) -> type[HandAttention]:
+    """One subclass per layout, so each registered type names children its modules have."""
+    key = (fused, out)
+    if key not in _HAND_CLASSES:
+        _HAND_CLASSES[key] = type(f"HandAttention{'Fused' if fused else ''}{'Out' if out else ''}", (HandAttention,), {})
+    return _HAND_CLASSES[key]
 
 
 class _Generator:
@@ -191,6 +262,17 @@ class _Generator:
         )
         step: Step = lambda net, vals, src=i: getattr(net, name)(vals[src], vals[src], vals[src], need_weights=False)[0]  # noqa: E731
         return self.emit(step, Value(SEQUENCE, v.channels, v.size), f"{name}(v{i}, v{i}, v{i})")
+
+    def hand_attention(self, i: int) -> int:
+        v = self.values[i]
+        head_dim = self.rng.choice([2, 4])
+        kv_heads = self.rng.choice([1, 2])
+        heads = kv_heads * self.rng.choice([1, 2])
+        fused, out, sdpa = self.chance(0.5), self.chance(0.7), self.chance(0.5)
+        m = _hand_class(fused, out)(v.channels, heads, kv_heads, head_dim, fused, out, sdpa, self.chance(0.7))
+        width = v.channels if out else heads * head_dim
+        what = f"HandAttention({v.channels}, heads={heads}, kv={kv_heads}, d={head_dim}, fused={fused}, out={out}, sdpa={sdpa})"
+        return self.apply(m, i, Value(SEQUENCE, width, v.size), what, reusable=False)
 
     # -- combinations ------------------------------------------------------------------
     def residual(self, i: int) -> int:
@@ -353,7 +435,7 @@ class _Generator:
                 ops.append(self.image_to_signal)
         elif v.layout == SEQUENCE:
             ops = [self.linear, self.linear, self.activation, self.residual, self.concat, self.split, self.inplace,
-                   self.attention]  # fmt: skip
+                   self.attention, self.hand_attention]  # fmt: skip
             if v.channels % 2 == 0:
                 ops.append(self.attention)
         else:
@@ -438,6 +520,12 @@ def _randomize(model: nn.Module, g: _Generator) -> None:
                 _zero_weights(m.weight, m.bias, g, pick)
             elif isinstance(m, nn.MultiheadAttention) and g.chance(0.6):
                 _zero_head(m, g)
+        for m in model.modules():  # after their Linears got random zeros of their own
+            if isinstance(m, HandAttention) and g.chance(0.6):
+                (group,) = Heads().build("attention", m)
+                matrix = group.gather()
+                matrix[g.rng.randrange(group.n_groups)] = 0  # a key/value head with its query heads
+                group.scatter_(matrix)
 
 
 def _zero_weights(w: Tensor, bias: Tensor | None, g: _Generator, pick: Callable[[int], Tensor]) -> None:
@@ -535,3 +623,6 @@ def _worst_difference(case: RandomModel, small: nn.Module, inputs_list: list[tup
         scale = max(float(reference.abs().max()) if reference.numel() else 0.0, 1.0)
         worst = max(worst, max_output_difference(case.model, small, inputs) / scale)
     return worst
+
+
+_register_hand_attention()
