@@ -6,8 +6,9 @@
 
 Every torchvision classifier, popular timm models and small Hugging Face transformers
 (random weights, nothing downloaded; see zoo_models.py). In each, a quarter of every
-coupled channel group set and of the heads of every ``nn.MultiheadAttention`` is zeroed
-as a converged group Lasso leaves them (random non-zero BatchNorm statistics and biases),
+coupled channel group set and of the heads of every ``nn.MultiheadAttention`` and
+registered hand-written attention (timm, BERT, GPT-2, LLaMA, ...) is zeroed as a
+converged group Lasso leaves them (random non-zero BatchNorm statistics and biases),
 then ``shrinkage.compact`` runs (fewest-MAC forms, no timing) and is classified:
 
 * ``exact``: outputs equal the original's on a fresh input (relative to the output

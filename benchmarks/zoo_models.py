@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from shrinkage.compact.attention_types import attention_type_of
 from shrinkage.errors import ShrinkageError
 from shrinkage.groups import CoupledChannels, Grouping, Heads
 from shrinkage.groups.coupled import space_grouping
@@ -259,7 +260,7 @@ def zero_heads(model: nn.Module, gen: torch.Generator, fraction: float) -> int:
     zeroed = 0
     with torch.no_grad():
         for name, m in model.named_modules():
-            if isinstance(m, nn.MultiheadAttention):
+            if isinstance(m, nn.MultiheadAttention) or attention_type_of(m) is not None:
                 for g in Heads().build(name, m):
                     matrix = g.gather()
                     rows = torch.randperm(matrix.shape[0], generator=gen)[: max(1, int(matrix.shape[0] * fraction))]
