@@ -295,7 +295,6 @@ def _gpt2_without_head(model: nn.Module, head: int) -> nn.Module:
     return small
 
 
-@pytest.mark.xfail(strict=True, reason="the layout path leaves GPT2Attention.split_size at the base model's width")
 def test_gpt2_heads_reload_through_the_layout(tmp_path: Path) -> None:
     torch.manual_seed(0)
     dense = _gpt2().eval()

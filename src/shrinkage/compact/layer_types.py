@@ -169,7 +169,10 @@ def _register_optional() -> None:
             from transformers.pytorch_utils import Conv1D
         except ImportError:
             return
-        register_layer_type(LayerType((Conv1D,), _matrix_shrink, WeightUse.MATMUL))
+        from shrinkage.compact.layout import matrix_codec
+
+        codecs = MappingProxyType({Conv1D: matrix_codec(Conv1D)})
+        register_layer_type(LayerType((Conv1D,), _matrix_shrink, WeightUse.MATMUL, codecs=codecs))
 
 
 _register_builtin()

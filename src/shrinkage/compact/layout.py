@@ -333,6 +333,24 @@ _CROPPED_SCHEMA = Record({
     "in_channels": Int(0), "out_channels": Int(0), "kernel_size": _PAIR, "stride": _PAIR, "padding": _PAIR0,
     "dilation": _PAIR, "offset": _PAIR0, "full_kernel_size": _PAIR, "bias": Bool(),
 })  # fmt: skip
+def matrix_codec(cls: type[nn.Module]) -> LayoutCodec:
+    """Codec of a linear layer storing its weight as an ``(in, out)`` matrix (transformers'
+    ``Conv1D``, constructed as ``cls(nf, nx)``): ``nx`` inputs, ``nf`` outputs."""
+
+    def decode(a: Args) -> nn.Module:
+        with torch.device("meta"):
+            layer = cls(a["nf"], a["nx"])
+        return layer.to_empty(device="cpu")  # every tensor arrives with the state dict
+
+    return LayoutCodec(
+        lambda m: {"nx": int(m.weight.shape[0]), "nf": int(m.weight.shape[1])},
+        decode,
+        Record({"nx": Int(0), "nf": Int(0)}),
+        (cls,),
+        lambda a, limits: (Bound("nx", a["nx"], limits.inputs), Bound("nf", a["nf"], limits.outputs)),
+    )
+
+
 #: layers a factorization or an input selection replaces by a container of smaller ones
 _SPLIT = (nn.Linear, nn.Conv2d, nn.MultiheadAttention, HeadPrunedAttention)
 

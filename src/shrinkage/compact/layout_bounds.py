@@ -84,6 +84,12 @@ def limits_of(origin: nn.Module, derived: bool) -> Limits:
         return Limits(origin.num_parameters, origin.num_parameters)
     if isinstance(origin, nn.MultiheadAttention | HeadPrunedAttention):
         return _attention_limits(origin)
+    from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
+
+    layer_type = layer_type_of(origin)
+    if layer_type is not None and layer_type.weight_use is WeightUse.MATMUL:  # an (in, out) matrix
+        outputs, inputs = canonical_param(origin, "weight").shape
+        return Limits(int(inputs), int(outputs))
     return Limits()  # containers: nothing sized may stand in for them
 
 

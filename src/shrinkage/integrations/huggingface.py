@@ -39,9 +39,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from shrinkage.compact.attention_types import sync_head_counts
 from shrinkage.compact.layer_types import canonical_param
-from shrinkage.compact.layout import CODECS, LayoutCodec, LayoutEntry, describe, parse_layout, register_codec
-from shrinkage.compact.layout_plan import base_module, build, index_bounds, install, plan_rebuild
+from shrinkage.compact.layout import LayoutEntry, describe, parse_layout
+from shrinkage.compact.layout_plan import build, index_bounds, install, plan_rebuild
 from shrinkage.compact.layout_schema import AnyObject, Int, LayoutError, MapOf, Nullable, Record, SchemaMismatch, Text
 from shrinkage.compact.saved_tensors import (
     adopt_dtypes,
@@ -142,52 +143,6 @@ def architecture_of(config: PretrainedConfig, who: str) -> Architecture:
         f"{who}: no size table for the Hugging Face architecture {type(config).__name__} "
         f"(model_type {getattr(config, 'model_type', None)!r}); known: {known}"
     )
-
-
-# -- GPT-2's Conv1D in layouts ---------------------------------------------------------------
-
-
-def _conv1d_codec(conv1d: type[nn.Module]) -> LayoutCodec:
-    def encode(m: nn.Module) -> dict[str, Any]:
-        nx, nf = _stored_shape(m)
-        return {"nx": nx, "nf": nf}
-
-    def decode(a: dict[str, Any]) -> nn.Module:
-        with torch.device("meta"):
-            layer = conv1d(a["nf"], a["nx"])
-        return layer.to_empty(device="cpu")  # every tensor arrives with the state dict
-
-    return LayoutCodec(encode, decode, Record({"nx": Int(0), "nf": Int(0)}), (conv1d,))
-
-
-def _stored_shape(conv1d: nn.Module) -> tuple[int, int]:
-    """A Conv1D's weight shape: (inputs, outputs)."""
-    weight = conv1d.weight
-    assert isinstance(weight, Tensor)
-    return int(weight.shape[0]), int(weight.shape[1])
-
-
-def _conv1d_class() -> type[nn.Module]:
-    """transformers' Conv1D, with a layout codec registered (unless one already is)."""
-    from transformers.pytorch_utils import Conv1D
-
-    if Conv1D not in CODECS:
-        register_codec(Conv1D, _conv1d_codec(Conv1D))
-    return Conv1D
-
-
-def _check_conv1d_sizes(base: nn.Module, layout: Mapping[str, LayoutEntry], source: str) -> None:
-    """A Conv1D entry asks for no more inputs or outputs than the base layer it replaces
-    (the layout bounds know only PyTorch's layers)."""
-    conv1d = _conv1d_class()
-    for name, entry in layout.items():
-        origin = base_module(base, name)
-        if entry.cls is not conv1d or not isinstance(origin, conv1d):
-            continue
-        for key, limit in zip(("nx", "nf"), _stored_shape(origin), strict=True):
-            if entry.args[key] > limit:
-                raise LayoutError(f"{source}: layout entry '{name}' (Conv1D) has {key}={entry.args[key]}, "
-                                  f"more than the {limit} of the base layer")  # fmt: skip
 
 
 # -- reading the layers' sizes ---------------------------------------------------------------
@@ -338,7 +293,6 @@ def sync_config(model: PreTrainedModel) -> None:
         raise UnsupportedModuleError(f"sync_config: expected a transformers model, got {type(model).__name__}")
     config = model.config
     arch = architecture_of(config, "sync_config")
-    _conv1d_class()  # GPT-2's layers can be described in a layout
     record = read_record(config, arch, "sync_config")
     # the sizes every layer fits in: those of an earlier record, else the config's own
     own = {key: getattr(config, key) for key in arch.size_keys() if hasattr(config, key)}
@@ -352,7 +306,6 @@ def sync_config(model: PreTrainedModel) -> None:
     base_model = _on_meta(type(model), base_config)
     described = describe(model)
     layout = parse_layout(json.dumps(described), LAYOUT_KEY)
-    _check_conv1d_sizes(base_model, layout, "sync_config")
     plan = plan_rebuild(base_model, layout, "sync_config")
     problem = first_difference(model, base_model, plan.tops)
     if problem is not None:
@@ -454,7 +407,6 @@ def _tied_aliases(expected: Mapping[str, Tensor], stored: Mapping[str, tuple[int
 def _load_weights(base: nn.Module, layout: dict[str, LayoutEntry], directory: Path, config_file: str) -> None:
     """Apply ``layout`` to ``base`` and load the saved tensors; nothing in ``base`` changes
     unless every tensor fits."""
-    _check_conv1d_sizes(base, layout, config_file)
     plan = plan_rebuild(base, layout, config_file)
     made = build(plan, config_file)
     expected = expected_tensors(base, made)
@@ -474,6 +426,7 @@ def _load_weights(base: nn.Module, layout: dict[str, LayoutEntry], directory: Pa
     except RuntimeError as exc:  # checked above; a module with its own loading rules may still refuse
         raise ShrinkageError(f"{source} does not load into the rebuilt {type(base).__name__}: "
                              f"{_first_line(exc)}") from None  # fmt: skip
+    sync_head_counts(base)  # attention modules that lost heads read their counts from the projections
 
 
 def _dtype_option(kwargs: dict[str, Any]) -> torch.dtype | None:
