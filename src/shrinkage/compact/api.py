@@ -20,6 +20,7 @@ from shrinkage.errors import ShrinkageError, UnsupportedModuleError
 from shrinkage.graph.builder import ChannelGraph
 from shrinkage.graph.capture import capture_channel_graph, capture_used
 from shrinkage.graph.export_graph import called_as_module, node_owner
+from shrinkage.integrations.huggingface import sync_config_if_possible
 from shrinkage.layers import HeadPrunedAttention
 
 log = logging.getLogger(__name__)
@@ -278,4 +279,7 @@ def _compact(
     log.info("compacted %s (captured with %s): max output difference %.3g", type(model).__name__, plan.capture.value, diff)
     for name, choice in plan.forms.items():
         log.info("layer %s: form %s (%s)", name, choice.chosen, choice.by)
+    why_not = sync_config_if_possible(new)  # a transformers model's config states its new sizes
+    if why_not is not None:
+        log.info("config of %s left as it was: %s", type(model).__name__, why_not)
     return new
