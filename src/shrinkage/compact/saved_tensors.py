@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from shrinkage.compact.layout import CODECS
+from shrinkage.compact.layout import codec_of
 from shrinkage.compact.layout_schema import LayoutError
 
 
@@ -83,7 +83,7 @@ def check_dtypes(model_tensors: Mapping[str, Tensor], state: Mapping[str, Tensor
             raise LayoutError(f"{source}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')}, "
                               f"but the layout's model needs {kind}")  # fmt: skip
         owner = _owner(name)
-        if not tensor.is_floating_point() or type(layers.get(owner)) not in CODECS:
+        if not tensor.is_floating_point() or owner not in layers or codec_of(type(layers[owner])) is None:
             continue
         first = precision.setdefault(owner, (name, tensor.dtype))
         if first[1] != tensor.dtype:
