@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
 
 from shrinkage.compact.layer_types import WeightUse, layer_type_of
 from shrinkage.graph import rules as fx_rules
-from shrinkage.graph.builder import GraphBuilder, RuleSet
+from shrinkage.graph.builder import GraphBuilder, RuleFn, RuleSet, node_args, node_kwargs
 from shrinkage.graph.export_graph import ExportGraphBuilder
+from shrinkage.graph.rule_marks import Pads, mark
 from shrinkage.graph.spaces import Axis, Segment
 
 aten = torch.ops.aten
@@ -33,7 +34,7 @@ Rule = Callable[[ExportGraphBuilder, fx.Node], Axis | None]
 class AtenRuleSet(RuleSet):
     """Rules keyed by ATen op packet (``aten.add``: every overload), plus ``operator.getitem``."""
 
-    def rule_for(self, node: fx.Node, module: nn.Module | None) -> Any:
+    def rule_for(self, node: fx.Node, module: nn.Module | None) -> RuleFn | None:
         if node.op != "call_function":
             return None
         target = node.target
@@ -50,7 +51,7 @@ class AtenRuleSet(RuleSet):
                 return b.keep(node, f"{_name(node)} on a channel axis split over two dims")
         if fn is None:
             return b.unknown(node, f"ATen op {_name(node)}")
-        return fn(b, node)  # type: ignore[no-any-return]
+        return fn(b, node)
 
 
 def _name(node: fx.Node) -> str:
@@ -126,12 +127,16 @@ def batch_norm(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     axis = b.axis(node.args[0])
     module = b.g.module(owner) if owner is not None else None
     tuple_out = isinstance(b.value(node), (tuple, list))
-    if module is None or not isinstance(module, nn.modules.batchnorm._BatchNorm) or layer_type_of(module) is None:
+    if (
+        owner is None  # then module is None too
+        or not isinstance(module, nn.modules.batchnorm._BatchNorm)
+        or layer_type_of(module) is None
+    ):
         out = b.keep(node, "batch norm with computed statistics")
-        if tuple_out:
-            b.g.axes[f"{node.name}.0"] = out  # type: ignore[assignment]
+        if tuple_out and out is not None:
+            b.g.axes[f"{node.name}.0"] = out
         return out
-    if not b.own(node, owner):  # type: ignore[arg-type]
+    if not b.own(node, owner):
         out = b.keep(node, f"a second call of '{owner}'")
     elif axis is None or axis.dim != 1:
         out = b.keep(node, f"batch norm '{owner}' on an input without a channel-first axis")
@@ -226,7 +231,9 @@ def _merge(b: ExportGraphBuilder, node: fx.Node, axes: list[Axis | None], dims: 
     assert a is not None and c is not None
     da, dc = a.dim + nd - dims[0], c.dim + nd - dims[1]
     table = b.g.table
-    sizes = [(table.get(sa.space).size, table.get(sc.space).size) for sa, sc in zip(a.segments, c.segments, strict=False)]
+    sizes = [
+        (table.get(sa.space).size, table.get(sc.space).size) for sa, sc in zip(a.segments, c.segments, strict=False)
+    ]
     if len(a.segments) != len(c.segments) or any(x != y for x, y in sizes):
         return b.keep(node, f"{_name(node)} of pieces of different channel spaces")
     if da != dc or [s.width for s in a.segments] != [s.width for s in c.segments]:
@@ -277,11 +284,12 @@ def spatial(k: int) -> Rule:
     return rule
 
 
-def _pads_at(index: int) -> Callable[[fx.Node, nn.Module | None], bool]:
+def _pads_at(index: int) -> Pads:
     """Whether the op pads its input: its padding argument at ``index`` is not all zero."""
 
     def pads(node: fx.Node, module: nn.Module | None) -> bool:
-        padding = node.args[index] if len(node.args) > index else 0
+        args = node_args(node)
+        padding: str | int | list[int] = args[index] if len(args) > index else 0
         if isinstance(padding, str):
             return padding != "valid"
         return any(int(p) != 0 for p in ((padding,) if isinstance(padding, int) else padding))
@@ -294,7 +302,7 @@ def pad(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     axis = b.axis(node.args[0])
     if axis is None:
         return None
-    widths = list(node.args[1])
+    widths: list[int] = list(node_args(node)[1])
     nd = b.value(node.args[0]).dim()
     d = nd - 1 - axis.dim  # index of the channel dim's pair in the pad list
     if 2 * d + 1 < len(widths) and (widths[2 * d] != 0 or widths[2 * d + 1] != 0):
@@ -359,11 +367,11 @@ def permute(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     order = list(range(nd))
     packet = getattr(node.target, "overloadpacket", None)
     if packet is aten.permute:
-        order = [int(d) % nd for d in node.args[1]]
+        order = [int(d) % nd for d in node_args(node)[1]]
     elif packet is aten.t:
         order = order[::-1]
     else:
-        d0, d1 = (int(d) % nd for d in node.args[1:3])
+        d0, d1 = (int(d) % nd for d in node_args(node)[1:3])
         order[d0], order[d1] = order[d1], order[d0]
     if axis.grid is None:
         return Axis(order.index(axis.dim), axis.segments)
@@ -380,7 +388,7 @@ def unsqueeze(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     axis = b.axis(node.args[0])
     if axis is None:
         return None
-    d = int(node.args[1]) % b.value(node).dim()
+    d = int(node_args(node)[1]) % b.value(node).dim()
     return Axis(axis.dim + (d <= axis.dim), axis.segments)
 
 
@@ -390,8 +398,9 @@ def squeeze(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
         return None
     shape = b.value(node.args[0]).shape
     nd = len(shape)
-    dims = node.args[1] if len(node.args) > 1 else list(range(nd))
-    dims = [int(d) % nd for d in ((dims,) if isinstance(dims, int) else dims)]
+    args = node_args(node)
+    given: int | list[int] = args[1] if len(args) > 1 else list(range(nd))
+    dims = [int(d) % nd for d in ((given,) if isinstance(given, int) else given)]
     dims = [d for d in dims if shape[d] == 1]
     if axis.dim in dims:
         return b.keep(node, "a squeeze of the channel dim")
@@ -414,7 +423,8 @@ def slice_(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None:
         return None
     nd = b.value(node.args[0]).dim()
-    dim = int(node.args[1]) % nd if len(node.args) > 1 else 0
+    args = node_args(node)
+    dim = int(args[1]) % nd if len(args) > 1 else 0
     if dim == axis.dim:
         return b.keep(node, "slicing or indexing the channel dim")
     removed = getattr(node.target, "overloadpacket", None) is aten.select and dim < axis.dim
@@ -429,9 +439,10 @@ def split(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None:
         return None
     nd = b.value(node.args[0]).dim()
-    dim = int(node.args[2]) % nd if len(node.args) > 2 else 0
+    args = node_args(node)
+    dim = int(args[2]) % nd if len(args) > 2 else 0
     if getattr(node.target, "overloadpacket", None) is aten.unbind:
-        dim = int(node.args[1]) % nd if len(node.args) > 1 else 0
+        dim = int(args[1]) % nd if len(args) > 1 else 0
         if dim == axis.dim:
             return b.keep(node, "unbinding the channel dim")
         shifted = Axis(axis.dim - (dim < axis.dim), axis.segments)
@@ -470,11 +481,12 @@ def reduce(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None:
         return None
     nd = b.value(node.args[0]).dim()
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+    args, kwargs = node_args(node), node_kwargs(node)
+    given: int | list[int] | tuple[int, ...] | None = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    if given is None or (isinstance(given, (list, tuple)) and not given):
         return b.keep(node, "a full reduction of a channel tensor")
-    dims = {int(d) % nd for d in ((dims,) if isinstance(dims, int) else dims)}
+    dims = {int(d) % nd for d in ((given,) if isinstance(given, int) else given)}
     if axis.dim in dims:
         # a statistic over the channels (RMS norm's mean of squares): removing any channel
         # changes it, so they stay; the result has no channels of its own
@@ -493,7 +505,7 @@ def softmax(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None:
         return None
     nd = b.value(node.args[0]).dim()
-    if int(node.args[1]) % nd == axis.dim:
+    if int(node_args(node)[1]) % nd == axis.dim:
         return b.keep(node, "a softmax over the channel dim")
     return axis
 
@@ -557,7 +569,7 @@ _MIXING = {
 
 
 def _with_pads(rule: Rule, index: int) -> Rule:
-    rule.pads = _pads_at(index)  # type: ignore[attr-defined]
+    mark([rule], pads=_pads_at(index))
     return rule
 
 
@@ -623,27 +635,25 @@ def default_aten_rules() -> AtenRuleSet:
         table[_packet(name)] = softmax
     for name in ("sym_size", "_assert_scalar", "sym_numel", "sym_stride", "scalar_tensor"):
         table[_packet(name)] = no_value
+    table[operator.getitem] = getitem
+    for packet, k in ((aten.avg_pool1d, 1), (aten.avg_pool2d, 2), (aten.avg_pool3d, 3)):
+        table[packet] = _with_pads(spatial(k), 3)  # avg_pool(x, kernel, stride, padding, ...)
     table.pop(None, None)
-    rules.functions.update(table)
-    rules.functions[operator.getitem] = getitem
-    for fn in (reshape, permute, passthrough, zero_to_zero):
-        fn.handles_grid = True  # type: ignore[attr-defined]
-    product.product = True  # type: ignore[attr-defined]
+    # the rules read the ATen builder's owners and parameters: AtenRuleSet.apply hands them one
+    rules.functions.update(cast(dict[Any, RuleFn], table))
+    mark((reshape, permute, passthrough, zero_to_zero), handles_grid=True)
+    mark([product], product=True)
     # ops that pad: a non-zero constant channel leaves them as a border pattern
     # conv1d/2d/3d and convolution: padding is argument 4
-    conv.pads = _pads_at(4)  # type: ignore[attr-defined]
-    pad.pads = lambda node, module: True  # type: ignore[attr-defined]
-    for packet, k in ((aten.avg_pool1d, 1), (aten.avg_pool2d, 2), (aten.avg_pool3d, 3)):
-        rules.functions[packet] = _with_pads(spatial(k), 3)  # avg_pool(x, kernel, stride, padding, ...)
+    mark([conv], pads=_pads_at(4))
+    mark([pad], pads=lambda node, module: True)
     # a depthwise conv, the only conv that is not a producer: zero in, zero bias, zero out
-    conv.zero_bias_keeps_zero = True  # type: ignore[attr-defined]
-    binary.adds_zero = True  # type: ignore[attr-defined]
+    mark([conv], zero_bias_keeps_zero=True)
+    mark([binary], adds_zero=True)
     zero_preserving = [zero_to_zero, reshape, permute, unsqueeze, squeeze, expand, slice_, split, getitem, cat,
                        reduce] + [rules.functions[_packet(n)] for names in _SPATIAL.values() for n in names
                                   if _packet(n) in rules.functions]  # fmt: skip
-    for fn in zero_preserving:
-        fn.keeps_zero = True  # type: ignore[attr-defined]
+    mark(zero_preserving, keeps_zero=True)
     # ops that compute correctly on a tensor with no channels (a removed branch)
-    for fn in (passthrough, zero_to_zero, binary, product, quotient, conv, linear, batch_norm, getitem):
-        fn.zero_width = True  # type: ignore[attr-defined]
+    mark((passthrough, zero_to_zero, binary, product, quotient, conv, linear, batch_norm, getitem), zero_width=True)
     return rules

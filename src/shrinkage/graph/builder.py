@@ -10,7 +10,7 @@ whether a dead channel's constant can be folded into its consumers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +61,7 @@ class _Recorder(fx.Interpreter):
         except Exception as exc:  # a wrong shape or dtype of the example: name where it fails
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             what = f"module '{n.target}'" if n.op == "call_module" else f"{getattr(n.target, '__name__', n.target)}"
-            raise ExampleInputError(
-                f"the example inputs fail at graph node '{n.name}' ({what}): {first}"
-            ) from exc
+            raise ExampleInputError(f"the example inputs fail at graph node '{n.name}' ({what}): {first}") from exc
         changed = [a.name for a, v in zip(inputs, before, strict=True) if _versions(self.live[a.name]) != v]
         if changed:
             self.mutations[n.name] = changed
@@ -130,6 +128,18 @@ def channel_positions(graph: ChannelGraph, use: Use, root: int) -> list[tuple[Te
 
 
 RuleFn = Callable[["GraphBuilder", fx.Node], Axis | None]
+
+
+def node_args(node: fx.Node) -> tuple[Any, ...]:
+    """``node.args``, typed as the rules read them: fx types each argument as its wide
+    ``Argument`` union, while what it holds (an int dim, a list of sizes) is set by the
+    op's signature, which the rule reading it knows."""
+    return node.args
+
+
+def node_kwargs(node: fx.Node) -> Mapping[str, Any]:
+    """``node.kwargs``, typed as :func:`node_args` is."""
+    return node.kwargs
 
 
 class GraphBuilder:
@@ -239,7 +249,9 @@ class GraphBuilder:
                 for arg in self.tensor_inputs(node):
                     self.pin(self.axis(arg), why)
             outputs = [a for a in (self.axis(n) for n in nodes) if a is not None]
-            first = outputs[0] if outputs else None
+            if not outputs:
+                continue
+            first = outputs[0]
             for other in outputs[1:]:
                 if [(s.start, s.stop, s.repeat) for s in other.segments] != [
                     (s.start, s.stop, s.repeat) for s in first.segments
@@ -396,7 +408,9 @@ def _find_spaces(gm: fx.GraphModule, values: dict[str, Any], rules: RuleSet, all
             break
     done = [(len(b.unknowns), i) for i, (_, b, _) in enumerate(attempts) if b is not None]
     if not done:  # the reading that got furthest names the op that stopped it
-        raise max(attempts, key=lambda a: len(a[0].axes))[2]  # type: ignore[misc]
+        furthest = max(attempts, key=lambda a: len(a[0].axes))[2]
+        assert furthest is not None  # no builder finished: every attempt holds its error
+        raise furthest
     return attempts[min(done)[1]][0]
 
 

@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.graph.attention_heads import HeadUnit, find_head_units
-from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder
+from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder, node_args
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
 
@@ -103,6 +103,7 @@ class ExportGraphBuilder(GraphBuilder):
         inside = {name: u for u in self.g.head_units for name in u.inside}
         projection = {p.name: (u, role) for u in self.g.head_units for role, p in u.projections.items()}
         merged_by = {u.output_op.name: u for u in self.g.head_units if u.output_op is not None}
+        node: fx.Node  # graph.nodes is untyped
         for node in self.g.gm.graph.nodes:
             out = self.g.values.get(node.name)
             if node.name in inside:
@@ -191,7 +192,9 @@ def node_owner(graph: ChannelGraph, node: fx.Node) -> str | None:
 def layer_input(node: fx.Node) -> fx.Node:
     """The activation a layer op reads: argument 0, except ``addmm(bias, x, weight)``."""
     packet = getattr(node.target, "overloadpacket", None)
-    return node.args[1] if packet is torch.ops.aten.addmm else node.args[0]  # type: ignore[return-value]
+    args = node_args(node)
+    activation: fx.Node = args[1] if packet is torch.ops.aten.addmm else args[0]
+    return activation
 
 
 def called_as_module(graph: ChannelGraph, node: fx.Node) -> bool:

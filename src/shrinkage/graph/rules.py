@@ -8,12 +8,15 @@ its output. Ops that do not mix channels pass the axis through unchanged.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from shrinkage.graph.builder import GraphBuilder, RuleSet
+from shrinkage.graph.builder import GraphBuilder, RuleSet, node_args, node_kwargs
+from shrinkage.graph.rule_marks import mark
 from shrinkage.graph.spaces import Axis, Grid, Segment
 from shrinkage.layers import HeadPrunedAttention
 
@@ -47,7 +50,7 @@ def passthrough(b: GraphBuilder, node: fx.Node) -> Axis | None:
 def prelu(b: GraphBuilder, node: fx.Node) -> Axis | None:
     """PReLU with one slope per channel passes channel ``c`` on, scaled by slope ``c``."""
     axis = b.axis(node.args[0])
-    if axis is not None and b.module(node).num_parameters > 1:
+    if axis is not None and _hyper(b.module(node), "num_parameters") > 1:
         if axis.dim != 1:
             return b.unknown(node, f"per-channel PReLU '{node.target}' on an input without a channel-first axis")
         b.use(node, axis, "weight", 0, consumer=False)
@@ -65,6 +68,13 @@ def spatial(b: GraphBuilder, node: fx.Node) -> Axis | None:
     if axis.dim >= b.value(node.args[0]).dim() - pooled:
         return keep_channels(b, node, f"pooled across channels at '{node.name}'")
     return axis
+
+
+def _hyper(m: nn.Module, name: str) -> int:
+    """An int hyperparameter of the module a rule is for (``out_channels``, ``start_dim``):
+    ``nn.Module.__getattr__`` types every attribute it does not define as a tensor or module."""
+    value: int = getattr(m, name)
+    return value
 
 
 def _pool_type(b: GraphBuilder, node: fx.Node) -> type[nn.Module]:
@@ -104,7 +114,7 @@ def conv(b: GraphBuilder, node: fx.Node) -> Axis | None:
     if m.groups == 1:
         b.use(node, axis, "weight", 1, consumer=True)
         _pin_awkward_reads(b, node, axis, flattened_ok=False)
-        return b.new_space(node, m.out_channels, 1, producers)
+        return b.new_space(node, _hyper(m, "out_channels"), 1, producers)
     if m.groups == m.in_channels == m.out_channels:
         # depthwise: filter c reads only channel c, so it passes channel c on (scaled by
         # its own kernel); a zero kernel leaves the constant bias behind
@@ -113,7 +123,7 @@ def conv(b: GraphBuilder, node: fx.Node) -> Axis | None:
             b.use(node, axis, "bias", 0, consumer=False)
         return axis
     b.pin(axis, f"input of grouped conv '{node.target}' (groups={m.groups})")
-    out = b.new_space(node, m.out_channels, 1, producers)
+    out = b.new_space(node, _hyper(m, "out_channels"), 1, producers)
     b.pin(out, f"output of grouped conv '{node.target}' (groups={m.groups})")
     return out
 
@@ -127,7 +137,7 @@ def linear(b: GraphBuilder, node: fx.Node) -> Axis | None:
     b.use(node, axis, "weight", 1, consumer=True)
     _pin_awkward_reads(b, node, axis, flattened_ok=True)
     producers = [("weight", 0)] + ([("bias", 0)] if m.bias is not None else [])
-    return b.new_space(node, m.out_features, x.dim() - 1, producers)
+    return b.new_space(node, _hyper(m, "out_features"), x.dim() - 1, producers)
 
 
 def batchnorm(b: GraphBuilder, node: fx.Node) -> Axis | None:
@@ -166,12 +176,13 @@ def _flatten_axis(b: GraphBuilder, node: fx.Node, start: int, end: int) -> Axis 
 
 def flatten_module(b: GraphBuilder, node: fx.Node) -> Axis | None:
     m = b.module(node)
-    return _flatten_axis(b, node, m.start_dim, m.end_dim)
+    return _flatten_axis(b, node, _hyper(m, "start_dim"), _hyper(m, "end_dim"))
 
 
 def flatten_call(b: GraphBuilder, node: fx.Node) -> Axis | None:
-    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    args, kwargs = node_args(node), node_kwargs(node)
+    start: int = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+    end: int = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
     return _flatten_axis(b, node, start, end)
 
 
@@ -188,7 +199,7 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
             before[d : d + 2] == axis.grid.sizes
             and after == before[:d] + (before[d] * before[d + 1],) + before[d + 2 :]
         ):
-            return _merge_grid(axis)
+            return _merge_grid(axis, axis.grid)
         return b.unknown(node, f"a reshape from {list(before)} to {list(after)} of a channel axis split over two dims")
     splits = len(after) == len(before) + 1 and after[:d] == before[:d] and after[d + 2 :] == before[d + 1 :]
     if splits and after[d] * after[d + 1] == before[d] and min(after[d], after[d + 1]) > 1:
@@ -208,11 +219,11 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
     return b.unknown(node, f"a reshape from {list(before)} to {list(after)} across the channel dim")
 
 
-def _merge_grid(axis: Axis) -> Axis:
+def _merge_grid(axis: Axis, grid: Grid) -> Axis:
     """The permuted axis a channel shuffle leaves: one segment per run of consecutive channels."""
     flat = [(seg.space, c) for seg in axis.segments for c in range(seg.start, seg.stop)]
     segs: list[Segment] = []
-    for space, c in (flat[p] for p in axis.grid.merged_order()):
+    for space, c in (flat[p] for p in grid.merged_order()):
         last = segs[-1] if segs else None
         if last is not None and last.space == space and last.stop == c:
             segs[-1] = Segment(space, last.start, c + 1)
@@ -284,7 +295,8 @@ def _dims_of(b: GraphBuilder, node: fx.Node, axis: Axis) -> int:
     """Number of dims of the operand of ``node`` that carries ``axis``."""
     for arg in node.args[:2]:
         if b.axis(arg) is axis:
-            return b.value(arg).dim()
+            nd: int = b.value(arg).dim()
+            return nd
     raise AssertionError("axis not found among the operands")
 
 
@@ -329,7 +341,8 @@ def split(b: GraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None:
         return None
     nd = b.value(node.args[0]).dim()
-    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0) % nd
+    args = node_args(node)
+    dim = node_kwargs(node).get("dim", args[2] if len(args) > 2 else 0) % nd
     if dim != axis.dim:
         for i, _ in enumerate(pieces):
             b.g.axes[f"{node.name}.{i}"] = axis
@@ -397,11 +410,12 @@ def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
         return None
     nd = b.value(node.args[0]).dim()
     before = list(range(nd))
+    args = node_args(node)
     if node.target in ("transpose", torch.transpose):
-        d0, d1 = (int(d) % nd for d in node.args[1:3])
+        d0, d1 = (int(d) % nd for d in args[1:3])
         before[d0], before[d1] = before[d1], before[d0]
     else:  # permute(x, dims) or x.permute(*dims)
-        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
         before = [int(d) % nd for d in dims]
     if axis.grid is None:
         return Axis(before.index(axis.dim), axis.segments)
@@ -418,13 +432,14 @@ def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
     """Concat along the channel dim joins the segments; along another dim (tokens, as with
     a ViT's class token) the parts share their channels: spaces merge, and a part without
     channel axis (a parameter) pins them."""
-    parts = node.args[0]
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    args = node_args(node)
+    parts = args[0]
+    dim = args[1] if len(args) > 1 else node_kwargs(node).get("dim", 0)
     axes = [b.axis(p) for p in parts]
     nd = b.value(node).dim()
     dim %= nd
     if all(a is not None and a.dim == dim for a in axes):
-        return Axis(dim, tuple(s for a in axes for s in a.segments))
+        return Axis(dim, tuple(s for a in axes if a is not None for s in a.segments))
     known = [a for a in axes if a is not None]
     if not known or any(a.dim == dim for a in known):
         return b.unknown(node, "a concat mixing channel and non-channel tensors along the channel dim")
@@ -477,11 +492,12 @@ def reduce(b: GraphBuilder, node: fx.Node) -> Axis | None:
     if axis is None:
         return None
     nd = b.value(node.args[0]).dim()
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    if dims is None:
+    args, kwargs = node_args(node), node_kwargs(node)
+    given: int | list[int] | tuple[int, ...] | None = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    if given is None:
         return b.unknown(node, f"a full reduction ({node.target}) of a channel tensor")
-    dims = {d % nd for d in ((dims,) if isinstance(dims, int) else dims)}
+    dims = {d % nd for d in ((given,) if isinstance(given, int) else given)}
     if axis.dim in dims:
         return b.unknown(node, f"a reduction ({node.target}) over the channel dim")
     return axis if keepdim else Axis(axis.dim - sum(d < axis.dim for d in dims), axis.segments)
@@ -502,35 +518,37 @@ def _torchvision_rules(rules: RuleSet) -> None:
     rules.modules[StochasticDepth] = passthrough
 
 
-for _fn in (reshape, transpose, layout_only):
-    _fn.handles_grid = True  # type: ignore[attr-defined]
+mark((reshape, transpose, layout_only), handles_grid=True)
 # Ops that compute correctly on a tensor with no channels (a removed branch). Pooling,
 # reshapes, splits and reductions are not marked: some PyTorch kernels refuse an empty
 # channel dim, and a space they touch keeps one channel instead.
-for _fn in (passthrough, layout_only, add, mul, scalar_mul, conv, linear, batchnorm):
-    _fn.zero_width = True  # type: ignore[attr-defined]
+mark((passthrough, layout_only, add, mul, scalar_mul, conv, linear, batchnorm), zero_width=True)
 
 
 def _padding_of(node: fx.Node, module: nn.Module | None) -> bool:
     """Whether the op pads its input (a non-zero constant channel then becomes a border
     pattern): an average pool or a convolution with non-zero padding."""
+    padding: str | int | Sequence[int]
     if module is not None:
         if not isinstance(module, nn.modules.pooling._AvgPoolNd | nn.modules.conv._ConvNd):
             return False
-        padding = module.padding
+        # _AvgPoolNd leaves ``padding`` to its subclasses (AvgPool1d/2d/3d), which all set it
+        padding = cast(str | int | Sequence[int], module.padding)
     else:
         if node.target not in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d):
             return False
-        padding = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+        args = node_args(node)
+        padding = args[3] if len(args) > 3 else node_kwargs(node).get("padding", 0)
     return isinstance(padding, str) or any(int(p) != 0 for p in ((padding,) if isinstance(padding, int) else padding))
 
 
-spatial.pads = _padding_of  # type: ignore[attr-defined]
-conv.pads = _padding_of  # type: ignore[attr-defined]
+mark((spatial, conv), pads=_padding_of)
 
 
 def default_rules() -> RuleSet:
     rules = RuleSet()
+    cls: type[nn.Module]
+    fn: object  # a function or builtin the rule is keyed on
     for cls in _ELEMENTWISE_MODULES:
         rules.modules[cls] = passthrough
     for cls in _SPATIAL_MODULES:
