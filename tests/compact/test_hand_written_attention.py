@@ -113,13 +113,20 @@ def test_bert_loses_a_head_and_keeps_its_own_forward() -> None:
     torch.testing.assert_close(small(_ids(3), attention_mask=mask).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_gpt2_fused_conv1d_loses_a_head_and_generates_the_same_tokens() -> None:
+def _gpt2(seed: int = 0) -> nn.Module:
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32,
                                      bos_token_id=1, eos_token_id=2)  # fmt: skip
-    model = transformers.GPT2LMHeadModel(config).eval()
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_gpt2_fused_conv1d_loses_a_head_and_generates_the_same_tokens(tmp_path) -> None:
+    model = _gpt2()
     _zero_rows(model.transformer.h[1].attn.c_attn, slice(64 + 8, 64 + 16))  # value rows of head 1
+    _zero_rows(model.transformer.h[0].mlp.c_fc, slice(0, 5))
+    loaded = assert_compacts_exactly(model, (_ids(),), compact=lambda m, ex: _round_trip(m, _gpt2(1), ex, tmp_path))
+    assert loaded.transformer.h[1].attn.num_heads == 3 and loaded.transformer.h[0].mlp.c_fc.nf == 128 - 5
     small = assert_compacts_exactly(model, (_ids(),))
     attn = small.transformer.h[1].attn
     shapes = (attn.c_attn.weight.shape[1], attn.c_proj.weight.shape[0])
