@@ -145,7 +145,7 @@ def test_bad_arguments() -> None:
 
 
 def test_dataset_registry(no_env: None) -> None:
-    assert set(DATASETS) == {"mnist", "fashion-mnist", "cifar10"}
+    assert set(DATASETS) == {"mnist", "fashion-mnist", "cifar10", "cifar10-jpeg"}
     spec = get_dataset_spec("mnist")
     assert (spec.in_channels, spec.image_size, spec.num_classes) == (1, 28, 10)
     assert get_dataset_spec("cifar10").in_channels == 3

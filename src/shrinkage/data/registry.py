@@ -6,22 +6,30 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from shrinkage.data.cifar import load_cifar10
+from shrinkage.data.cifar_jpeg import CIFAR10_JPEG_TITLE, load_cifar10_jpeg, random_crop_flip
 from shrinkage.data.dataset import ImageDataset
 from shrinkage.data.mnist import Split, load_mnist
 from shrinkage.errors import ConfigError
 
-__all__ = ["DATASETS", "DatasetSpec", "get_dataset_spec"]
+__all__ = ["DATASETS", "BatchAugment", "DatasetSpec", "get_dataset_spec"]
 
 DataDir = str | os.PathLike[str] | None
+#: ``augment(batch, generator) -> batch``: a random transform of a whole training batch.
+BatchAugment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset's name, input geometry, class count and loader.
+    """A dataset's name, input geometry, class count, loader and training augmentation.
 
     ``load(split, data_dir)`` returns the split as an :class:`ImageDataset`; ``data_dir``
     may be ``None`` to use ``$SHRINKAGE_DATA_DIR`` (or, for MNIST, the bundled files).
+    ``title`` is how reports name the dataset (the name when left empty). ``train_augment``,
+    when set, is meant for every training batch (on the batch's device, drawing from the
+    trainer's generator); evaluation batches are used as loaded.
     """
 
     name: str
@@ -29,6 +37,12 @@ class DatasetSpec:
     image_size: int
     num_classes: int
     load: Callable[[Split, DataDir], ImageDataset]
+    title: str = ""
+    train_augment: BatchAugment | None = None
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.name)  # frozen: the one way to fill a default
 
 
 # Named functions rather than functools.partial: load_mnist's second positional
@@ -45,14 +59,20 @@ def _load_cifar10(split: Split, data_dir: DataDir) -> ImageDataset:
     return load_cifar10(split, data_dir=data_dir)
 
 
+def _load_cifar10_jpeg(split: Split, data_dir: DataDir) -> ImageDataset:
+    return load_cifar10_jpeg(split, data_dir=data_dir)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("mnist", in_channels=1, image_size=28, num_classes=10, load=_load_mnist),
+        DatasetSpec("mnist", 1, 28, 10, _load_mnist, title="MNIST"),
+        DatasetSpec("fashion-mnist", 1, 28, 10, _load_fashion_mnist, title="Fashion-MNIST"),
+        DatasetSpec("cifar10", 3, 32, 10, _load_cifar10, title="CIFAR-10"),
+        # lossy JPEGs of CIFAR-10: accuracies on it are not comparable to published CIFAR-10 ones
         DatasetSpec(
-            "fashion-mnist", in_channels=1, image_size=28, num_classes=10, load=_load_fashion_mnist
+            "cifar10-jpeg", 3, 32, 10, _load_cifar10_jpeg, title=CIFAR10_JPEG_TITLE, train_augment=random_crop_flip
         ),
-        DatasetSpec("cifar10", in_channels=3, image_size=32, num_classes=10, load=_load_cifar10),
     )
 }
 
