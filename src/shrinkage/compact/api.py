@@ -273,10 +273,14 @@ def _compact(
     scale = max([float(t.abs().max()) for t in reference if t.numel()] + [1.0])
     diff = _largest_difference(reference, got)
     if not diff <= atol * scale:
-        raise ShrinkageError(f"compacted {type(model).__name__} differs from the original by {diff:.3g}; please report this")
+        raise ShrinkageError(
+            f"compacted {type(model).__name__} differs from the original by {diff:.3g}; please report this"
+        )
     if any(m.training for m in model.modules()):
         _check_train_mode(model, new, example_inputs, atol)
-    log.info("compacted %s (captured with %s): max output difference %.3g", type(model).__name__, plan.capture.value, diff)
+    log.info(
+        "compacted %s (captured with %s): max output difference %.3g", type(model).__name__, plan.capture.value, diff
+    )
     for name, choice in plan.forms.items():
         log.info("layer %s: form %s (%s)", name, choice.chosen, choice.by)
     why_not = sync_config_if_possible(new)  # a transformers model's config states its new sizes

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from shrinkage.compact.module_attrs import number_attr, set_int_attr
+
 
 @dataclass(frozen=True)
 class HeadCounts:
@@ -120,42 +122,45 @@ def _out_features(layer: nn.Module) -> int:
 
 
 def _timm_counts(m: nn.Module) -> HeadCounts:
-    return HeadCounts(int(m.num_heads), int(m.num_heads), int(m.head_dim))
+    return HeadCounts(number_attr(m, "num_heads"), number_attr(m, "num_heads"), number_attr(m, "head_dim"))
 
 
 def _timm_set(m: nn.Module, query: int, key_value: int) -> None:
-    m.num_heads = query
+    set_int_attr(m, "num_heads", query)
     if hasattr(m, "attn_dim"):  # the width it merges the heads back into
-        m.attn_dim = query * int(m.head_dim)
+        set_int_attr(m, "attn_dim", query * number_attr(m, "head_dim"))
 
 
 # -- Hugging Face transformers -----------------------------------------------------------
 
 
 def _bert_counts(m: nn.Module) -> HeadCounts:
-    return HeadCounts(int(m.num_attention_heads), int(m.num_attention_heads), int(m.attention_head_size))
+    heads = number_attr(m, "num_attention_heads")
+    return HeadCounts(heads, heads, number_attr(m, "attention_head_size"))
 
 
 def _bert_set(m: nn.Module, query: int, key_value: int) -> None:
     # the forward infers the head count (``view(..., -1, head_size)``); the attributes
     # are kept true for code that reads them
-    m.num_attention_heads = query
-    m.all_head_size = query * int(m.attention_head_size)
+    set_int_attr(m, "num_attention_heads", query)
+    set_int_attr(m, "all_head_size", query * number_attr(m, "attention_head_size"))
 
 
 def _gpt2_counts(m: nn.Module) -> HeadCounts:
-    return HeadCounts(int(m.num_heads), int(m.num_heads), int(m.head_dim))
+    return HeadCounts(number_attr(m, "num_heads"), number_attr(m, "num_heads"), number_attr(m, "head_dim"))
 
 
 def _gpt2_set(m: nn.Module, query: int, key_value: int) -> None:
-    m.num_heads = query
-    m.split_size = query * int(m.head_dim)  # the fused projection is split into pieces of this size
+    set_int_attr(m, "num_heads", query)
+    # the fused projection is split into pieces of this size
+    set_int_attr(m, "split_size", query * number_attr(m, "head_dim"))
 
 
 def _projection_counts(m: nn.Module) -> HeadCounts:
     """LLaMA-style modules (``q_proj``...``o_proj``, ``head_dim``): counts from the projections."""
-    d = int(m.head_dim)
-    return HeadCounts(int(m.q_proj.out_features) // d, int(m.k_proj.out_features) // d, d)
+    d = number_attr(m, "head_dim")
+    return HeadCounts(number_attr(m.get_submodule("q_proj"), "out_features") // d,
+                      number_attr(m.get_submodule("k_proj"), "out_features") // d, d)  # fmt: skip
 
 
 def _projection_set(m: nn.Module, query: int, key_value: int) -> None:

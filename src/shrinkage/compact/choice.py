@@ -134,8 +134,10 @@ class Measured(FormPolicy):
             measured = list(self._measure(modules, x))
             if len(measured) != len(missing) or not all(isinstance(s, (int, float)) and math.isfinite(s) and s >= 0
                                                         for s in measured):  # fmt: skip
-                raise ShrinkageError(f"timing the forms of layer '{layer}': the timer returned {measured!r} "
-                                     f"for {len(missing)} candidates")
+                raise ShrinkageError(
+                    f"timing the forms of layer '{layer}': the timer returned {measured!r} "
+                    f"for {len(missing)} candidates"
+                )
             for i, s in zip(missing, measured, strict=True):
                 seconds[i] = float(s)
                 timing.remember(keys[i], float(s))

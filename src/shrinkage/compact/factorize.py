@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from shrinkage.compact.choice import FormPolicy, default_policy
 from shrinkage.compact.forms import FormContext, choose_form, forms_for, mark
 from shrinkage.compact.low_rank_forms import LowRank
+from shrinkage.compact.module_attrs import tensor_attr
 from shrinkage.compact.surgery import set_submodule
 from shrinkage.errors import ConfigError
 
@@ -116,7 +117,8 @@ def plan_factorization(
     for name, m in found.items():
         e = energy.get(name, 1.0) if isinstance(energy, Mapping) else energy
         check_energy(e, f"energy[{name}]" if isinstance(energy, Mapping) else "energy")
-        w = m.weight.detach().reshape(m.weight.shape[0], -1)
+        weight = tensor_attr(m, "weight")
+        w = weight.detach().reshape(weight.shape[0], -1)
         r = max(1, rank_for_energy(torch.linalg.svdvals(w.double()), e))
         rows.append(_row(name, w.shape, r, only_if_cheaper))
     return rows
@@ -136,7 +138,7 @@ def _selected(name: str, layers: Sequence[str] | None) -> bool:
 
 def _factorable(m: nn.Module) -> bool:
     layer = isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
-    return layer and m.weight.numel() > 0  # a removed branch's zero-width layer has nothing to factor
+    return layer and tensor_attr(m, "weight").numel() > 0  # a removed branch's zero-width layer has nothing to factor
 
 
 def factorize(
@@ -238,6 +240,7 @@ def build_factorized(
         chosen = choose_form(subject, x, ctx, policy, x.device) if x is not None else None
         if chosen is None:
             layer = forms_for(subject)[0].build(subject, ctx)  # the reference form: the pair
+            assert layer is not None  # the pair builds for every factorization
         else:
             layer = mark(*chosen)
         set_submodule(new, name, layer.train(m.training))

@@ -117,8 +117,10 @@ def choose_form(
             diff = float((y - reference).abs().max()) if y.shape == reference.shape and y.numel() else (
                 0.0 if y.shape == reference.shape else float("inf"))  # fmt: skip
             if not diff <= _TOLERANCE * scale:
-                raise ShrinkageError(f"form '{form.label}' of layer '{ctx.layer}' differs from form "
-                                     f"'{built[0][0].label}' by {diff:.3g}; please report this")
+                raise ShrinkageError(
+                    f"form '{form.label}' of layer '{ctx.layer}' differs from form "
+                    f"'{built[0][0].label}' by {diff:.3g}; please report this"
+                )
         candidates.append(Candidate(form.label, form.simplicity, module, macs))
     choice = policy.choose(ctx.layer, candidates, x, device or x.device)
     chosen = next(c.module for c in candidates if c.form == choice.chosen)

@@ -80,5 +80,3 @@ def _own(space: Space, producers: bool) -> bool:
     if space.pinned or space.passthrough or space.is_input:
         return False
     return bool(space.producers) if producers else not space.producers
-
-

@@ -16,16 +16,18 @@ Grouped convs, convs with a non-zero padding mode or a string padding keep the p
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TypeGuard
 
 import torch
 from torch import Tensor, nn
 
 from shrinkage.compact.forms import FormContext, LayerForm, register_form
+from shrinkage.compact.module_attrs import tensor_attr
 from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
 
 
-def _plain_conv(m: nn.Module) -> bool:
+def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     return (
         isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
         and not isinstance(m.padding, str) and m.weight.numel() > 0
@@ -34,7 +36,7 @@ def _plain_conv(m: nn.Module) -> bool:
 
 def _used_inputs(m: nn.Module) -> Tensor:
     """Bool ``(inputs,)``: which input channels / features some weight reads."""
-    used = m.weight.detach().ne(0)
+    used = tensor_attr(m, "weight").detach().ne(0)
     if used.dim() > 2:
         used = used.flatten(2).any(dim=2)
     return used.any(dim=0)
@@ -68,7 +70,7 @@ def _narrowed(m: nn.Module, idx: Tensor | None) -> nn.Module:
     """``m`` reading only inputs ``idx`` (``m`` itself when ``idx`` is None)."""
     if idx is None:
         return m
-    keep = torch.zeros(m.weight.shape[1], dtype=torch.bool)
+    keep = torch.zeros(tensor_attr(m, "weight").shape[1], dtype=torch.bool)
     keep[idx] = True
     return shrink("layer", m, {1: keep})
 
@@ -119,7 +121,9 @@ class CroppedKernel(LayerForm):
         if rows == (0, taps.shape[0]) and cols == (0, taps.shape[1]):
             return None
         idx = _selection(subject, ctx)
-        cropped = CroppedConv2d.from_conv(_narrowed(subject, idx), rows, cols)
+        narrowed = _narrowed(subject, idx)
+        assert isinstance(narrowed, nn.Conv2d)  # a conv keeping some of its inputs stays a conv
+        cropped = CroppedConv2d.from_conv(narrowed, rows, cols)
         return cropped if idx is None else _select_then(subject, idx, cropped)
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from shrinkage.compact import surgery
 from shrinkage.compact.layout import LayoutCodec, register_codec
+from shrinkage.compact.module_attrs import tensor_attr
 from shrinkage.graph import rules as fx_rules
 from shrinkage.layers import ZeroWidthConv
 
@@ -147,7 +148,7 @@ def _register_builtin() -> None:
 
 
 def _matrix_shrink(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
-    weight, bias = module.weight.detach(), module.bias.detach()
+    weight, bias = tensor_attr(module, "weight").detach(), tensor_attr(module, "bias").detach()
     out_idx = keep[0].nonzero().flatten() if 0 in keep else None
     in_idx = keep[1].nonzero().flatten() if 1 in keep else None
     if in_idx is not None:
@@ -171,7 +172,7 @@ def _register_optional() -> None:
             return
         from shrinkage.compact.layout import matrix_codec
 
-        codecs = MappingProxyType({Conv1D: matrix_codec(Conv1D)})
+        codecs: Mapping[type[nn.Module], LayoutCodec] = MappingProxyType({Conv1D: matrix_codec(Conv1D)})
         register_layer_type(LayerType((Conv1D,), _matrix_shrink, WeightUse.MATMUL, codecs=codecs))
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ from shrinkage.compact.layout_schema import (
     Text,
     parse_json,
 )
+from shrinkage.compact.module_attrs import ConvLike, tensor_attr
 from shrinkage.layers import (
     CroppedConv2d,
     HeadPrunedAttention,
@@ -107,8 +108,8 @@ class LayoutCodec:
             if tensor is not None and old is not None:
                 tensor.requires_grad_(old.requires_grad)
             new._parameters[name] = tensor
-        for name, tensor in plain._buffers.items():
-            new._buffers[name] = tensor
+        for name, buffer in plain._buffers.items():
+            new._buffers[name] = buffer
         for key in self.resizable:
             if key not in own:  # ``bias``: a tensor, set above
                 setattr(new, key, getattr(plain, key))
@@ -152,7 +153,8 @@ def _conv_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
     yield Bound("groups", a["groups"], limits.groups)
 
 
-def _conv_args(m: nn.Module) -> Args:
+def _conv_args(module: nn.Module) -> Args:
+    m = cast(ConvLike, module)  # the codec of a conv type (a ZeroWidthConv's too)
     return {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
         "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
@@ -203,7 +205,8 @@ def _zero_width_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
     yield Bound("min(in_channels, out_channels)", min(a["in_channels"], a["out_channels"]), 0)
 
 
-def _attention_args(m: HeadPrunedAttention) -> Args:
+def _attention_args(m: nn.Module) -> Args:
+    assert isinstance(m, HeadPrunedAttention)  # the codec of HeadPrunedAttention
     return {
         "embed_dim": m.embed_dim, "num_heads": m.num_heads, "head_dim": m.head_dim, "original_heads": m.original_heads,
         "kdim": m.kdim, "vdim": m.vdim, "bias": m.q_proj.bias is not None, "out_bias": m.out_proj.bias is not None,
@@ -272,6 +275,20 @@ def _batchnorm(cls: type[nn.Module]) -> LayoutCodec:
     )
 
 
+def _lowered_args(m: nn.Module) -> Args:
+    assert isinstance(m, LoweredConv2d)  # the codec of LoweredConv2d
+    return {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": list(m.padding),
+        "dilation": list(m.dilation),
+        "bias": m.bias is not None,
+        "columns": tensor_attr(m, "columns").numel(),
+    }
+
+
 def _lowered_decode(a: Args) -> nn.Module:
     conv = nn.Conv2d(
         a["in_channels"],
@@ -294,7 +311,8 @@ def _lowered_bounds(a: Args, limits: Limits) -> Iterator[Bound]:
     yield Bound("columns", a["columns"], a["in_channels"] * kh * kw)
 
 
-def _cropped_args(m: CroppedConv2d) -> Args:
+def _cropped_args(m: nn.Module) -> Args:
+    assert isinstance(m, CroppedConv2d)  # the codec of CroppedConv2d
     return {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
         "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "offset": list(m.offset),
@@ -333,6 +351,8 @@ _CROPPED_SCHEMA = Record({
     "in_channels": Int(0), "out_channels": Int(0), "kernel_size": _PAIR, "stride": _PAIR, "padding": _PAIR0,
     "dilation": _PAIR, "offset": _PAIR0, "full_kernel_size": _PAIR, "bias": Bool(),
 })  # fmt: skip
+
+
 def matrix_codec(cls: type[nn.Module]) -> LayoutCodec:
     """Codec of a linear layer storing its weight as an ``(in, out)`` matrix (transformers'
     ``Conv1D``, constructed as ``cls(nf, nx)``): ``nx`` inputs, ``nf`` outputs."""
@@ -343,7 +363,7 @@ def matrix_codec(cls: type[nn.Module]) -> LayoutCodec:
         return layer.to_empty(device="cpu")  # every tensor arrives with the state dict
 
     return LayoutCodec(
-        lambda m: {"nx": int(m.weight.shape[0]), "nf": int(m.weight.shape[1])},
+        lambda m: {"nx": int(tensor_attr(m, "weight").shape[0]), "nf": int(tensor_attr(m, "weight").shape[1])},
         decode,
         Record({"nx": Int(0), "nf": Int(0)}),
         (cls,),
@@ -399,23 +419,14 @@ CODECS: dict[type[nn.Module], LayoutCodec] = {
         placeholders=True,
     ),
     SelectInputs: LayoutCodec(
-        lambda m: {"dim": m.dim, "kept": m.index.numel()},
+        lambda m: {"dim": m.dim, "kept": tensor_attr(m, "index").numel()},
         lambda a: SelectInputs(torch.zeros(a["kept"], dtype=torch.long), a["dim"]),
         Record({"dim": Int(-8, 8), "kept": Int(0)}),
         (nn.Linear, nn.Conv2d),
         lambda a, limits: (Bound("kept", a["kept"], limits.inputs),),
     ),
     LoweredConv2d: LayoutCodec(
-        lambda m: {
-            "in_channels": m.in_channels,
-            "out_channels": m.out_channels,
-            "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride),
-            "padding": list(m.padding),
-            "dilation": list(m.dilation),
-            "bias": m.bias is not None,
-            "columns": m.columns.numel(),
-        },
+        _lowered_args,
         _lowered_decode,
         _LOWERED_SCHEMA,
         (nn.Conv2d,),

@@ -53,7 +53,7 @@ class Bound:
         return self.value != self.limit if self.exact else self.value > self.limit
 
 
-def _conv_limits(m: nn.Module, derived: bool) -> Limits:
+def _conv_limits(m: _ConvNd | ZeroWidthConv | CroppedConv2d | LoweredConv2d, derived: bool) -> Limits:
     kernel = tuple(getattr(m, "full_kernel_size", m.kernel_size))
     dilation = tuple(m.dilation)
     if isinstance(m.padding, str):  # "same" pads at most dilation * (kernel - 1) per side; "valid" none
@@ -66,7 +66,7 @@ def _conv_limits(m: nn.Module, derived: bool) -> Limits:
     return Limits(inputs, m.out_channels, kernel, padding, getattr(m, "groups", 1))
 
 
-def _attention_limits(m: nn.Module) -> Limits:
+def _attention_limits(m: nn.MultiheadAttention | HeadPrunedAttention) -> Limits:
     heads = m.original_heads if isinstance(m, HeadPrunedAttention) else m.num_heads
     width = max(m.embed_dim, m.kdim, m.vdim, heads * m.head_dim)
     return Limits(width, width, heads=heads, head_dim=m.head_dim)

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from shrinkage.compact.layout import LayoutEntry
@@ -198,7 +199,7 @@ def build(plan: RebuildPlan, source: str) -> dict[str, nn.Module]:
     return made
 
 
-def _device_of(module: nn.Module) -> object | None:
+def _device_of(module: nn.Module) -> torch.device | None:
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return None
@@ -218,10 +219,20 @@ def install(base: nn.Module, made: dict[str, nn.Module]) -> None:
 
 
 #: index buffers a rebuilt layer reads positions with, and the number of positions there are
+def _lowered_columns(m: nn.Module, origin: nn.Module) -> int:
+    assert isinstance(m, LoweredConv2d)  # the entry of LoweredConv2d
+    return m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+
+
+def _original_heads(m: nn.Module, origin: nn.Module) -> int:
+    assert isinstance(m, HeadPrunedAttention)  # the entry of HeadPrunedAttention
+    return m.original_heads
+
+
 _INDEX_BUFFERS: dict[type[nn.Module], tuple[str, Callable[[nn.Module, nn.Module], int]]] = {
     SelectInputs: ("index", lambda m, origin: limits_of(origin, derived=False).inputs),
-    LoweredConv2d: ("columns", lambda m, origin: m.in_channels * m.kernel_size[0] * m.kernel_size[1]),
-    HeadPrunedAttention: ("kept", lambda m, origin: m.original_heads),
+    LoweredConv2d: ("columns", _lowered_columns),
+    HeadPrunedAttention: ("kept", _original_heads),
 }
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
 from shrinkage.compact.forms import FormContext, LayerForm, register_form
+from shrinkage.compact.module_attrs import optional_tensor_attr, tensor_attr
 from shrinkage.layers import uninitialized
 
 
@@ -37,8 +39,9 @@ class LowRank:
     @classmethod
     def of(cls, layer: nn.Module, rank: int) -> LowRank:
         """The factors of ``layer``'s weight at ``rank``, from its SVD (computed in float64)."""
-        w = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
-        u, s, vh = (t.to(layer.weight.dtype) for t in torch.linalg.svd(w, full_matrices=False))
+        weight = tensor_attr(layer, "weight")
+        w = weight.detach().reshape(weight.shape[0], -1).double()
+        u, s, vh = (t.to(weight.dtype) for t in torch.linalg.svd(w, full_matrices=False))
         root = s[:rank].sqrt()
         return cls(layer, root.unsqueeze(1) * vh[:rank], u[:, :rank] * root)
 
@@ -47,8 +50,20 @@ class LowRank:
         return self.first.shape[0]
 
 
-def _like(m: nn.Module, **kwargs: object) -> dict[str, object]:
-    return {"device": m.weight.device, "dtype": m.weight.dtype, **kwargs}
+class _Like(TypedDict):
+    device: torch.device
+    dtype: torch.dtype
+    bias: bool
+
+
+def _like(m: nn.Module, *, bias: bool) -> _Like:
+    weight = tensor_attr(m, "weight")
+    return {"device": weight.device, "dtype": weight.dtype, "bias": bias}
+
+
+def _conv(m: nn.Module) -> nn.Conv2d:
+    # a factorized layer that is no Linear is a Conv2d (see factorize.candidate_layers)
+    return cast(nn.Conv2d, m)
 
 
 class TwoLayers(LayerForm):
@@ -59,18 +74,25 @@ class TwoLayers(LayerForm):
 
     def build(self, subject: LowRank, ctx: FormContext) -> nn.Module | None:
         m, r = subject.layer, subject.rank
+        bias = optional_tensor_attr(m, "bias")
+        first: nn.Linear | nn.Conv2d
+        second: nn.Linear | nn.Conv2d
         if isinstance(m, nn.Linear):
             first = nn.Linear(m.in_features, r, **_like(m, bias=False))
             second = nn.Linear(r, m.out_features, **_like(m, bias=m.bias is not None))
         else:
-            first = nn.Conv2d(m.in_channels, r, m.kernel_size, stride=m.stride, padding=m.padding,
-                              dilation=m.dilation, padding_mode=m.padding_mode, **_like(m, bias=False))  # fmt: skip
-            second = nn.Conv2d(r, m.out_channels, 1, **_like(m, bias=m.bias is not None))
+            c = _conv(m)
+            # torch types a Conv2d's kernel_size/stride/padding/dilation tuple[int, ...], its
+            # constructor asks for pairs: they are the pairs it stored
+            first = nn.Conv2d(c.in_channels, r, c.kernel_size, stride=c.stride, padding=c.padding,  # type: ignore[arg-type]
+                              dilation=c.dilation, padding_mode=c.padding_mode, **_like(c, bias=False))  # type: ignore[arg-type]  # fmt: skip
+            second = nn.Conv2d(r, c.out_channels, 1, **_like(c, bias=c.bias is not None))
         with torch.no_grad():
             first.weight.copy_(subject.first.reshape(first.weight.shape))
             second.weight.copy_(subject.second.reshape(second.weight.shape))
-            if m.bias is not None:
-                second.bias.copy_(m.bias)
+            if bias is not None:
+                assert second.bias is not None  # built with a bias when the layer has one
+                second.bias.copy_(bias)
         return nn.Sequential(OrderedDict(project=first, expand=second))
 
 
@@ -82,17 +104,21 @@ class DenseProduct(LayerForm):
 
     def build(self, subject: LowRank, ctx: FormContext) -> nn.Module | None:
         m = subject.layer
+        bias = optional_tensor_attr(m, "bias")
+        layer: nn.Linear | nn.Conv2d
         if isinstance(m, nn.Linear):
             layer = uninitialized(nn.Linear, m.in_features, m.out_features, **_like(m, bias=m.bias is not None))
         else:
-            layer = uninitialized(nn.Conv2d, m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
-                                  padding=m.padding, dilation=m.dilation, padding_mode=m.padding_mode,
-                                  **_like(m, bias=m.bias is not None))  # fmt: skip
+            c = _conv(m)
+            layer = uninitialized(nn.Conv2d, c.in_channels, c.out_channels, c.kernel_size, stride=c.stride,
+                                  padding=c.padding, dilation=c.dilation, padding_mode=c.padding_mode,
+                                  **_like(c, bias=c.bias is not None))  # fmt: skip
         with torch.no_grad():
             product = subject.second.double() @ subject.first.double()
             layer.weight.copy_(product.reshape(layer.weight.shape))
-            if m.bias is not None:
-                layer.bias.copy_(m.bias)
+            if bias is not None:
+                assert layer.bias is not None  # built with a bias when the layer has one
+                layer.bias.copy_(bias)
         return nn.Sequential(OrderedDict(product=layer))
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -33,6 +33,7 @@ from shrinkage.compact.choice import FormChoice, FormPolicy, default_policy
 from shrinkage.compact.forms import FormContext
 from shrinkage.compact.head_plan import decide_heads, head_units
 from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
+from shrinkage.compact.module_attrs import ConvLike
 from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions
 from shrinkage.graph.capture import Capture
@@ -242,7 +243,9 @@ def _zero_out(
     return out
 
 
-def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: int, candidates: Tensor):
+def _fold(
+    cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: int, candidates: Tensor
+) -> tuple[Tensor, Tensor]:
     """Which candidate channels this consumer can absorb, and the bias it must add for them.
 
     Returns ``(ok (n,), delta (out,))``: ``ok[c]`` for channels whose recorded input is the
@@ -273,8 +276,9 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
             vals = x.movedim(1, 0)[flat].reshape(flat.numel(), -1)
             const = (vals == vals[:, :1]).all(dim=1)
             v = vals[:, 0]
-            pads = module.padding if not isinstance(module.padding, str) else (1,)
-            padded = module.padding == "same" or any(p != 0 for p in pads)
+            padding = cast(ConvLike, module).padding  # the module of a CONV layer type
+            pads = padding if not isinstance(padding, str) else (1,)
+            padded = padding == "same" or any(p != 0 for p in pads)
             absorbable = const & ((v == 0) | (not padded))
             ok[ch] = absorbable
             kernel_sum = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(dim=2)  # (out, in)
@@ -282,7 +286,7 @@ def _fold(cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: i
     return ok, delta
 
 
-def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node]) -> bool:
+def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node | None]) -> bool:
     """Can every channel of ``space`` go? Each layer owning one of its slices must have a
     zero-width surgery, and each op its tensors pass through must accept no channels."""
     modules = {s.module for s in space.producers} | {u.module for u in space.passthrough + space.consumers}

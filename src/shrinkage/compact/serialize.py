@@ -23,7 +23,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import SymInt, Tensor, nn
 
 from shrinkage.compact.attention_types import sync_head_counts
 from shrinkage.compact.layout import LayoutEntry, describe, parse_layout
@@ -64,7 +64,7 @@ def _unshared(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, st
     and the second name points at the first."""
     out: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
-    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
+    seen: dict[tuple[int, int | SymInt, tuple[int, ...], tuple[int, ...]], str] = {}
     storages: set[int] = set()
     for name, tensor in state.items():
         tensor = tensor.detach()

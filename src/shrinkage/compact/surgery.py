@@ -8,10 +8,12 @@ so a new entry cannot forget a field.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from shrinkage.compact.module_attrs import ConvLike, int_attr, optional_tensor_attr, tensor_attr
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.layers import ZeroWidthConv, uninitialized
 
@@ -49,7 +51,8 @@ def _copy(dst: Tensor, src: Tensor) -> None:
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv)
 
 
-def shrink_conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+def shrink_conv(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    m = cast(ConvLike, module)  # the shrink of the conv layer type: module is one of its types
     out_idx = _idx(keep, 0, m.out_channels)
     if m.groups == 1:
         in_idx = _idx(keep, 1, m.in_channels)
@@ -61,29 +64,31 @@ def shrink_conv(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
         weight = m.weight.detach()[out_idx]
     else:
         raise UnsupportedModuleError(f"cannot shrink grouped conv with groups={m.groups}")
+    new: nn.Module
     if in_ch == 0 or len(out_idx) == 0:
         new = ZeroWidthConv(
             in_ch, len(out_idx), m.kernel_size, m.stride, m.padding, m.dilation, bias=m.bias is not None,
             padding_mode=m.padding_mode,
         ).to(device=m.weight.device, dtype=m.weight.dtype)  # fmt: skip
-    elif type(m) not in _PLAIN_CONVS:
+    elif type(module) not in _PLAIN_CONVS:
         # a subclass (timm's Conv2dSame, a weight-standardized conv) may take other
         # constructor arguments and compute more: a sliced copy keeps all of it
         tensors = {"weight": weight} | ({"bias": m.bias.detach()[out_idx]} if m.bias is not None else {})
-        return sliced_copy(m, tensors, in_channels=in_ch, out_channels=len(out_idx), groups=groups)
+        return sliced_copy(module, tensors, in_channels=in_ch, out_channels=len(out_idx), groups=groups)
     else:
         new = uninitialized(
-            type(m), in_ch, len(out_idx), m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-            groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+            type(module), in_ch, len(out_idx), m.kernel_size, stride=m.stride, padding=m.padding,
+            dilation=m.dilation, groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode,
             device=m.weight.device, dtype=m.weight.dtype,
         )  # fmt: skip
-    _copy(new.weight, weight)
+    _copy(tensor_attr(new, "weight"), weight)
     if m.bias is not None:
-        _copy(new.bias, m.bias.detach()[out_idx])
+        _copy(tensor_attr(new, "bias"), m.bias.detach()[out_idx])
     return new
 
 
-def shrink_linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+def shrink_linear(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    m = cast(nn.Linear, module)  # the shrink of the linear layer type: nn.Linear and its subclasses
     out_idx = _idx(keep, 0, m.out_features)
     in_idx = _idx(keep, 1, m.in_features)
     if type(m) is not nn.Linear and len(in_idx) and len(out_idx):  # a subclass keeps its type and extras
@@ -100,7 +105,7 @@ def shrink_linear(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
 
 
 def shrink_batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
-    idx = _idx(keep, 0, m.num_features)
+    idx = _idx(keep, 0, int_attr(m, "num_features"))
     if len(idx) == 0:
         return nn.Identity()  # normalizing no channels is the identity on an empty tensor
     # a sliced copy, not a new instance: a subclass (timm's BatchNormAct2d, which also
@@ -110,8 +115,10 @@ def shrink_batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
 
 
 def _per_channel(m: nn.Module) -> list[tuple[str, Tensor]]:
-    names = (["weight", "bias"] if m.affine else []) + (["running_mean", "running_var"] if m.track_running_stats else [])
-    return [(n, getattr(m, n)) for n in names]
+    names = (["weight", "bias"] if m.affine else []) + (
+        ["running_mean", "running_var"] if m.track_running_stats else []
+    )
+    return [(n, tensor_attr(m, n)) for n in names]
 
 
 def sliced_copy(m: nn.Module, tensors: dict[str, Tensor], **attrs: object) -> nn.Module:
@@ -122,15 +129,18 @@ def sliced_copy(m: nn.Module, tensors: dict[str, Tensor], **attrs: object) -> nn
     new = copy.deepcopy(m, memo)
     for name, value in tensors.items():
         if name in m._parameters:
-            new._parameters[name] = nn.Parameter(value.clone(), requires_grad=m._parameters[name].requires_grad)
+            old = m._parameters[name]
+            assert old is not None  # a parameter that is replaced is set
+            new._parameters[name] = nn.Parameter(value.clone(), requires_grad=old.requires_grad)
         else:
             new._buffers[name] = value.clone()
-    for key, value in attrs.items():
-        setattr(new, key, value)
+    for key, attr in attrs.items():
+        setattr(new, key, attr)
     return new
 
 
-def shrink_prelu(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+def shrink_prelu(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
+    m = cast(nn.PReLU, module)  # the shrink of the PReLU layer type
     idx = _idx(keep, 0, m.num_parameters)
     new = nn.PReLU(len(idx), device=m.weight.device, dtype=m.weight.dtype)
     _copy(new.weight, m.weight.detach()[idx])
@@ -139,11 +149,12 @@ def shrink_prelu(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
 
 def add_bias(module: nn.Module, delta: Tensor) -> None:
     """``bias += delta``, creating the bias if the layer had none (folded constants)."""
-    if module.bias is None:
-        module.bias = nn.Parameter(delta.clone().to(module.weight.dtype))
+    bias = optional_tensor_attr(module, "bias")
+    if bias is None:
+        module.bias = nn.Parameter(delta.clone().to(tensor_attr(module, "weight").dtype))
     else:
         with torch.no_grad():
-            module.bias.add_(delta.to(module.bias.dtype))
+            bias.add_(delta.to(bias.dtype))
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

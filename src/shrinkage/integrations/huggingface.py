@@ -481,7 +481,8 @@ def from_pretrained(model_class: type[PreTrainedModel], path: str | Path, **kwar
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory)
     if dtype is not None:
         nn.Module.to(model, dtype)
-    return model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves PreTrainedModel.eval unannotated; it returns model
+    return model
 
 
 __all__ = [
