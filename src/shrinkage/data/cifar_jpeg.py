@@ -29,6 +29,7 @@ import re
 import sys
 import tarfile
 import threading
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -312,6 +313,24 @@ def _decode_archive(archive: Path) -> dict[str, torch.Tensor]:
     """
     decode = _jpeg_decoder(archive)
     members = _read_members(archive)
+    with warnings.catch_warnings():
+        # torchvision >= 0.29 warns on every decode_jpeg call that its image codecs are
+        # deprecated; 60,000 identical warnings help no one (Pillow takes over once they go)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
+        tensors = _decode_members(archive, members, decode)
+    logger.info(
+        "decoded %s from %s: %d train, %d test images",
+        CIFAR10_JPEG_TITLE,
+        archive,
+        len(tensors["train_labels"]),
+        len(tensors["test_labels"]),
+    )
+    return tensors
+
+
+def _decode_members(
+    archive: Path, members: dict[str, list[tuple[int, str, bytes]]], decode: Decoder
+) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for split in SPLITS:
         entries = sorted(members[split], key=lambda entry: (entry[0], entry[1]))
@@ -329,13 +348,6 @@ def _decode_archive(archive: Path) -> dict[str, torch.Tensor]:
             images[index] = pixels
         tensors[f"{split}_images"] = images
         tensors[f"{split}_labels"] = torch.tensor([label for label, _, _ in entries], dtype=torch.int64)
-    logger.info(
-        "decoded %s from %s: %d train, %d test images",
-        CIFAR10_JPEG_TITLE,
-        archive,
-        len(tensors["train_labels"]),
-        len(tensors["test_labels"]),
-    )
     return tensors
 
 
