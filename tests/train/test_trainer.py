@@ -128,3 +128,33 @@ def test_reinitialized_finetune_keeps_zeros_and_resumes_exactly(tmp_path: Path, 
 
     plain = Trainer(base, model(), *datasets, tmp_path / "c").fit()
     assert not torch.equal(plain.model.fc2.weight, straight.model.fc2.weight)  # it did restart
+
+
+def test_dataset_augmentation_runs_on_every_training_batch_and_resumes_exactly(
+    tmp_path: Path, datasets: Datasets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shrinkage.data import get_dataset_spec
+    from shrinkage.train import trainer as trainer_module
+
+    calls: list[int] = []
+
+    def flip_some(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        calls.append(images.shape[0])
+        flip = torch.rand(images.shape[0], generator=generator) < 0.5  # draws from the trainer's generator
+        return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+    spec = dataclasses.replace(get_dataset_spec(tiny_config().data.name), train_augment=flip_some)
+    monkeypatch.setattr(trainer_module, "get_dataset_spec", lambda name: spec)
+    config = tiny_config()
+    straight = Trainer(config, tiny_model(), *datasets, tmp_path / "a").fit()
+    batches_per_epoch = -(-len(datasets[0]) // config.data.batch_size)
+    assert len(calls) == 3 * batches_per_epoch and sum(calls) == 3 * len(datasets[0])
+    with pytest.raises(Stop):
+        Trainer(config, tiny_model(), *datasets, tmp_path / "b", on_epoch_end=stop_after(1)).fit()
+    resumed = Trainer(config, tiny_model(seed=42), *datasets, tmp_path / "b").fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    monkeypatch.setattr(trainer_module, "get_dataset_spec", get_dataset_spec)
+    plain = Trainer(config, tiny_model(), *datasets, tmp_path / "c").fit()
+    pairs = zip(plain.model.state_dict().values(), straight.model.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the augmentation changed what was learned

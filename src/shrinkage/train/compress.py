@@ -35,7 +35,7 @@ from shrinkage.config import (
     resolve_rule,
     to_dict,
 )
-from shrinkage.data import ImageDataset, batches
+from shrinkage.data import ImageDataset, batches, get_dataset_spec
 from shrinkage.errors import ConfigError
 from shrinkage.io import reporting_write_errors, write_json, write_text, write_yaml
 from shrinkage.metrics import count_macs, count_parameters, evaluate, measure_latency
@@ -277,6 +277,7 @@ def compress(
         momentum=config.train.momentum, weight_decay=config.train.weight_decay, mask=selected.mask,
         teacher=dense if target.distill_weight > 0 else None, distill_weight=target.distill_weight,
         temperature=target.temperature, seed=config.train.seed,
+        augment=get_dataset_spec(config.data.name).train_augment,
     )  # fmt: skip
     final = selector.finish(selected.model, example)
     accuracy["finetuned"] = _accuracy(final, test, config)

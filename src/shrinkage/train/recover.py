@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from shrinkage.config import CosineSchedule, ScheduleConfig
 from shrinkage.config.fields import MAX_SEED
-from shrinkage.data import ImageDataset, batches
+from shrinkage.data import BatchAugment, ImageDataset, batches
 from shrinkage.errors import ConfigError, TrainingError
 from shrinkage.metrics import evaluate
 from shrinkage.optim import ZeroMask
@@ -77,13 +77,15 @@ def finetune(
     temperature: float = 4.0,
     seed: int = 0,
     schedule: ScheduleConfig | None = None,
+    augment: BatchAugment | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` with SGD; one row per epoch.
 
     ``mask`` (from :meth:`shrinkage.PruneResult.zero_mask`) is re-applied after every
     step, so removed structures stay exactly zero. ``teacher`` (the dense model) adds
     the distillation term with ``distill_weight`` at ``temperature``. ``schedule``
-    defaults to cosine annealing over the epochs. Shuffling and any randomness inside
+    defaults to cosine annealing over the epochs. ``augment`` is applied to every training
+    batch (the dataset's ``train_augment``). Shuffling and any randomness inside
     the model come from ``seed``; the caller's global RNG state is left as it was.
     Rows: ``epoch``, ``lr``, ``train_loss`` (the objective), ``train_ce``,
     ``test_accuracy`` and ``test_loss`` on the full ``test_set``, ``time_s``.
@@ -109,7 +111,7 @@ def finetune(
             started = time.perf_counter()
             current_lr = float(optimizer.param_groups[0]["lr"])
             loss, ce = _epoch(model, train_set, batch_size, generator, optimizer, mask, teacher,
-                              distill_weight, temperature, epoch)  # fmt: skip
+                              distill_weight, temperature, epoch, augment)  # fmt: skip
             if scheduler is not None:
                 scheduler.step()
             result = evaluate(model, batches(test_set, test_batch_size, shuffle=False))
@@ -125,12 +127,15 @@ def finetune(
 
 def _epoch(model: nn.Module, data: ImageDataset, batch_size: int, generator: torch.Generator,
            optimizer: torch.optim.Optimizer, mask: ZeroMask | None, teacher: nn.Module | None,
-           weight: float, temperature: float, epoch: int) -> tuple[float, float]:  # fmt: skip
+           weight: float, temperature: float, epoch: int,
+           augment: BatchAugment | None = None) -> tuple[float, float]:  # fmt: skip
     """One pass over ``data``; the sample-weighted mean objective and cross-entropy."""
     model.train()
     loss_sum = ce_sum = 0.0
     seen = 0
     for step, (inputs, labels) in enumerate(batches(data, batch_size, shuffle=True, generator=generator), 1):
+        if augment is not None:
+            inputs = augment(inputs, generator)
         optimizer.zero_grad()
         logits = model(inputs)
         if teacher is not None and weight > 0:

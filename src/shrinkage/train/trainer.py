@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shrinkage.config import Mode, RunConfig, resolve_rule, resolve_rules, to_dict
-from shrinkage.data import ImageDataset, batches
+from shrinkage.data import ImageDataset, batches, get_dataset_spec
 from shrinkage.errors import ConfigError, TrainingError
 from shrinkage.io import load_checkpoint, reporting_write_errors, save_checkpoint
 from shrinkage.metrics import evaluate
@@ -234,6 +234,7 @@ class Trainer:
 
     def _train_epoch(self, network: nn.Module, phase: Phase, runtime: PhaseRuntime, epoch: int) -> float:
         data, world = self.train_set, self.world
+        augment = get_dataset_spec(self.config.data.name).train_augment
         size = self.config.data.batch_size  # the global batch; each process takes its shard of it
         network.train()
         loss_sum, seen = 0.0, 0
@@ -241,6 +242,8 @@ class Trainer:
                    unit="batch", leave=False, disable=not (self.progress and world.is_main))
         with bar:
             for step, (inputs, labels) in enumerate(batches(data, size, shuffle=True, generator=self.generator), 1):
+                if augment is not None:  # before sharding: every process draws the same
+                    inputs = augment(inputs, self.generator)
                 part = distributed.shard(inputs, labels, world)
                 runtime.optimizer.zero_grad()
                 loss = F.cross_entropy(network(part.images), part.labels) * part.weight
