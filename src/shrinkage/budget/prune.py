@@ -107,11 +107,11 @@ class _Search:
         self.dense_macs = count_macs(self.work, example_inputs)
         self.dense_params = count_parameters(self.work)
         # the capture compact() uses too, so every unit found here is one compaction removes
-        graph = capture_channel_graph(
+        self.graph = capture_channel_graph(
             self.work, example_inputs, options.capture, leaf_modules=options.leaf_modules,
             allow_unknown=options.allow_unknown,
         )  # fmt: skip
-        self.units = find_units(self.work, graph, self.dense_macs.per_module)
+        self.units = find_units(self.work, self.graph, self.dense_macs.per_module)
         self.steps = self._order(min_channels, depth)
         self.evaluations = 0
         if budget.latency_ms is not None:
@@ -191,7 +191,8 @@ class _Search:
     def measure(self, removed: list[Tensor]) -> tuple[Achieved, nn.Module]:
         self.apply(removed)
         self.evaluations += 1
-        small = compact(self.work, self.example, self.options)
+        # the capture above, reused: the zero patterns change the weights, not the graph
+        small = compact(self.work, self.example, self.options, graph=self.graph)
         macs = count_macs(small, self.example).total / max(1, self.dense_macs.total)
         params = count_parameters(small) / max(1, self.dense_params)
         latency = None

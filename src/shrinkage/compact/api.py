@@ -19,7 +19,7 @@ from shrinkage.compact.surgery import set_submodule as _set_submodule
 from shrinkage.errors import ShrinkageError, UnsupportedModuleError
 from shrinkage.graph.builder import ChannelGraph
 from shrinkage.graph.capture import capture_channel_graph, capture_used
-from shrinkage.graph.export_graph import called_as_module, node_owner
+from shrinkage.graph.export_graph import ExportChannelGraph, called_as_module, node_owner, recorded_again
 from shrinkage.integrations.huggingface import sync_config_if_possible
 from shrinkage.layers import HeadPrunedAttention
 
@@ -32,14 +32,21 @@ def plan_compaction(
     options: CompactOptions | None = None,
     *,
     device: torch.device | str | None = None,
+    graph: ChannelGraph | None = None,
 ) -> CompactionPlan:
     """Trace ``model``, find its channel spaces, decide what can go and choose each
     layer's form (nothing is modified). Forms are timed on ``device`` (default: the
-    model's) when the policy measures."""
+    model's) when the policy measures. ``graph``: an earlier capture of this very model
+    (:func:`~shrinkage.graph.capture.capture_channel_graph`) whose weights may have
+    changed in place since, reused instead of capturing again (see :func:`compact`)."""
     options = options or CompactOptions()
-    cg = capture_channel_graph(
-        model, example_inputs, options.capture, leaf_modules=options.leaf_modules, allow_unknown=options.allow_unknown
-    )
+    if isinstance(graph, ExportChannelGraph):
+        cg: ChannelGraph = recorded_again(graph, model, example_inputs)
+    else:  # a torch.fx capture records in-place ops as it traces: it is captured again
+        cg = capture_channel_graph(
+            model, example_inputs, options.capture, leaf_modules=options.leaf_modules,
+            allow_unknown=options.allow_unknown,
+        )  # fmt: skip
     plan = decide(cg, options.round_to)
     plan.capture = capture_used(cg)
     if device is None:
@@ -238,6 +245,7 @@ def compact(
     options: CompactOptions | None = None,
     *,
     atol: float = 1e-4,
+    graph: ChannelGraph | None = None,
 ) -> nn.Module:
     """Return a new, smaller model whose outputs equal ``model``'s; ``model`` is untouched.
 
@@ -249,6 +257,10 @@ def compact(
     :class:`~shrinkage.compact.choice.FormChoice` (``form_choices(result)`` lists them).
     The result is checked on ``example_inputs``; a difference above ``atol`` (relative to
     the output scale) raises, since it would mean a rule is wrong.
+
+    ``graph``: a capture of this model on inputs of these shapes, made once and reused by
+    every call (a selection compacting the same model under many zero patterns): the
+    channel spaces depend on the architecture only, so only the values are recorded again.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
@@ -259,15 +271,20 @@ def compact(
         # and the result is moved back where it came from
         on_cpu = copy.deepcopy(model).cpu()
         inputs = tuple(x.cpu() if isinstance(x, Tensor) else x for x in example_inputs)
-        return _compact(on_cpu, inputs, options, atol, device).to(device)
-    return _compact(model, example_inputs, options, atol, device)
+        return _compact(on_cpu, inputs, options, atol, device).to(device)  # a copy: captured anew
+    return _compact(model, example_inputs, options, atol, device, graph)
 
 
 def _compact(
-    model: nn.Module, example_inputs: tuple[Any, ...], options: CompactOptions | None, atol: float, device: torch.device
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    options: CompactOptions | None,
+    atol: float,
+    device: torch.device,
+    graph: ChannelGraph | None = None,
 ) -> nn.Module:
     _refuse_hooks(model)
-    plan = plan_compaction(model, example_inputs, options, device=device)
+    plan = plan_compaction(model, example_inputs, options, device=device, graph=graph)
     new = apply_plan(model, plan)
     reference, got = _outputs(model, example_inputs), _outputs(new, example_inputs)
     scale = max([float(t.abs().max()) for t in reference if t.numel()] + [1.0])

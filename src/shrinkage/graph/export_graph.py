@@ -12,6 +12,7 @@ that op registers the slices of that module's parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from shrinkage.errors import UnsupportedModuleError
+from shrinkage.errors import ConfigError, UnsupportedModuleError
 from shrinkage.graph.attention_heads import HeadUnit, find_head_units
 from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder, node_args
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
@@ -304,12 +305,29 @@ def build_export_graph(
     """Export ``model`` (left unchanged), record every value on ``example_inputs`` and find
     its channel spaces with the ATen ``rules``."""
     gm = export_model(model, example_inputs)
+    cg = ExportChannelGraph(
+        gm=gm, table=SpaceTable(), values=_record(gm, example_inputs), rules=rules, root=model,
+        aliases=module_aliases(model),
+    )  # fmt: skip
+    ExportGraphBuilder(cg, allow_unknown).run(rules)
+    return cg
+
+
+def _record(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> dict[str, Any]:
     recorder = _Recorder(gm)
     flat = torch.utils._pytree.tree_leaves(example_inputs)
     with torch.no_grad():
         recorder.run(*flat)  # a failing node raises ExampleInputError naming it
-    cg = ExportChannelGraph(
-        gm=gm, table=SpaceTable(), values=recorder.values, rules=rules, root=model, aliases=module_aliases(model)
-    )
-    ExportGraphBuilder(cg, allow_unknown).run(rules)
-    return cg
+    return recorder.values
+
+
+def recorded_again(graph: ExportChannelGraph, model: nn.Module, example_inputs: tuple[Any, ...]) -> ExportChannelGraph:
+    """``graph`` (a capture of ``model``) with its values recorded again on ``model``'s
+    current weights: the spaces depend on the architecture and the input shapes only, the
+    values (constants to fold) on the weights. The exported program reads the model's own
+    parameter tensors, so weights changed in place since the capture are seen; a capture
+    of another model is refused."""
+    mine = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    if graph.root is not model or any(id(t) not in mine for t in graph.gm.parameters()):
+        raise ConfigError(f"the channel graph given is not a capture of this {type(model).__name__}")
+    return dataclasses.replace(graph, values=_record(graph.gm, example_inputs))
