@@ -201,6 +201,20 @@ class GraphBuilder:
             return axis
         return None
 
+    def keep(self, node: fx.Node, why: str) -> Axis | None:
+        """An op that mixes channels in a way no removal survives (a known op, not a
+        missing rule): every channel it reads stays, and its output's channels form a new
+        space that stays too. Exact by construction."""
+        for arg in self.tensor_inputs(node):
+            self.pin(self.axis(arg), f"{why} ({node.name})")
+        out = self.g.values.get(node.name)
+        if isinstance(out, Tensor) and out.dim() >= 1 and out.is_floating_point():
+            dim = min(1, out.dim() - 1)
+            axis = self.new_space(node, out.shape[dim], dim)
+            self.pin(axis, f"{why} ({node.name})")
+            return axis
+        return None
+
     # -- the walk --------------------------------------------------------------------
     def run(self, rules: "RuleSet") -> None:
         for node in self.g.gm.graph.nodes:

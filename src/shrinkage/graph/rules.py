@@ -216,7 +216,7 @@ def reshape(b: GraphBuilder, node: fx.Node) -> Axis | None:
         return axis if _prod(after[d + 1 :]) == _prod(before[d + 1 :]) else b.unknown(node, "reshape")
     if len(after) == d + 1 and after[:d] == before[:d]:
         return _flatten_axis(b, node, d, len(before) - 1)
-    return b.unknown(node, f"a reshape from {list(before)} to {list(after)} across the channel dim")
+    return b.keep(node, f"a reshape from {list(before)} to {list(after)} across the channel dim")
 
 
 def _merge_grid(axis: Axis, grid: Grid) -> Axis:
@@ -425,7 +425,7 @@ def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
     if first == second + 1:  # the two dims swapped: channel shuffle, step 2
         g = axis.grid
         return Axis(second, axis.segments, Grid(g.sizes[::-1], g.strides[::-1]))
-    return b.unknown(node, "a permute that separates the two dims of a split channel axis")
+    return b.keep(node, "a permute that separates the two dims of a split channel axis")
 
 
 def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
