@@ -171,6 +171,18 @@ def test_hf_vit_loses_a_head() -> None:
     assert small.layers[0].attention.num_attention_heads == 3
 
 
+def test_distilbert_loses_a_head() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                           max_position_embeddings=32)  # fmt: skip
+    model = transformers.DistilBertModel(config).eval()
+    _zero_rows(model.transformer.layer[1].attention.v_lin, slice(0, 8))
+    small = assert_compacts_exactly(model, (_ids(),))
+    attn = small.transformer.layer[1].attention
+    assert (attn.n_heads, attn.q_lin.out_features, attn.out_lin.in_features) == (3, 24, 24)
+
+
 # -- a user's own attention ------------------------------------------------------------
 
 

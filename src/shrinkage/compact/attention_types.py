@@ -146,6 +146,15 @@ def _bert_set(m: nn.Module, query: int, key_value: int) -> None:
     set_int_attr(m, "all_head_size", query * number_attr(m, "attention_head_size"))
 
 
+def _distilbert_counts(m: nn.Module) -> HeadCounts:
+    heads = number_attr(m, "n_heads")
+    return HeadCounts(heads, heads, number_attr(m, "attention_head_size"))
+
+
+def _distilbert_set(m: nn.Module, query: int, key_value: int) -> None:
+    set_int_attr(m, "n_heads", query)  # the forward infers it (``view(..., -1, head_size)``); kept true
+
+
 def _gpt2_counts(m: nn.Module) -> HeadCounts:
     return HeadCounts(number_attr(m, "num_heads"), number_attr(m, "num_heads"), number_attr(m, "head_dim"))
 
@@ -207,6 +216,11 @@ def _register_transformers() -> None:
     )
     if bert_like:
         register_attention_type(AttentionType(bert_like, _bert_counts, _bert_set, "query", "key", "value"))
+    distilbert = classes("distilbert.modeling_distilbert", "DistilBertSelfAttention")
+    if distilbert:
+        register_attention_type(AttentionType(
+            distilbert, _distilbert_counts, _distilbert_set, "q_lin", "k_lin", "v_lin", output="out_lin"
+        ))  # fmt: skip
     gpt2 = classes("gpt2.modeling_gpt2", "GPT2Attention")
     if gpt2:
         register_attention_type(AttentionType(gpt2, _gpt2_counts, _gpt2_set, fused_qkv="c_attn", output="c_proj"))
