@@ -291,3 +291,16 @@ def test_prune_to_a_parameter_budget_removes_timm_heads() -> None:
     heads = [b.attn.num_heads for b in result.compact.blocks]
     assert min(heads) < model.blocks[0].attn.num_heads
     torch.testing.assert_close(result.compact(x), result.model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_under_torch_fx_hand_written_attention_keeps_its_channels_exactly() -> None:
+    """torch.fx sees the attention op by op: its products and softmax keep the channels
+    they read (its heads stay), and the layers around it still shrink."""
+    torch.manual_seed(0)
+    model = Block().eval()
+    _zero_rows(model.attn.v, slice(8, 16))  # a head export would remove
+    with torch.no_grad():
+        model.fc.weight[:, :3] = 0  # three attention outputs nobody reads
+    options = shrinkage.CompactOptions(capture=shrinkage.Capture.FX)
+    small = assert_compacts_exactly(model, (torch.randn(2, 5, 24),), options=options)
+    assert small.attn.out.out_features == 21 and small.attn.v.out_features == 24

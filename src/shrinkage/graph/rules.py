@@ -594,4 +594,20 @@ def default_rules() -> RuleSet:
     rules.methods.update({"split": split, "chunk": split, "transpose": transpose, "permute": transpose})
     _torchvision_rules(rules)
     rules.methods.update({"mean": reduce, "sum": reduce, "amax": reduce})
+    # attention written by hand, seen op by op: products of two activations and softmaxes
+    # mix channels in ways no removal survives, so they keep what they read (exact; the
+    # export capture removes such modules' heads whole, see graph.attention_heads)
+    for fn in (operator.matmul, torch.matmul, torch.bmm, F.scaled_dot_product_attention, F.softmax, torch.softmax):
+        rules.functions[fn] = keeps_channels
+    rules.methods.update({m: keeps_channels for m in ("matmul", "bmm", "softmax", "repeat_interleave")})
     return rules
+
+
+def keeps_channels(b: GraphBuilder, node: fx.Node) -> Axis | None:
+    """A known op whose channels stay (see :meth:`GraphBuilder.keep`)."""
+    return b.keep(node, f"{_label(node)} mixes channels")
+
+
+def _label(node: fx.Node) -> str:
+    target = node.target
+    return f".{target}()" if node.op == "call_method" else str(getattr(target, "__name__", target))
