@@ -146,9 +146,13 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 continue
             diff = 100 * (reference["error"]["mean"] - r["error"]["mean"])
             spread = 100 * max(reference["error"]["std"], r["error"]["std"])
-            verdict = ("better by more than the spread across seeds" if diff > spread
-                       else "worse by more than the spread across seeds" if -diff > spread
-                       else "within the spread across seeds")  # fmt: skip
+            seeds = min(reference["error"]["n"], r["error"]["n"])
+            if seeds < 2:  # one seed has no spread: say so rather than compare with zero
+                verdict = f"{'better' if diff > 0 else 'worse'} on one seed (no spread to compare with)"
+            else:
+                verdict = ("better by more than the spread across seeds" if diff > spread
+                           else "worse by more than the spread across seeds" if -diff > spread
+                           else "within the spread across seeds")  # fmt: skip
             out.append(f"- {100 * budget:.0f}% MACs, {LABELS[method]}: error {_pm(r['error'])}% against "
                        f"{_pm(reference['error'])}% for plain + SVD + fine-tuning ({diff:+.2f} points): {verdict}.")  # fmt: skip
     return out
