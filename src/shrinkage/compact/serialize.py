@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,17 +154,35 @@ def load(path: str | Path, base_model: nn.Module) -> nn.Module:
     source = str(path)
     metadata, shapes = _read_header(path)
     layout, aliases = _parse_metadata(path, metadata, base_model)
-    plan = plan_rebuild(base_model, layout, source)
-    made = build(plan, source)
+    rebuild_and_load(base_model, layout, shapes, lambda expected: aliases, lambda: _read_tensors(path), source, source)
+    return base_model
+
+
+def rebuild_and_load(
+    base_model: nn.Module,
+    layout: dict[str, LayoutEntry],
+    shapes: dict[str, tuple[int, ...]],
+    tied: Callable[[dict[str, Tensor]], dict[str, str]],
+    read_state: Callable[[], dict[str, Tensor]],
+    layout_source: str,
+    tensor_source: str,
+) -> None:
+    """Rebuild the layers ``layout`` describes inside ``base_model`` and load the stored
+    tensors (``shapes``: their stored shapes; ``tied(expected tensors)``: each name stored
+    only under another tied one -> that one; ``read_state`` reads them). Everything is checked before ``base_model``
+    changes; errors name ``layout_source`` (the layout's file) or ``tensor_source``."""
+    plan = plan_rebuild(base_model, layout, layout_source)
+    made = build(plan, layout_source)
     expected = expected_tensors(base_model, made)
-    check_header(expected, shapes, aliases, source)
-    state = _read_tensors(path)
+    aliases = tied(expected)
+    check_header(expected, shapes, aliases, tensor_source)
+    state = read_state()
     if set(state) != set(shapes):
-        raise DataError(f"{path} changed while it was being read")
+        raise DataError(f"{tensor_source} changed while it was being read")
     for name, target in aliases.items():
         state[name] = state[target]
-    check_dtypes(expected, state, expected_modules(base_model, made), source)
-    check_indices(state, index_bounds(base_model, plan, made), source)
+    check_dtypes(expected, state, expected_modules(base_model, made), tensor_source)
+    check_indices(state, index_bounds(base_model, plan, made), tensor_source)
 
     install(base_model, made)
     adopt_dtypes(base_model, state)
@@ -174,13 +193,12 @@ def load(path: str | Path, base_model: nn.Module) -> nn.Module:
     try:
         missing, unexpected = base_model.load_state_dict(ordered, strict=False)
     except RuntimeError as exc:  # checked above; a module with its own loading rules may still refuse
-        raise ShrinkageError(f"{path} does not load into the rebuilt {type(base_model).__name__}: "
+        raise ShrinkageError(f"{tensor_source} does not load into the rebuilt {type(base_model).__name__}: "
                              f"{_first_line(exc)}") from None  # fmt: skip
     if missing or unexpected:
         key = (missing or unexpected)[0]
         raise ShrinkageError(
-            f"{path} does not fit the rebuilt {type(base_model).__name__}: "
+            f"{tensor_source} does not fit the rebuilt {type(base_model).__name__}: "
             f"{'missing' if missing else 'unexpected'} tensor '{key}'"
         )
     sync_head_counts(base_model)  # attention modules whose heads were removed read their new counts
-    return base_model

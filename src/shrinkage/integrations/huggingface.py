@@ -39,19 +39,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from shrinkage.compact.attention_types import sync_head_counts
 from shrinkage.compact.layer_types import canonical_param
 from shrinkage.compact.layout import LayoutEntry, describe, parse_layout
-from shrinkage.compact.layout_plan import build, index_bounds, install, plan_rebuild
+from shrinkage.compact.layout_plan import plan_rebuild
 from shrinkage.compact.layout_schema import AnyObject, Int, LayoutError, MapOf, Nullable, Record, SchemaMismatch, Text
-from shrinkage.compact.saved_tensors import (
-    adopt_dtypes,
-    check_dtypes,
-    check_header,
-    check_indices,
-    expected_modules,
-    expected_tensors,
-)
+from shrinkage.compact.serialize import rebuild_and_load
 from shrinkage.errors import ConfigError, DataError, ShrinkageError, UnsupportedModuleError
 
 if TYPE_CHECKING:
@@ -407,26 +399,10 @@ def _tied_aliases(expected: Mapping[str, Tensor], stored: Mapping[str, tuple[int
 def _load_weights(base: nn.Module, layout: dict[str, LayoutEntry], directory: Path, config_file: str) -> None:
     """Apply ``layout`` to ``base`` and load the saved tensors; nothing in ``base`` changes
     unless every tensor fits."""
-    plan = plan_rebuild(base, layout, config_file)
-    made = build(plan, config_file)
-    expected = expected_tensors(base, made)
     source, files = _weight_files(directory)
     shapes = _stored_shapes(files)
-    aliases = _tied_aliases(expected, shapes)
-    check_header(expected, shapes, aliases, str(source))
-    state = _read_tensors(files)
-    for name, target in aliases.items():
-        state[name] = state[target]
-    check_dtypes(expected, state, expected_modules(base, made), str(source))
-    check_indices(state, index_bounds(base, plan, made), str(source))
-    install(base, made)
-    adopt_dtypes(base, state)
-    try:
-        base.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # checked above; a module with its own loading rules may still refuse
-        raise ShrinkageError(f"{source} does not load into the rebuilt {type(base).__name__}: "
-                             f"{_first_line(exc)}") from None  # fmt: skip
-    sync_head_counts(base)  # attention modules that lost heads read their counts from the projections
+    rebuild_and_load(base, layout, shapes, lambda expected: _tied_aliases(expected, shapes),
+                     lambda: _read_tensors(files), config_file, str(source))  # fmt: skip
 
 
 def _dtype_option(kwargs: dict[str, Any]) -> torch.dtype | None:
