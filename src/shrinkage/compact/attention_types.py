@@ -21,13 +21,13 @@ heads of a group sharing one key/value head); compaction still checks the output
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from shrinkage.compact.module_attrs import number_attr, set_int_attr
+from shrinkage.compact.optional_libraries import register_imported, when_imported
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def register_attention_type(attention_type: AttentionType) -> None:
 
 def attention_type_of(module: nn.Module) -> AttentionType | None:
     """The registered type of ``module``, looking through its classes in method order."""
-    _register_optional()
+    register_imported()
     for cls in type(module).__mro__:
         found = _REGISTRY.get(cls)
         if found is not None:
@@ -180,25 +180,12 @@ def _projection_set(m: nn.Module, query: int, key_value: int) -> None:
             setattr(m, attr, value)
 
 
-_OPTIONAL_DONE: set[str] = set()
-
-
-def _register_optional() -> None:
-    """Attention types of optional libraries, registered once the user's code imported
-    them (a model of theirs can only exist then), so importing shrinkage stays light."""
-    if "timm" not in _OPTIONAL_DONE and "timm" in sys.modules:
-        _OPTIONAL_DONE.add("timm")
-        try:
-            from timm.layers import Attention
-        except ImportError:
-            pass
-        else:
-            register_attention_type(
-                AttentionType((Attention,), _timm_counts, _timm_set, fused_qkv="qkv", output="proj")
-            )
-    if "transformers" not in _OPTIONAL_DONE and "transformers" in sys.modules:
-        _OPTIONAL_DONE.add("transformers")
-        _register_transformers()
+def _register_timm() -> None:
+    try:
+        from timm.layers import Attention
+    except ImportError:
+        return
+    register_attention_type(AttentionType((Attention,), _timm_counts, _timm_set, fused_qkv="qkv", output="proj"))
 
 
 def _register_transformers() -> None:
@@ -234,3 +221,7 @@ def _register_transformers() -> None:
         register_attention_type(AttentionType(
             llama_like, _projection_counts, _projection_set, "q_proj", "k_proj", "v_proj", output="o_proj"
         ))  # fmt: skip
+
+
+when_imported("timm", _register_timm)
+when_imported("transformers", _register_transformers)

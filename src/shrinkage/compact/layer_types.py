@@ -21,7 +21,6 @@ Subclasses of a registered type are covered by it (timm's ``BatchNormAct2d`` is 
 from __future__ import annotations
 
 import enum
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from shrinkage.compact import surgery
 from shrinkage.compact.layout import LayoutCodec, register_codec
 from shrinkage.compact.module_attrs import tensor_attr
+from shrinkage.compact.optional_libraries import register_imported, when_imported
 from shrinkage.graph import rules as fx_rules
 from shrinkage.layers import ZeroWidthConv
 
@@ -90,12 +90,12 @@ def register_layer_type(layer_type: LayerType) -> LayerType:
 
 def layer_type_of(module: nn.Module) -> LayerType | None:
     """The registered layer type of ``module`` (its own class or the nearest base)."""
-    _register_optional()
+    register_imported()
     return next((_REGISTRY[c] for c in type(module).__mro__ if c in _REGISTRY), None)
 
 
 def registered_layer_types() -> Iterator[tuple[type[nn.Module], LayerType]]:
-    _register_optional()
+    register_imported()
     yield from list(_REGISTRY.items())
 
 
@@ -158,22 +158,19 @@ def _matrix_shrink(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     return surgery.sliced_copy(module, {"weight": weight, "bias": bias}, nx=weight.shape[0], nf=weight.shape[1])
 
 
-_OPTIONAL_DONE: set[str] = set()
+def _register_conv1d() -> None:
+    """Hugging Face transformers' ``Conv1D`` (GPT-2 and relatives)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return
+    from shrinkage.compact.layout import matrix_codec
+
+    codecs: Mapping[type[nn.Module], LayoutCodec] = MappingProxyType({Conv1D: matrix_codec(Conv1D)})
+    register_layer_type(LayerType((Conv1D,), _matrix_shrink, WeightUse.MATMUL, codecs=codecs))
 
 
-def _register_optional() -> None:
-    """Layer types of optional libraries, registered once the user's code has imported
-    them (a model of theirs can only exist then), so importing shrinkage stays light."""
-    if "transformers" not in _OPTIONAL_DONE and "transformers" in sys.modules:
-        _OPTIONAL_DONE.add("transformers")
-        try:
-            from transformers.pytorch_utils import Conv1D
-        except ImportError:
-            return
-        from shrinkage.compact.layout import matrix_codec
-
-        codecs: Mapping[type[nn.Module], LayoutCodec] = MappingProxyType({Conv1D: matrix_codec(Conv1D)})
-        register_layer_type(LayerType((Conv1D,), _matrix_shrink, WeightUse.MATMUL, codecs=codecs))
+when_imported("transformers", _register_conv1d)
 
 
 _register_builtin()
