@@ -7,7 +7,6 @@ and no class is looked up by the name the file gives."""
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from shrinkage.compact.layer_forms import Plain, SelectedInputs
 from shrinkage.compact.layout_schema import LayoutError
 
 from support.exactness import assert_compacts_exactly
+from support.pickling import refuse_unpickling
 
 timm = pytest.importorskip("timm")
 from timm.layers import BatchNormAct2d, Conv2dSame  # noqa: E402
@@ -79,15 +79,6 @@ class SameNet(nn.Module):
         return self.head(self.conv2(torch.relu(self.conv1(x))).mean(dim=(2, 3)))
 
 
-def _no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("unpickling attempted")
-
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(pickle, "Unpickler", refuse)
-
-
 def _zero_outputs(conv_or_linear: nn.Module, rows: list[int]) -> None:
     with torch.no_grad():
         conv_or_linear.weight[rows] = 0
@@ -130,7 +121,7 @@ def _round_trip(make_base: Callable[[], nn.Module], path: Path) -> Callable[[nn.
         torch.manual_seed(123)
         base = make_base()
         with pytest.MonkeyPatch.context() as patch:  # only around load: capture deep-copies through copyreg
-            _no_pickle(patch)
+            refuse_unpickling(patch)
             loaded = shrinkage.load(path, base).eval()
         assert [type(m) for m in loaded.modules()] == [type(m) for m in small.modules()]
         assert max_output_difference(small, loaded, inputs) == 0.0

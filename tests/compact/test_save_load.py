@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
 
 import pytest
 import torch
+from support.pickling import refuse_unpickling
 from support.sparsity import randomize_norm_stats, zero_random_structures
 from support.zoo import FAST, build, zero_coupled, zero_heads
 from torch import nn
@@ -23,15 +23,6 @@ FAMILIES = {
 }
 
 
-def _no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("unpickling attempted")
-
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(pickle, "Unpickler", refuse)
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("factorize", [False, True])
 def test_round_trip_gives_equal_outputs(family: str, factorize: bool, tmp_path, monkeypatch) -> None:
@@ -47,7 +38,7 @@ def test_round_trip_gives_equal_outputs(family: str, factorize: bool, tmp_path, 
         small = shrinkage.factorize(small, 0.7)
     path = shrinkage.save(small, tmp_path / "model.safetensors")
 
-    _no_pickle(monkeypatch)
+    refuse_unpickling(monkeypatch)
     torch.manual_seed(123)  # a fresh model with different weights: everything must come from the file
     loaded = shrinkage.load(path, build()).eval()
     assert max_output_difference(small, loaded, (x,)) == 0.0
@@ -117,7 +108,7 @@ def test_torchvision_round_trip_rebuilds_from_a_fresh_model(name: str, tmp_path,
     zero_heads(model, gen, 0.5)
     small = shrinkage.compact(model, (torch.randn(shape, generator=gen),))
     path = shrinkage.save(small, tmp_path / f"{name}.safetensors")
-    _no_pickle(monkeypatch)
+    refuse_unpickling(monkeypatch)
     loaded = shrinkage.load(path, make(123)).eval()  # different weights: all must come from the file
     assert max_output_difference(small, loaded, (torch.randn(shape, generator=gen),)) == 0
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
