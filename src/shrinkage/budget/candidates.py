@@ -141,7 +141,7 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
         # at least one head stays: whether the attention's output is bypassed is not known
         # here (its whole sub-block goes through depth of the surrounding spaces instead)
         units.append(Unit(name, grouping, per_head, sizes, _squared_norms(grouping), False, False))
-    for head_unit in getattr(graph, "head_units", []):
+    for head_unit in graph.head_units:
         if head_unit.failed:
             continue  # the capture keeps these heads: zeroing them would remove nothing
         (grouping,) = Heads().build(head_unit.module, model.get_submodule(head_unit.module))

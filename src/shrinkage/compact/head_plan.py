@@ -23,11 +23,6 @@ from shrinkage.graph.attention_heads import HeadUnit
 from shrinkage.graph.builder import ChannelGraph
 from shrinkage.graph.spaces import Space, Use
 
-
-def head_units(cg: ChannelGraph) -> list[HeadUnit]:
-    return list(getattr(cg, "head_units", []))
-
-
 ZeroChannels = Callable[[ChannelGraph, Use, int, int], Tensor]
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, fx, nn
 
 from shrinkage.compact.choice import FormChoice, FormPolicy, default_policy
 from shrinkage.compact.forms import FormContext
-from shrinkage.compact.head_plan import decide_heads, head_units
+from shrinkage.compact.head_plan import decide_heads
 from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
 from shrinkage.compact.module_attrs import ConvLike
 from shrinkage.errors import ConfigError
@@ -409,7 +409,7 @@ def _remove(plan: CompactionPlan, cg: ChannelGraph, space: Space, root: int, kee
 def _decide_attention_heads(cg: ChannelGraph, plan: CompactionPlan) -> dict[int, Tensor]:
     """The heads of hand-written attention modules that go; returns the kept channels per space root."""
     keep: dict[int, Tensor] = {}
-    for unit in head_units(cg):
+    for unit in cg.head_units:
         decided = decide_heads(cg, unit, _zero_channels)
         if decided is not None:
             plan.attention_heads[unit.module], spaces = decided

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, fx, nn
 
 from shrinkage.errors import ExampleInputError, UnsupportedModuleError
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
+
+if TYPE_CHECKING:
+    from shrinkage.graph.attention_heads import HeadUnit
 
 
 class _Tracer(fx.Tracer):
@@ -110,6 +113,8 @@ class ChannelGraph:
     heads_fixed: set[str] = field(default_factory=set)
     #: the rules the spaces were found with (compaction asks them which ops run on zero channels)
     rules: RuleSet | None = None
+    #: registered attention modules whose channels go by whole heads (found by the export capture)
+    head_units: list[HeadUnit] = field(default_factory=list)
 
     def module(self, name: str) -> nn.Module:
         return self.gm.get_submodule(name)

@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 
 from shrinkage.errors import ConfigError, UnsupportedModuleError
-from shrinkage.graph.attention_heads import HeadUnit, find_head_units
+from shrinkage.graph.attention_heads import find_head_units
 from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder, node_args
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
@@ -35,8 +35,6 @@ class ExportChannelGraph(ChannelGraph):
     owners: dict[str, str] = field(default_factory=dict)
     #: a module registered under several names -> its first name (``named_modules`` order)
     aliases: dict[str, str] = field(default_factory=dict)
-    #: registered attention modules whose channels go by whole heads
-    head_units: list[HeadUnit] = field(default_factory=list)
 
     def module(self, name: str) -> nn.Module:
         assert self.root is not None
