@@ -158,3 +158,20 @@ def test_dataset_augmentation_runs_on_every_training_batch_and_resumes_exactly(
     plain = Trainer(config, tiny_model(), *datasets, tmp_path / "c").fit()
     pairs = zip(plain.model.state_dict().values(), straight.model.state_dict().values())
     assert any(not torch.equal(a, b) for a, b in pairs)  # the augmentation changed what was learned
+
+
+def test_compiled_training_follows_eager_training_and_keeps_zeros(tmp_path: Path, datasets: Datasets) -> None:
+    """``train.compile``: the same run through torch.compile ends at the eager run's weights
+    up to float round-off, with the same zero groups, and its checkpoint holds the module's
+    own (uncompiled) parameter names."""
+    config = tiny_config()
+    compiled = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=True))
+    eager_model, compiled_model = tiny_model(), tiny_model()
+    eager = Trainer(config, eager_model, *datasets, tmp_path / "eager").fit()
+    fast = Trainer(compiled, compiled_model, *datasets, tmp_path / "compiled").fit()
+    assert type(compiled_model) is nn.Sequential
+    for (name, a), (_, b) in zip(eager_model.state_dict().items(), compiled_model.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+        assert torch.equal(a == 0, b == 0), name
+    assert [r["test_accuracy"] for r in fast.rows] == pytest.approx([r["test_accuracy"] for r in eager.rows], abs=0.02)
+    assert set(load_checkpoint(tmp_path / "compiled" / CHECKPOINT).model) == set(eager_model.state_dict())

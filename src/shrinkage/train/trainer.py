@@ -167,6 +167,10 @@ class Trainer:
         distributed.same_on_every_rank((start_phase, start_epoch), "the epoch to resume after")
         resumed_at = len(self.rows)
         network = distributed.wrap(self.model, self.world)  # the model itself in one process
+        if self.config.train.compile:
+            # compiled once for the run; it shares the module's parameters, so the optimizer,
+            # the proximal steps and the fine-tuning masks act on what it computes with
+            network = torch.compile(network)  # type: ignore[assignment]
         for index in range(start_phase, len(self.phases)):
             phase = self.phases[index]
             first = start_epoch + 1 if index == start_phase else 1
