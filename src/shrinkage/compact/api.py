@@ -302,5 +302,6 @@ def _compact(
         log.info("layer %s: form %s (%s)", name, choice.chosen, choice.by)
     why_not = sync_config_if_possible(new)  # a transformers model's config states its new sizes
     if why_not is not None:
-        log.info("config of %s left as it was: %s", type(model).__name__, why_not)
+        # every model without a config gets this reason too: worth a line only when asked for
+        log.debug("config of %s left as it was: %s", type(model).__name__, why_not)
     return new
