@@ -113,3 +113,30 @@ def test_usage_error_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train"]) == 2
     assert "usage:" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def test_evaluate_reports_a_saved_models_accuracy_params_and_macs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_mnist: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shrinkage
+    from shrinkage.data import batches
+    from shrinkage.metrics import count_parameters, evaluate
+    from shrinkage.train import evaluate_saved
+    from shrinkage.zoo import LeNet
+
+    monkeypatch.setattr(evaluate_saved, "get_dataset_spec", setup.get_dataset_spec)
+    torch.manual_seed(3)
+    small = shrinkage.compact(_without_conv2_filter(LeNet()), (torch.randn(2, 1, 28, 28),))
+    path = shrinkage.save(small, tmp_path / "small.safetensors")
+    test = setup.get_dataset_spec("mnist").load("test", None)
+    expected = evaluate(small, batches(test, 1000, shuffle=False)).accuracy
+
+    assert main(["-q", "evaluate", str(path), "--model", "lenet", "--data", "mnist"]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy {100 * expected:.2f}% on 100 images" in out
+    assert f"parameters {count_parameters(small):,} (" in out and "MACs " in out
+
+    assert main(["-q", "evaluate", str(tmp_path / "none.safetensors"), "--model", "lenet", "--data", "mnist"]) == 2
+    assert "none.safetensors does not exist" in one_error_line(capsys)
+    assert main(["-q", "evaluate", str(path), "--model", "nosuchnet", "--data", "mnist"]) == 2
+    assert "nosuchnet" in one_error_line(capsys)

@@ -1,4 +1,4 @@
-"""``shrinkage`` command line: train | compact | report | compress | demo.
+"""``shrinkage`` command line: train | compact | report | compress | evaluate | demo.
 
 The only place that prints: results go to stdout, errors to stderr as one line
 ``error: <message>`` with exit status 2 (no traceback for problems the user can fix).
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=_compact if name == "compact" else _report)
 
     _add_compress(sub)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, parameters and MACs of a model saved by shrinkage.save")
+    evaluate.add_argument("model_file", type=Path, help="a .safetensors file written by shrinkage.save")
+    evaluate.add_argument("--model", required=True, help="zoo name of the architecture it was made from")
+    evaluate.add_argument("--data", required=True, help="dataset name (its test split is used, all of it)")
+    evaluate.add_argument("--data-dir", type=Path, help="where the dataset files are (default: $SHRINKAGE_DATA_DIR)")
+    evaluate.set_defaults(handler=_evaluate)
 
     demo = sub.add_parser("demo", help="LeNet + SSL on the bundled MNIST, end to end (a few minutes)")
     demo.add_argument("--out", type=Path, help="run directory (default: a new temporary directory)")
@@ -193,6 +200,17 @@ def _compress(args: argparse.Namespace, command: str) -> int:
     out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command)
     print((out / TARGET_MD).read_text(encoding="utf-8"))
     print(f"compressed model written to {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.train.evaluate_saved import evaluate_saved
+
+    result = evaluate_saved(args.model_file, args.model, args.data, args.data_dir)
+    print(f"{result['model_file']}: {result['model']} on {result['dataset']}")
+    print(f"test accuracy {100 * result['accuracy']:.2f}% on {result['test_images']} images")
+    print(f"parameters {result['params']:,} ({100 * result['params_fraction']:.1f}% of dense), "
+          f"MACs {result['macs']:,} ({100 * result['macs_fraction']:.1f}% of dense)")
     return 0
 
 
