@@ -27,7 +27,9 @@ shrinkage's own rows:
 * accuracy on the whole test split before and after fine-tuning
   (``shrinkage.metrics.evaluate``); latency at batch 1 and 64 against the dense model
   side by side (``compare_latency``, interleaved, with its identical-copy control);
-  wall time of the search, the pruning and the fine-tuning.
+  wall times: ``time_s.prune`` is the whole search (every attempt, TP's steps plus a
+  MAC count after each), ``torch_pruning.attempts[].tp_step_s`` TP's steps alone;
+  ``time_s.finetune`` the recovery epochs with their test-set evaluations.
 
 ``--sparse-training`` (group_norm only) is TP's sparsity-learning mode: a fresh
 ResNet-20 is trained with ``GroupNormPruner.regularize()`` added to the gradients
