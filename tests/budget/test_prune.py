@@ -106,6 +106,32 @@ def test_zero_mask_holds_the_removed_groups_while_fine_tuning() -> None:
     assert any(z.any() for z in zeros.values())
 
 
+def test_zero_mask_also_holds_groups_that_were_zero_before_the_selection() -> None:
+    """After regularized training the budget may already be met by the zeros training made:
+    nothing new is selected, and the mask still holds those groups, so the budget holds
+    after fine-tuning whatever the optimizer does (momentum, weight decay, distillation)."""
+    model, x = _model("resnet20")
+    trained = shrinkage.prune(model, x, Budget(macs=0.8)).model  # stands in for what training zeroed
+    with torch.no_grad():  # and a whole residual branch, as SSL depth leaves it
+        for p in trained.layer2[1].parameters():
+            p.zero_()
+    met = count_macs(shrinkage.compact(trained, (x,)), x).total / count_macs(model, x).total
+    budget = Budget(macs=met + 1e-6)
+    result = shrinkage.prune(trained, x, budget)
+    assert not any(result.removed.values()), result.removed  # the budget was met before selecting
+    pruned = result.model.train()
+    mask = result.zero_mask()
+    assert mask.zero_count >= sum(p.numel() for p in trained.layer2[1].parameters())
+    opt = torch.optim.SGD(pruned.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(pruned(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        mask.apply_()
+    still = shrinkage.compact(pruned.eval(), (x,))
+    assert count_macs(still, x).total / count_macs(model, x).total <= budget.macs
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"budget": 0.5}, "budget must be a shrinkage.Budget"),
     ({"budget": Budget(macs=0.5), "round_to": 0}, "round_to must be an integer >= 1"),
