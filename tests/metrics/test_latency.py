@@ -286,3 +286,15 @@ def test_very_slow_calls_stop_at_a_hard_bound() -> None:
     (row,) = _compare(fixed_timer({"dense": 0.1, "compact": 0.1, COPY: 0.1}), rounds=None, calls_per_round=None,
                       repeats=1, min_run_time=0.01)
     assert row.stats["dense"].rounds == 3 and row.stats["dense"].calls_per_round == 1
+
+
+def test_compare_latency_logs_the_rounds_it_ran_when_the_time_budget_decides(caplog: pytest.LogCaptureFixture) -> None:
+    """Without fixed ``rounds`` the log line states how many rounds ran (it once formatted None)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="shrinkage.metrics.latency"):
+        (row,) = compare_latency(
+            {"a": nn.Linear(2, 2)}, lambda n: torch.zeros(n, 2), (1,), repeats=1, min_run_time=0.01
+        )
+    lines = [r.getMessage() for r in caplog.records if r.msg.startswith("latency batch=")]
+    assert lines == [lines[0]] and f"({row.stats['a'].rounds} rounds x " in lines[0]

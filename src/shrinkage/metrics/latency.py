@@ -289,8 +289,9 @@ def compare_latency(
             if not reliable:
                 log.warning("latency batch=%d is unreliable: %s", batch_size, reason)
         results.append(comparison)
-        log.info("latency batch=%d (%d rounds x %d calls): %s", batch_size, plan.rounds, plan.calls[reference],
-                 ", ".join(f"{n} {median_ms[n]:.3f} ms (x{_text(speedup[n])})" for n in names))
+        # the rounds actually run: plan.rounds is None when the time budget decides them
+        log.info("latency batch=%d (%d rounds x %d calls): %s", batch_size, stats[reference].rounds,
+                 plan.calls[reference], ", ".join(f"{n} {median_ms[n]:.3f} ms (x{_text(speedup[n])})" for n in names))
     return results
 
 

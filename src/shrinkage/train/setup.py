@@ -52,7 +52,11 @@ def load_datasets(config: RunConfig, device: torch.device) -> tuple[ImageDataset
     if config.data.limit_train is not None and config.data.limit_train < len(train):
         n = config.data.limit_train
         log.warning("data.limit_train=%d: training on %d of %d samples (smoke tests only)", n, n, len(train))
-        train = ImageDataset(train.images[:n], train.labels[:n], train.num_classes, f"{train.name}[:{n}]")
+        # evenly spaced samples, not the first n: a split stored class by class (the CIFAR-10
+        # JPEG copy) would otherwise give a subset of one class
+        keep = torch.linspace(0, len(train) - 1, n).round().long()
+        name = f"{train.name}[{n} of {len(train)}]"
+        train = ImageDataset(train.images[keep], train.labels[keep], train.num_classes, name)
     return _to(train, device), _to(test, device)
 
 
