@@ -221,8 +221,40 @@ def zoo_table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def cifar_table(results: Path) -> str:
+    """ResNet-20 on CIFAR-10 (JPEG copy): the summary ``benchmarks/cifar_results.py`` wrote,
+    the chart, how to re-check a row, int8 on top and the training set-up measured."""
+    summary = results / "cifar10" / "summary.md"
+    if not summary.exists():
+        return ""
+    lines = [
+        "### ResNet-20 on CIFAR-10 (JPEG copy)",
+        "",
+        "The papers' CIFAR-10 experiment on the JPEG copy of CIFAR-10 (quality 75, lossy: absolute accuracies are "
+        "not comparable with published CIFAR-10 numbers, so every method runs here beside a baseline trained here "
+        "with the same schedule: SGD, lr 0.1, cosine, batch 128, pad-4 crop and flip, weight decay 1e-4). "
+        "Regularized rows train 18 epochs and fine-tune 2; the baseline trains 20; rows compressed after the fact "
+        "start from the 20-epoch baseline and fine-tune 2 more (22 in all). Commands: "
+        "`python benchmarks/cifar_results.py` (its docstring lists each run's command), Torch-Pruning rows "
+        "`python benchmarks/cifar_torch_pruning.py`.",
+        "",
+        summary.read_text().strip(),
+        "",
+        "![accuracy vs MACs](results/cifar10/accuracy_vs_macs.png)",
+        "",
+        "Every row's model is committed in `results/cifar10/models/`; re-check one without retraining, e.g. "
+        "`shrinkage evaluate results/cifar10/models/baseline-s0.safetensors --model resnet20 --data cifar10-jpeg` "
+        "(with `SHRINKAGE_DATA_DIR` pointing at the directory holding `cifar10-jpeg/`).",
+    ]
+    for extra in (results / "cifar10" / "int8.md", results / "train_speed" / "resnet20.md"):
+        if extra.exists():
+            lines += ["", extra.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
 def render(results: Path) -> str:
-    return ("## Results\n\n" + budget_table(results) + "\n" + mnist_table(results) + "\n"
+    cifar = cifar_table(results)
+    return ("## Results\n\n" + (cifar + "\n" if cifar else "") + budget_table(results) + "\n" + mnist_table(results) + "\n"
             + speed_table(results) + "\n" + overhead_table(results) + "\n" + torch_pruning_table(results) + "\n"
             + structures_table(results) + ("\n" + zoo if (zoo := zoo_table(results)) else ""))
 

@@ -1,0 +1,353 @@
+"""ResNet-20 on CIFAR-10 (JPEG copy): gather the runs into results/cifar10/, time them, summarize.
+
+    python benchmarks/cifar_results.py                 # gather finished runs, then summarize
+    python benchmarks/cifar_results.py --latency       # also time every model against the dense one
+                                                       # (idle machine: nothing else running)
+
+The runs themselves are ordinary CLI runs under ``runs/cifar/`` (``--runs``), one per
+method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of each):
+
+- ``baseline``: ``shrinkage train configs/cifar10_resnet20_baseline.yaml`` (20 epochs);
+- ``ssl_depth``, ``ssl_width50``, ``ssl_width25``, ``lowrank50``: the regularized configs
+  (18 epochs + 2 of fine-tuning; the width and low-rank rows meet their MAC budget through
+  the controller, the exact selection and the target block's fine-tuning);
+- ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline run (20 epochs, then 2
+  epochs of fine-tuning after selection: 22 in all, two more than the regularized rows);
+- Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
+  ``results/cifar10/torch_pruning-*.json`` and read from there.
+
+Gathering writes ``results/cifar10/<row>-s<seed>.json`` (accuracy on all 10,000 test
+images, parameters and MACs against the dense ResNet-20, training time, the commands)
+and copies the final model to ``results/cifar10/models/<row>-s<seed>.safetensors``
+(:func:`shrinkage.save` format; ``shrinkage evaluate`` re-checks it). ``--latency`` times
+every final model against the dense baseline in one interleaved comparison per batch
+size (1 and 64, with the identical-copy control of :func:`shrinkage.metrics.compare_latency`)
+into ``results/cifar10/latency.json``. The summary (``summary.json``, ``summary.md``, the
+accuracy-vs-MACs chart ``accuracy_vs_macs.png``) aggregates seeds: mean ± sample std, and
+each drop is taken against the baseline of the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "cifar10"
+MODEL_DIR = "models"
+TITLE = "CIFAR-10 (JPEG copy)"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method: where its runs are, which model file is its result, how it was made."""
+
+    key: str
+    label: str
+    #: "compact": the run's compacted model (report.json); "target": the budget's (target.json)
+    result: str
+    command: str
+    budget_macs: float | None = None
+
+
+ROWS = (
+    Row("baseline", "baseline (plain SGD, 20 epochs)", "compact",
+        "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} --out runs/cifar/{run}"),
+    Row("ssl_depth", "SSL depth (group Lasso per residual branch)", "compact",
+        "shrinkage train configs/cifar10_resnet20_ssl_depth.yaml --set train.seed={seed} --out runs/cifar/{run}"),
+    Row("ssl_width50", "SSL width, controller to 50% MACs", "target",
+        "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} --out runs/cifar/{run}",
+        0.5),
+    Row("ssl_width25", "SSL width, controller to 25% MACs", "target",
+        "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} --set target.macs=0.25 "
+        "--out runs/cifar/{run}", 0.25),
+    Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
+        "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
+    Row("prune50", "plain + shrinkage prune to 50% MACs + 2 epochs", "target",
+        "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "--method prune --out runs/cifar/{run}", 0.5),
+    Row("svd50", "plain + SVD to 50% MACs + 2 epochs", "target",
+        "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "--method factorize --out runs/cifar/{run}", 0.5),
+)  # fmt: skip
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _training_seconds(run_dir: Path) -> float | None:
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with open(metrics, newline="") as handle:
+        return round(sum(float(r["time_s"]) for r in csv.DictReader(handle)), 1)
+
+
+def _depth_removed(report: dict[str, Any]) -> int:
+    structure = report.get("training", {}).get("final_structure", {})
+    return int(sum(v for k, v in structure.items() if k.endswith(".depth.zero_groups")))
+
+
+def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] | None:
+    """The normalized result of one finished run, its model copied beside it; None if unfinished."""
+    name = f"{row.key}-s{seed}"
+    if row.result == "compact":
+        report_path = run_dir / "report.json"
+        if not report_path.is_file():
+            return None
+        report = _read(report_path)
+        size = report["size"]
+        result: dict[str, Any] = {
+            "accuracy": report["accuracy"]["compact"]["accuracy"],
+            "accuracy_dense": report["accuracy"]["dense"]["accuracy"],
+            "test_images": report["accuracy"]["compact"]["n"],
+            "params": size["compact"]["params"], "dense_params": size["dense"]["params"],
+            "macs": size["compact"]["macs"], "dense_macs": size["dense"]["macs"],
+            "max_abs_diff_after_compaction": report["equivalence"]["max_abs_diff"],
+            "residual_branches_removed": _depth_removed(report),
+            "epochs": report["training"]["epochs"],
+            "train_time_s": _training_seconds(run_dir),
+        }  # fmt: skip
+        model_file = run_dir / "compact.safetensors"
+    else:
+        target_path = run_dir / "target.json"
+        if not target_path.is_file():
+            return None
+        target = _read(target_path)
+        size = target["size"]
+        recovery = sum(float(r.get("time_s", 0.0)) for r in target["recovery"]["rows"])
+        trained = _training_seconds(run_dir)
+        result = {
+            "accuracy": target["accuracy"]["finetuned"],
+            "accuracy_selected": target["accuracy"]["selected"],
+            "accuracy_dense": target["accuracy"]["dense"],
+            "test_images": target["accuracy"]["n"],
+            "params": size["final"]["params"], "dense_params": size["dense"]["params"],
+            "macs": size["final"]["macs_per_image"], "dense_macs": size["dense"]["macs_per_image"],
+            "budget_met": target["met"], "selection": target["selection"],
+            "epochs": target["epochs"]["total"],
+            "train_time_s": round((trained or 0.0) + recovery, 1),
+            "train_time_note": "training of this run plus recovery" if trained is not None
+                               else "recovery only (the dense run's training is the baseline row's)",
+        }  # fmt: skip
+        model_file = run_dir / "target.safetensors"
+    models = out / MODEL_DIR
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_file, models / f"{name}.safetensors")
+    result.update({
+        "method": row.key, "label": row.label, "seed": seed, "budget_macs": row.budget_macs,
+        "params_fraction": result["params"] / result["dense_params"],
+        "macs_fraction": result["macs"] / result["dense_macs"],
+        "dataset": TITLE, "model": "resnet20",
+        "command": row.command.format(seed=seed, run=run_dir.name),
+        "model_file": f"results/cifar10/{MODEL_DIR}/{name}.safetensors",
+        "evaluate": f"shrinkage evaluate results/cifar10/{MODEL_DIR}/{name}.safetensors --model resnet20 "
+                    "--data cifar10-jpeg",
+    })  # fmt: skip
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def gather(runs: Path, out: Path) -> list[dict[str, Any]]:
+    found = []
+    for row in ROWS:
+        for run_dir in sorted(runs.glob(f"{row.key}-s*")):
+            seed_text = run_dir.name.rsplit("-s", 1)[1]
+            if not run_dir.is_dir() or not seed_text.isdigit():
+                continue
+            result = gather_run(row, run_dir, int(seed_text), out)
+            print(f"{run_dir.name}: {'gathered' if result else 'not finished'}")
+            if result:
+                found.append(result)
+    return found
+
+
+def load_rows(out: Path) -> list[dict[str, Any]]:
+    """Every gathered row plus the Torch-Pruning rows (their own script writes them)."""
+    rows = []
+    for path in sorted(out.glob("*.json")):
+        if path.name in ("summary.json", "latency.json", "int8.json"):
+            continue
+        data = _read(path)
+        if data.get("complete", True) is False:
+            continue
+        rows.append(data)
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}  # fmt: skip
+
+
+def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dict[str, Any]:
+    baseline = {r["seed"]: r["accuracy"] for r in rows if r["method"] == "baseline"}
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    order = [row.key for row in ROWS] + sorted(m for m in by_method if m not in {row.key for row in ROWS})
+    summary = []
+    for method in order:
+        rs = by_method.get(method)
+        if not rs:
+            continue
+        drops = [baseline[r["seed"]] - r["accuracy"] for r in rs if r["seed"] in baseline]
+        entry: dict[str, Any] = {
+            "method": method, "label": rs[0]["label"], "seeds": sorted(r["seed"] for r in rs),
+            "accuracy": _stats([r["accuracy"] for r in rs]),
+            "drop_vs_baseline": _stats(drops) if drops else None,
+            "params_fraction": _stats([r["params_fraction"] for r in rs]),
+            "macs_fraction": _stats([r["macs_fraction"] for r in rs]),
+            "epochs": rs[0].get("epochs"),
+            "train_time_s": _stats([r["train_time_s"] for r in rs if r.get("train_time_s")]) or None,
+        }  # fmt: skip
+        if "residual_branches_removed" in rs[0]:
+            entry["residual_branches_removed"] = _stats([r["residual_branches_removed"] for r in rs])
+        if latency is not None:
+            entry["speedup"] = {
+                str(b["batch_size"]): _stats([b["speedup"][f"{method}-s{r['seed']}"] for r in rs
+                                              if f"{method}-s{r['seed']}" in b["speedup"]]) or None
+                for b in latency["batches"]
+            }  # fmt: skip
+        summary.append(entry)
+    timing = None
+    if latency is not None:
+        timing = {k: v for k, v in latency.items() if k != "batches"}
+        keys = ("batch_size", "control_ratio", "reliable", "reason")
+        timing["controls"] = [{k: b[k] for k in keys} for b in latency["batches"]]
+    return {"dataset": TITLE, "model": "resnet20", "rows": summary, "latency": timing}
+
+
+def _pm(stats: dict[str, float] | None, scale: float = 100.0, digits: int = 2) -> str:
+    if not stats:
+        return "–"
+    text = f"{scale * stats['mean']:.{digits}f}"
+    return text + (f" ± {scale * stats['std']:.{digits}f}" if stats["n"] > 1 else "")
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"ResNet-20 on {TITLE}: test accuracy on all 10,000 test images, mean ± std over seeds (no ± where "
+        "one seed ran); drop = the baseline's accuracy of the same seed minus the row's, in points; MACs and "
+        "parameters as a percentage of the dense ResNet-20's.",
+        "",
+        "| method | seeds | epochs | accuracy (%) | drop (points) | MACs | params | speed-up b1 | speed-up b64 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        speed = r.get("speedup") or {}
+        lines.append(
+            f"| {r['label']} | {len(r['seeds'])} | {r['epochs']} | {_pm(r['accuracy'])} | "
+            f"{_pm(r['drop_vs_baseline'])} | {_pm(r['macs_fraction'], 100, 1)}% | "
+            f"{_pm(r['params_fraction'], 100, 1)}% | "
+            f"{_speed(speed.get('1'))} | {_speed(speed.get('64'))} |"
+        )
+    branches = [r for r in summary["rows"] if r["method"] == "ssl_depth"]
+    for r in branches:
+        lines.append("")
+        lines.append(f"{r['label']}: {r['residual_branches_removed']['mean']:g} residual branches removed "
+                     f"(of 9) on average.")  # fmt: skip
+    latency = summary.get("latency")
+    if latency:
+        lines += ["", f"Speed-ups: dense / model median latency, {latency.get('note', '')}."]
+        for c in latency.get("controls", []):
+            verdict = "reliable" if c["reliable"] else "UNRELIABLE"
+            lines.append(f"Batch {c['batch_size']}: control (dense vs an identical copy) {c['control_ratio']:.3f}x, "
+                         f"{verdict}.")  # fmt: skip
+    else:
+        lines += ["", "Speed-ups not measured yet (`python benchmarks/cifar_results.py --latency` on an idle machine)."]
+    return "\n".join(lines) + "\n"
+
+
+def _speed(stats: dict[str, float] | None) -> str:
+    if not stats:
+        return "–"
+    return f"{stats['mean']:.2f}x" + (f" ± {stats['std']:.2f}" if stats["n"] > 1 else "")
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    for rs in by_method.values():
+        macs = [100 * r["macs_fraction"] for r in rs]
+        acc = [100 * r["accuracy"] for r in rs]
+        ax.scatter(macs, acc, label=rs[0]["label"], s=28)
+    ax.set_xlabel("MACs (% of dense ResNet-20)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"ResNet-20 on {TITLE}: every seed of every method")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Every gathered model against the dense ResNet-20, interleaved, at batch 1 and 64."""
+    import shrinkage
+    from shrinkage.metrics import compare_latency
+    from shrinkage.metrics.timing import load_average
+    from shrinkage.zoo.resnet_cifar import resnet20
+
+    models: dict[str, torch.nn.Module] = {"dense": resnet20().eval()}
+    for r in rows:
+        if r["method"].startswith("torch_pruning"):
+            continue  # timed by its own script (its saved form is not shrinkage's)
+        name = f"{r['method']}-s{r['seed']}"
+        models[name] = shrinkage.load(out / MODEL_DIR / f"{name}.safetensors", resnet20()).eval()
+    load = load_average()
+    batches = []
+    for batch in (1, 64):
+        (comparison,) = compare_latency(models, lambda n: torch.randn(n, 3, 32, 32), batch_sizes=[batch], repeats=5)
+        batches.append({"batch_size": batch, **comparison.as_dict()})
+    result = {
+        "load_average_at_start": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "note": f"{torch.get_num_threads()} threads, interleaved with the dense model in one run, "
+                f"load average {load:.2f} at the start" if load is not None else "load average unknown",
+        "command": "python benchmarks/cifar_results.py --latency", "batches": batches,
+    }  # fmt: skip
+    (out / "latency.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "cifar")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--latency", action="store_true", help="time every model (idle machine)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    gather(args.runs, args.out)
+    rows = load_rows(args.out)
+    if not rows:
+        print("no finished runs found", file=sys.stderr)
+        return 1
+    latency = measure_latency(rows, args.out) if args.latency else (
+        _read(args.out / "latency.json") if (args.out / "latency.json").is_file() else None)
+    summary = summarize(rows, latency)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "summary.md").write_text(markdown(summary))
+    chart(rows, args.out / "accuracy_vs_macs.png")
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
