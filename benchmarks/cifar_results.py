@@ -320,7 +320,7 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     result = {
         "load_average_at_start": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "note": f"{torch.get_num_threads()} threads, interleaved with the dense model in one run, "
-                f"load average {load:.2f} at the start" if load is not None else "load average unknown",
+                + (f"load average {load:.2f} at the start" if load is not None else "load average unknown"),
         "command": "python benchmarks/cifar_results.py --latency", "batches": batches,
     }  # fmt: skip
     (out / "latency.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
