@@ -35,7 +35,7 @@ from shrinkage.compact.head_plan import decide_heads
 from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
 from shrinkage.compact.module_attrs import ConvLike
 from shrinkage.errors import ConfigError
-from shrinkage.graph.builder import ChannelGraph, channel_positions
+from shrinkage.graph.builder import ChannelGraph, Combine, FreeOperand, channel_positions
 from shrinkage.graph.capture import Capture
 from shrinkage.graph.export_graph import layer_input, node_owner
 from shrinkage.graph.spaces import Axis, Space, Use
@@ -100,6 +100,9 @@ class CompactionPlan:
     layers: dict[str, nn.Module] = field(default_factory=dict)  # layer -> the chosen layer
     spaces: list[dict[str, Any]] = field(default_factory=list)
     capture: Capture = Capture.FX  # the capture that produced the graph
+    #: (module, attr) of a free tensor (a layer scale, a position embedding, a class token
+    #: of a module without layer type) -> (dim, bool mask of its kept positions along it)
+    free_tensors: dict[tuple[str, str], tuple[int, Tensor]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable description (indices as lists)."""
@@ -112,7 +115,11 @@ class CompactionPlan:
             modules.setdefault(name, {})["kept_heads"] = mask.nonzero().flatten().tolist()
         for name, choice in self.forms.items():
             modules.setdefault(name, {})["form"] = choice.as_dict()
-        return {"capture": self.capture.value, "modules": modules, "spaces": self.spaces}
+        tensors = {
+            f"{module}.{attr}" if module else attr: {"dim": dim, "kept": mask.nonzero().flatten().tolist()}
+            for (module, attr), (dim, mask) in sorted(self.free_tensors.items())
+        }
+        return {"capture": self.capture.value, "modules": modules, "spaces": self.spaces, "tensors": tensors}
 
 
 def _param(cg: ChannelGraph, module: str, attr: str) -> Tensor:
@@ -181,6 +188,8 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
                 # padding turns a non-zero constant into a border pattern: only zero stays constant
                 c &= (zero[a.name] if padded else const[a.name]) | ~_present(cg, cg.axes[a.name], root, n)
             z = _zero_out(cg, node, inputs, zero, root, n)
+            if node.name in cg.free_operands:
+                z = _zero_with_free(cg, cg.free_operands[node.name], inputs, zero, root, n)
             if getattr(_rule(cg, node), "zero_bias_keeps_zero", False):
                 # a per-channel scale plus bias (a depthwise conv): zero in, zero bias, zero out
                 z = torch.zeros(n, dtype=torch.bool)
@@ -243,6 +252,27 @@ def _zero_out(
     return out
 
 
+def _zero_with_free(
+    cg: ChannelGraph, free: list[FreeOperand], inputs: list[fx.Node], zero: dict[str, Tensor], root: int, n: int
+) -> Tensor:
+    """Channels an op meeting free tensors (a layer scale, a position embedding) outputs as
+    exactly zero: its channel operands' zeros combined with the tensors' zero entries as the
+    op combines them. Values are assumed finite (``0 / p == 0``)."""
+    operands = torch.ones(n, dtype=torch.bool) if inputs else torch.zeros(n, dtype=torch.bool)
+    for a in inputs:
+        operands &= zero[a.name] | ~_present(cg, cg.axes[a.name], root, n)
+    out = operands.clone()
+    for f in free:
+        entries = _zero_channels(cg, f.use, root, n) & _present(cg, f.use.axis, root, n)
+        if f.combine is Combine.SUM:
+            out &= entries
+        elif f.combine is Combine.PRODUCT:
+            out |= entries
+        elif not f.numerator:  # p / x: a zero x is no zero output
+            out = torch.zeros(n, dtype=torch.bool)
+    return out
+
+
 def _fold(
     cg: ChannelGraph, nodes: dict[str, fx.Node], use: Use, root: int, n: int, candidates: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -289,7 +319,9 @@ def _fold(
 def _zero_width_ok(cg: ChannelGraph, space: Space, nodes: list[fx.Node | None]) -> bool:
     """Can every channel of ``space`` go? Each layer owning one of its slices must have a
     zero-width surgery, and each op its tensors pass through must accept no channels."""
-    modules = {s.module for s in space.producers} | {u.module for u in space.passthrough + space.consumers}
+    free = _free_uses(cg)
+    uses = [u for u in space.passthrough + space.consumers if u not in free]  # a free tensor slices to nothing
+    modules = {s.module for s in space.producers} | {u.module for u in uses}
     if any(not ((lt := layer_type_of(cg.module(m))) is not None and lt.zero_width) for m in modules):
         return False
     rules = cg.rules
@@ -344,25 +376,32 @@ def _round_kept(remove: Tensor, unread: Tensor, round_to: int) -> Tensor:
     return remove
 
 
-def decide(cg: ChannelGraph, round_to: int = 1) -> CompactionPlan:
+def decide(cg: ChannelGraph, round_to: int = 1, *, free_tensors: bool = False) -> CompactionPlan:
     """Compute the keep masks and bias folds of every space of ``cg``, and the kept heads;
-    kept channel counts are rounded up to multiples of ``round_to``."""
+    kept channel counts are rounded up to multiples of ``round_to``. ``free_tensors``: the
+    caller also slices the free tensors the plan lists (``plan.free_tensors``, see
+    :func:`shrinkage.compact.surgery.slice_free_tensors`); otherwise the spaces that
+    carry one stay whole."""
     plan = CompactionPlan()
     nodes = {n.name: n for n in cg.gm.graph.nodes}
     space_nodes = _nodes_by_space(cg, nodes)
     _decide_heads(cg, plan)
     head_keep = _decide_attention_heads(cg, plan)
+    free = _free_uses(cg)
     for root in cg.table.roots():
         space = cg.table.get(root)
         n = space.size
-        summary = {"nodes": space.nodes, "size": n, "kept": n, "pinned": sorted(set(space.pinned))}
+        pinned = list(space.pinned)
+        if not free_tensors and any(u in free for u in space.passthrough):
+            pinned.append("a free tensor meets these channels, and the caller does not slice free tensors")
+        summary = {"nodes": space.nodes, "size": n, "kept": n, "pinned": sorted(set(pinned))}
         plan.spaces.append(summary)
         if space.heads is not None:  # channels that go by whole heads
             if root in head_keep:
                 summary["kept"] = int(head_keep[root].sum())
                 _remove(plan, cg, space, root, head_keep[root])
             continue
-        if space.pinned or space.is_input or not space.consumers or n == 0:
+        if pinned or space.is_input or not space.consumers or n == 0:
             continue
         unread = torch.ones(n, dtype=torch.bool)
         for use in space.consumers:
@@ -377,7 +416,9 @@ def decide(cg: ChannelGraph, round_to: int = 1) -> CompactionPlan:
         deltas: dict[str, Tensor] = {}
         for use in space.consumers:
             ok, delta = _fold(cg, nodes, use, root, n, candidates)
-            foldable &= ok
+            # a consumer that does not read a channel absorbs it whatever it holds (a padded
+            # conv whose columns for a non-zero constant are zero)
+            foldable &= ok | _zero_channels(cg, use, root, n)
             deltas[use.module] = delta
         remove = unread | (candidates & foldable)
         if remove.all() and not _zero_width_ok(cg, space, space_nodes.get(root, [])):
@@ -400,8 +441,12 @@ def _remove(plan: CompactionPlan, cg: ChannelGraph, space: Space, root: int, kee
     """Record in ``plan`` that only ``keep_channels`` of space ``root`` stay, in every slice."""
     for s in space.producers:
         _mask(plan, cg, s.module, s.attr, s.dim)[:] &= keep_channels
+    free = _free_uses(cg)
     for use in space.passthrough + space.consumers:
-        mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
+        if use in free:
+            mask = _free_mask(plan, cg, use)
+        else:
+            mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
         for ch, pos in channel_positions(cg, use, root):
             mask[pos[~keep_channels[ch]].reshape(-1)] = False
 
@@ -422,3 +467,18 @@ def _mask(plan: CompactionPlan, cg: ChannelGraph, module: str, attr: str, dim: i
     if key not in plan.keep:
         plan.keep[key] = torch.ones(_param(cg, module, attr).shape[dim], dtype=torch.bool)
     return plan.keep[key]
+
+
+def _free_uses(cg: ChannelGraph) -> set[Use]:
+    """The pass-through uses that slice a free tensor (see :class:`~shrinkage.graph.builder.FreeOperand`)."""
+    return {f.use for found in cg.free_operands.values() for f in found}
+
+
+def _free_mask(plan: CompactionPlan, cg: ChannelGraph, use: Use) -> Tensor:
+    key, dim = (use.slice.module, use.slice.attr), use.slice.dim
+    if key not in plan.free_tensors:
+        size = getattr(cg.module(use.slice.module), use.slice.attr).shape[dim]
+        plan.free_tensors[key] = (dim, torch.ones(size, dtype=torch.bool))
+    found_dim, mask = plan.free_tensors[key]
+    assert found_dim == dim  # one op reads a free tensor (GraphBuilder.free_tensor)
+    return mask

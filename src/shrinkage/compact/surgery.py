@@ -8,6 +8,7 @@ so a new entry cannot forget a field.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import cast
 
 import torch
@@ -161,3 +162,23 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+def slice_free_tensors(model: nn.Module, free: Mapping[tuple[str, str], tuple[int, Tensor]]) -> None:
+    """Slice, in place, each free tensor of ``model`` (a layer scale, a position embedding, a
+    class token: a parameter or buffer of a module without layer type, see
+    ``CompactionPlan.free_tensors``) to its kept positions along its dim. A parameter stays
+    a parameter (with its ``requires_grad``), a buffer a buffer (with its persistence)."""
+    for (module_name, attr), (dim, keep) in free.items():
+        module = model.get_submodule(module_name)
+        if bool(keep.all()):
+            continue
+        if attr in module._parameters:
+            old = module._parameters[attr]
+            assert old is not None  # the graph read it
+            idx = keep.nonzero().flatten().to(old.device)
+            module._parameters[attr] = nn.Parameter(old.detach().index_select(dim, idx), old.requires_grad)
+        else:
+            buffer = module._buffers[attr]
+            assert buffer is not None  # the graph read it
+            module._buffers[attr] = buffer.index_select(dim, keep.nonzero().flatten().to(buffer.device))

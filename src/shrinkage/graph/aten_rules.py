@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from shrinkage.compact.layer_types import WeightUse, layer_type_of
 from shrinkage.graph import rules as fx_rules
-from shrinkage.graph.builder import GraphBuilder, RuleFn, RuleSet, node_args, node_kwargs
+from shrinkage.graph.builder import Combine, GraphBuilder, RuleFn, RuleSet, node_args, node_kwargs
 from shrinkage.graph.export_graph import ExportGraphBuilder
 from shrinkage.graph.rule_marks import Pads, mark
 from shrinkage.graph.spaces import Axis, Segment
@@ -197,14 +197,16 @@ def zero_to_zero(b: GraphBuilder, node: fx.Node) -> Axis | None:
 
 
 def binary(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
-    return _binary(b, node, node.args[:2])
+    return _binary(b, node, node.args[:2], Combine.SUM)
 
 
-def _binary(b: ExportGraphBuilder, node: fx.Node, args: tuple[Any, ...]) -> Axis | None:
+def _binary(b: ExportGraphBuilder, node: fx.Node, args: tuple[Any, ...], combine: Combine | None) -> Axis | None:
     """``add/sub/mul/div``, ``where``-like ops: operands with channel axes are the same
     channels (their spaces merge); an operand without channel axis that is 1 along the
-    channel dim (a scalar, a per-sample drop-path scale) leaves channels alone; one that
-    varies along it (a position embedding, a layer scale) keeps them."""
+    channel dim (a scalar, a per-sample drop-path scale) leaves channels alone. One that
+    varies along it is sliced with the channels when it is a free tensor of the model (a
+    layer scale, a position embedding: see :meth:`GraphBuilder.free_tensor`) and the op
+    says how it ``combine`` s; anything else (a computed tensor, a ``where``) keeps them."""
     operands = [a for a in args if isinstance(b.value(a), torch.Tensor)]
     with_axis = [a for a in operands if b.axis(a) is not None]
     out = b.value(node)
@@ -221,8 +223,14 @@ def _binary(b: ExportGraphBuilder, node: fx.Node, args: tuple[Any, ...]) -> Axis
             continue
         v = b.value(other)
         d = shifted.dim - (out.dim() - v.dim())  # the other operand's dim aligned with the channels
-        if d >= 0 and v.shape[d] != 1:
-            b.pin(axis, f"{_name(node)} with a tensor without channel axis at '{node.name}'")
+        if d < 0 or v.shape[d] == 1:
+            continue
+        found = b.free_tensor(other, d, node, axis) if combine is not None else "not sliced by this op"
+        if isinstance(found, str) or combine is None:
+            why = f" ({found})" if b.param(other) is not None else ""
+            b.pin(axis, f"{_name(node)} with a tensor without channel axis at '{node.name}'{why}")
+        else:
+            b.free_use(node, axis, found, combine, numerator=x is args[0])
     return shifted
 
 
@@ -248,12 +256,13 @@ def _merge(b: ExportGraphBuilder, node: fx.Node, axes: list[Axis | None], dims: 
 
 def product(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     """``mul``: as :func:`binary`; compaction also knows that a zero factor makes a zero product."""
-    return _binary(b, node, node.args[:2])
+    return _binary(b, node, node.args[:2], Combine.PRODUCT)
 
 
 def quotient(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
-    """``div``: as :func:`binary` (a zero numerator is not assumed to give zero: ``0 / 0``)."""
-    return _binary(b, node, node.args[:2])
+    """``div``: as :func:`binary` (of two activations, a zero numerator is not assumed to
+    give zero: ``0 / 0``; divided by a free tensor of the model's, it is: values are finite)."""
+    return _binary(b, node, node.args[:2], Combine.QUOTIENT)
 
 
 def where(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
@@ -261,7 +270,7 @@ def where(b: ExportGraphBuilder, node: fx.Node) -> Axis | None:
     cond = node.args[0]
     if b.axis(cond) is not None:
         return b.keep(node, "where with a channel-dependent condition")
-    return _binary(b, node, tuple(node.args[1:3]))
+    return _binary(b, node, tuple(node.args[1:3]), None)
 
 
 # -- spatial ---------------------------------------------------------------------------

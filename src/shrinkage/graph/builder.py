@@ -10,6 +10,7 @@ whether a dead channel's constant can be folded into its consumers.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,30 @@ def _copied(value: Any) -> Any:
     return value
 
 
+class Combine(enum.Enum):
+    """How an op combines a channel of its tensor with the same channel of a free tensor:
+    what the plan may conclude about a zero channel (values are assumed finite)."""
+
+    #: ``x + p``, ``x - p``, ``max(x, p)``, a concat along tokens: zero where both are
+    SUM = "sum"
+    #: ``x * p``: zero where either is
+    PRODUCT = "product"
+    #: ``x / p`` (``numerator``) or ``p / x``: zero where the numerator is
+    QUOTIENT = "quotient"
+
+
+@dataclass(frozen=True)
+class FreeOperand:
+    """A parameter or buffer of a module without layer type (a layer scale, a position
+    embedding, a class token) that an op meets channel by channel: ``use`` slices it with
+    the channels of the tensor it meets (a pass-through use of their space)."""
+
+    use: Use
+    combine: Combine
+    #: for a quotient: the channel tensor is the numerator
+    numerator: bool = True
+
+
 @dataclass
 class ChannelGraph:
     """The traced model, its recorded values and the channel spaces found by the rules."""
@@ -115,6 +140,11 @@ class ChannelGraph:
     rules: RuleSet | None = None
     #: registered attention modules whose channels go by whole heads (found by the export capture)
     head_units: list[HeadUnit] = field(default_factory=list)
+    #: op node -> the free tensors it meets channel by channel (sliced with those channels)
+    free_operands: dict[str, list[FreeOperand]] = field(default_factory=dict)
+    #: the model itself, where the capture reads its tensors by their names in it (torch.export);
+    #: free tensors are sliced only then
+    root: nn.Module | None = None
 
     def module(self, name: str) -> nn.Module:
         return self.gm.get_submodule(name)
@@ -180,6 +210,58 @@ class GraphBuilder:
         for root in dict.fromkeys(self.g.table.find(seg.space) for seg in axis.segments):  # once per space
             space = self.g.table.get(root)
             (space.consumers if consumer else space.passthrough).append(use)
+
+    def param(self, arg: Any) -> tuple[str, str] | None:
+        """``(module, attr)`` when ``arg`` reads a parameter or buffer of a module, else None."""
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            module, _, attr = str(arg.target).rpartition(".")
+            return module, attr
+        return None
+
+    def free_tensor(self, arg: Any, dim: int, reader: fx.Node, axis: Axis) -> Slice | str:
+        """Dim ``dim`` of the tensor ``arg`` reads, to be sliced with the channels of ``axis``;
+        or why it cannot be. ``reader`` is the op reading ``arg`` directly (the op itself,
+        or the ``expand`` in front of a concat).
+
+        Only a parameter or buffer of a module without layer type (a layer type's own
+        tensors are sliced by its surgery), read by that one op, held under one name,
+        saved with the model (a non-persistent buffer could not be restored sliced), and
+        met by one whole channel space, channel ``c`` at position ``c``."""
+        p = self.param(arg)
+        root = self.g.root
+        if p is None or root is None:
+            return "not a parameter or buffer of the model" if p is None else "this capture does not slice tensors"
+        module_name, attr = p
+        full = f"{module_name}.{attr}" if module_name else attr
+        module = root.get_submodule(module_name) if module_name else root
+        tensor = module._parameters.get(attr) if attr in module._parameters else module._buffers.get(attr)
+        if tensor is None:
+            return f"'{full}' is not a parameter or buffer of the model"
+        from shrinkage.compact.layer_types import layer_type_of  # the layer types import the graph rules
+
+        if layer_type_of(module) is not None:
+            return f"'{full}' belongs to layer '{module_name}' ({type(module).__name__})"
+        if attr in module._non_persistent_buffers_set:
+            return f"'{full}' is a non-persistent buffer"
+        if _names_of(root, tensor) > 1:
+            return f"'{full}' is shared with another name"
+        readers = [u for n in self.g.gm.graph.nodes if n.op == "get_attr" and self.param(n) == p for u in n.users]
+        if any(u is not reader for u in readers):
+            return f"'{full}' is also read by {next(u for u in readers if u is not reader).name}"
+        segments = axis.segments
+        if len(segments) != 1 or axis.grid is not None:
+            return f"'{full}' meets channels of several spaces"
+        seg = segments[0]
+        if seg.repeat != 1 or seg.start != 0 or seg.stop != self.g.table.get(seg.space).size:
+            return f"'{full}' meets part of a channel space"
+        return Slice(module_name, attr, dim)
+
+    def free_use(self, node: fx.Node, axis: Axis, where: Slice, combine: Combine, *, numerator: bool = True) -> None:
+        """Record that ``node`` meets the free tensor ``where`` channel by channel (see
+        :meth:`free_tensor`): it is sliced with the channels of ``axis``."""
+        use = Use(where.module, node.name, where, axis)
+        self.g.table.get(axis.segments[0].space).passthrough.append(use)
+        self.g.free_operands.setdefault(node.name, []).append(FreeOperand(use, combine, numerator))
 
     def pin(self, axis: Axis | None, reason: str) -> None:
         if axis is not None:
@@ -362,7 +444,7 @@ def build_channel_graph(
         resolve_in_place(gm, recorder)
         if recorder.mutated:  # record again, keeping what each reader saw before the mutation
             recorder = _record(model, gm, example_inputs, recorder.mutated)
-    return _find_spaces(gm, recorder.values, rules, allow_unknown)
+    return _find_spaces(gm, recorder.values, rules, allow_unknown, model)
 
 
 def _record(
@@ -409,13 +491,15 @@ def _check_trace(model: nn.Module, example_inputs: tuple[Any, ...], traced: Any)
                 )
 
 
-def _find_spaces(gm: fx.GraphModule, values: dict[str, Any], rules: RuleSet, allow_unknown: bool) -> ChannelGraph:
+def _find_spaces(
+    gm: fx.GraphModule, values: dict[str, Any], rules: RuleSet, allow_unknown: bool, root: nn.Module | None = None
+) -> ChannelGraph:
     """Run the rules. A 3-D input is a sequence (N, T, C) or a signal (N, C, L); the other
     reading is tried when the first meets an op without rule (a Conv1d on (N, C, L))."""
     attempts: list[tuple[ChannelGraph, GraphBuilder | None, UnsupportedModuleError | None]] = []
     three_d = any(n.op == "placeholder" and _is_3d(values.get(n.name)) for n in gm.graph.nodes)
     for sequences in (True, False) if three_d else (True,):
-        cg = ChannelGraph(gm=gm, table=SpaceTable(), values=values, rules=rules)
+        cg = ChannelGraph(gm=gm, table=SpaceTable(), values=values, rules=rules, root=root)
         builder = GraphBuilder(cg, allow_unknown, sequence_inputs=sequences)
         try:
             builder.run(rules)
@@ -485,3 +569,9 @@ def _op_label(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_method":
         return f"tensor method .{node.target}()"
     return f"function {getattr(node.target, '__name__', node.target)}"
+
+
+def _names_of(root: nn.Module, tensor: Tensor) -> int:
+    """Under how many names ``root`` holds ``tensor`` (tied parameters: more than one)."""
+    named = [*root.named_parameters(remove_duplicate=False), *root.named_buffers(remove_duplicate=False)]
+    return sum(t is tensor for _, t in named)

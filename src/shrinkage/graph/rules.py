@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from shrinkage.graph.builder import GraphBuilder, RuleSet, node_args, node_kwargs
+from shrinkage.graph.builder import Combine, GraphBuilder, RuleSet, node_args, node_kwargs
 from shrinkage.graph.rule_marks import mark
-from shrinkage.graph.spaces import Axis, Grid, Segment
+from shrinkage.graph.spaces import Axis, Grid, Segment, Slice
 from shrinkage.layers import HeadPrunedAttention
 
 _ELEMENTWISE_MODULES = (
@@ -247,10 +247,15 @@ def _prod(xs: tuple[int, ...]) -> int:
 def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
     """Residual add: both operands' channels are the same channels, so their spaces merge.
 
-    With a tensor that has no channel axis (a parameter such as a position embedding or
-    ConvNeXt's layer scale, a mask) channel ``c`` meets an entry that no rule slices, so
-    the channels are kept: pinned, which is always exact.
+    With a tensor that has no channel axis, channel ``c`` meets an entry of it: a free
+    tensor of the model (a position embedding, ConvNeXt's layer scale) is sliced with the
+    channels (see :meth:`GraphBuilder.free_tensor`); anything else (a mask, a computed
+    tensor) keeps them: pinned, which is always exact.
     """
+    return _elementwise(b, node, Combine.SUM)
+
+
+def _elementwise(b: GraphBuilder, node: fx.Node, combine: Combine) -> Axis | None:
     axes = [b.axis(a) for a in node.args[:2]]
     tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
     present = axes[0] or axes[1]
@@ -260,7 +265,7 @@ def add(b: GraphBuilder, node: fx.Node) -> Axis | None:
             return None
         shifted = Axis(present.dim + out.dim() - _dims_of(b, node, present), present.segments)
         if len(tensors) == 2:
-            b.pin(present, f"{_op_name(node)} with a tensor without channel axis at '{node.name}'")
+            _slice_or_pin(b, node, present, shifted, combine)
         return shifted
     a, c = axes
     if a is None or c is None:
@@ -291,6 +296,20 @@ def merge_or_keep(b: GraphBuilder, node: fx.Node, a: Axis, c: Axis) -> None:
         b.g.table.union(sa.space, sc.space)
 
 
+def _slice_or_pin(b: GraphBuilder, node: fx.Node, axis: Axis, shifted: Axis, combine: Combine) -> None:
+    """The operand of ``node`` without channel axis is sliced with the channels of ``axis``
+    when it is a free tensor varying along them; otherwise the channels stay."""
+    x, other = node.args[:2] if b.axis(node.args[0]) is axis else node.args[1::-1]
+    v = b.value(other)
+    d = shifted.dim - (b.value(node).dim() - v.dim())  # the other operand's dim aligned with the channels
+    found = b.free_tensor(other, d, node, axis) if d >= 0 and v.shape[d] != 1 else "constant along the channels"
+    if isinstance(found, str):
+        why = f" ({found})" if b.param(other) is not None else ""
+        b.pin(axis, f"{_op_name(node)} with a tensor without channel axis at '{node.name}'{why}")
+    else:
+        b.free_use(node, axis, found, combine, numerator=x is node.args[0])
+
+
 def _dims_of(b: GraphBuilder, node: fx.Node, axis: Axis) -> int:
     """Number of dims of the operand of ``node`` that carries ``axis``."""
     for arg in node.args[:2]:
@@ -301,10 +320,14 @@ def _dims_of(b: GraphBuilder, node: fx.Node, axis: Axis) -> int:
 
 
 def scalar_mul(b: GraphBuilder, node: fx.Node) -> Axis | None:
-    """Division by a number (or a tensor without channel axis) keeps the channels."""
+    """Division by a number (or a tensor without channel axis) keeps the channels; by (or
+    of) a free tensor of the model varying along them, that tensor is sliced with them."""
     tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
     if len(tensors) == 1:
         return b.axis(tensors[0])
+    axes = [b.axis(a) for a in node.args[:2]]
+    if (axes[0] is None) != (axes[1] is None) and any(b.param(a) is not None for a in node.args[:2]):
+        return _elementwise(b, node, Combine.QUOTIENT)
     return b.unknown(node, "a division of two tensors")
 
 
@@ -315,7 +338,7 @@ def mul(b: GraphBuilder, node: fx.Node) -> Axis | None:
     tensors = [a for a in node.args[:2] if isinstance(b.value(a), torch.Tensor)]
     if len(tensors) == 1:
         return b.axis(tensors[0])
-    return add(b, node)
+    return _elementwise(b, node, Combine.PRODUCT)
 
 
 def _op_name(node: fx.Node) -> str:
@@ -431,7 +454,8 @@ def transpose(b: GraphBuilder, node: fx.Node) -> Axis | None:
 def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
     """Concat along the channel dim joins the segments; along another dim (tokens, as with
     a ViT's class token) the parts share their channels: spaces merge, and a part without
-    channel axis (a parameter) pins them."""
+    channel axis is sliced with them when it is a free tensor of the model (a class token
+    ``cls.expand(B, -1, -1)``, see :func:`_free_part`), else pins them."""
     args = node_args(node)
     parts = args[0]
     dim = args[1] if len(args) > 1 else node_kwargs(node).get("dim", 0)
@@ -449,8 +473,44 @@ def cat(b: GraphBuilder, node: fx.Node) -> Axis | None:
             return b.unknown(node, "a concat of tensors whose channel axes differ")
         merge_or_keep(b, node, first, other)
     if len(known) < len(axes):
-        b.pin(first, f"concat with a tensor without channel axis at '{node.name}'")
+        found = [_free_part(b, node, p, first) for p, a in zip(parts, axes, strict=True) if a is None]
+        why = next((f for f in found if isinstance(f, str)), None)
+        if why is not None:
+            b.pin(first, f"concat with a tensor without channel axis at '{node.name}' ({why})")
+        else:
+            for where in found:
+                assert not isinstance(where, str)
+                b.free_use(node, first, where, Combine.SUM)  # the concat holds both: zero where both are
     return first
+
+
+def _free_part(b: GraphBuilder, node: fx.Node, part: object, axis: Axis) -> Slice | str:
+    """The free tensor a part of a concat along tokens is, with its dim holding the channels
+    of ``axis``: a parameter read as it is, or broadcast over the batch by an ``expand``
+    that keeps the channel dim's size (``-1``), read by nothing else."""
+    if b.param(part) is not None:
+        return b.free_tensor(part, axis.dim, node, axis)
+    sizes = _expand_sizes(part)
+    if sizes is None or not isinstance(part, fx.Node) or b.param(part.args[0]) is None:
+        return "a computed tensor"
+    source = part.args[0]
+    d = axis.dim - (b.value(part).dim() - b.value(source).dim())  # the parameter's dim expanded into the channel dim
+    keeps = isinstance(sizes[axis.dim], int) and sizes[axis.dim] == -1  # a literal size would not shrink
+    if d < 0 or not keeps or b.value(source).shape[d] != axis.size or len(part.users) != 1:
+        return f"'{part.name}' expands the channel dim or is read elsewhere"
+    return b.free_tensor(source, d, part, axis)
+
+
+def _expand_sizes(node: object) -> list[object] | None:
+    """The sizes of an ``expand`` (ATen ``expand(x, sizes)`` or ``x.expand(*sizes)``), else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    args = node_args(node)
+    if getattr(node.target, "overloadpacket", None) is torch.ops.aten.expand and len(args) == 2:
+        return list(args[1])
+    if node.op == "call_method" and node.target == "expand":
+        return list(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else list(args[1:])
+    return None
 
 
 def attention(b: GraphBuilder, node: fx.Node) -> Axis | None:
