@@ -517,6 +517,32 @@ def describe(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: tensor names: a module name and the attribute; shapes: the dims of any tensor
+_TENSOR_SHAPES = MapOf(Text(parts=65), ListOf(Int(0), max_length=16))
+
+
+def describe_tensors(model: nn.Module) -> dict[str, list[int]]:
+    """``{tensor name: shape}`` of every parameter and saved buffer of a module without
+    layout codec: the free tensors compaction may have sliced with the channels they meet
+    (a layer scale, a position embedding, a class token), which no layer entry sizes."""
+    out: dict[str, list[int]] = {}
+    for name, module in model.named_modules():
+        if codec_of(type(module)) is not None:
+            continue
+        for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None and attr not in module._non_persistent_buffers_set:
+                out[f"{name}.{attr}" if name else attr] = list(tensor.shape)
+    return out
+
+
+def parse_tensor_shapes(text: str, where: str = "tensors") -> dict[str, tuple[int, ...]]:
+    """The ``{tensor name: shape}`` JSON ``text`` of :func:`describe_tensors`, checked."""
+    raw = parse_json(text, where)
+    _TENSOR_SHAPES.check(raw, where)
+    assert isinstance(raw, dict)  # checked just above
+    return {name: tuple(shape) for name, shape in raw.items()}
+
+
 def parse_layout(text: str, where: str = "layout") -> dict[str, LayoutEntry]:
     """The layout JSON ``text`` checked against the schema of every entry's type; a
     :class:`~shrinkage.compact.layout_schema.SchemaMismatch` names the first bad key."""
@@ -535,5 +561,6 @@ def parse_layout(text: str, where: str = "layout") -> dict[str, LayoutEntry]:
 
 
 __all__ = [
-    "CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "codec_of", "describe", "parse_layout", "register_codec",
+    "CODECS", "LayoutCodec", "LayoutEntry", "SchemaMismatch", "codec_of", "describe", "describe_tensors",
+    "parse_layout", "parse_tensor_shapes", "register_codec",
 ]  # fmt: skip

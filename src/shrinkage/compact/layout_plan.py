@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shrinkage.compact.layout import LayoutEntry
+from shrinkage.compact.layout import LayoutEntry, codec_of
 from shrinkage.compact.layout_bounds import limits_of
 from shrinkage.compact.layout_schema import LayoutError
 from shrinkage.compact.surgery import set_submodule
@@ -247,3 +247,63 @@ def index_bounds(base: nn.Module, plan: RebuildPlan, made: dict[str, nn.Module])
             name = f"{top}.{inner}" if inner else top
             buffer, positions = spec
             yield f"{name}.{buffer}", positions(module, _nearest_base(base, name)[1])
+
+
+def _free_place(base: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+    """The module of ``base`` holding tensor ``name`` directly, and the attribute; None if none does."""
+    owner, _, attr = name.rpartition(".")
+    module = base_module(base, owner) if owner else base
+    if module is None or (module._parameters.get(attr) is None and module._buffers.get(attr) is None):
+        return None
+    return module, attr
+
+
+def resized_tensors(base: nn.Module, made: dict[str, nn.Module], expected: dict[str, torch.Tensor],
+                    shapes: dict[str, tuple[int, ...]], source: str) -> dict[str, tuple[int, ...]]:  # fmt: skip
+    """The free tensors (see :func:`~shrinkage.compact.layout.describe_tensors`) whose saved
+    ``shapes`` differ from ``expected`` (the state of ``base`` with the ``made`` layers in),
+    by name: each is a parameter or saved buffer of ``base`` itself (not of a rebuilt layer),
+    of a module without layout codec, held under that one name, with as many dims as in
+    ``base`` and none larger."""
+    resized: dict[str, tuple[int, ...]] = {}
+    tops = tuple(f"{top}." for top in made)
+    names = {id(t): 0 for t in expected.values()}
+    for t in expected.values():
+        names[id(t)] += 1
+    for name, shape in shapes.items():
+        what = f"{source}: tensors['{name}']"
+        want = expected.get(name)
+        if want is None:
+            raise LayoutError(f"{what} names no tensor of the model the layout rebuilds")
+        if tuple(want.shape) == shape:
+            continue
+        have = f"has shape {tuple(shape)}, but"
+        place = _free_place(base, name)
+        if name.startswith(tops) or place is None:
+            raise LayoutError(f"{what} {have} the rebuilt layer holding it has {tuple(want.shape)}")
+        module, attr = place
+        if codec_of(type(module)) is not None:
+            raise LayoutError(f"{what} {have} it belongs to a {type(module).__name__}, which its layout entry sizes")
+        if attr in module._non_persistent_buffers_set or names[id(want)] > 1:
+            raise LayoutError(f"{what} {have} the base model shares it or does not save it")
+        if len(shape) != want.dim() or any(s > b for s, b in zip(shape, want.shape, strict=True)):
+            raise LayoutError(f"{what} {have} the base model's is {tuple(want.shape)} (a free tensor only shrinks)")
+        resized[name] = shape
+    return resized
+
+
+def resize_tensors(base: nn.Module, resized: dict[str, tuple[int, ...]]) -> None:
+    """Give each tensor of ``base`` named in ``resized`` that shape (its values come with the
+    state dict); a parameter stays a parameter, a buffer a buffer of its kind."""
+    for name, shape in resized.items():
+        place = _free_place(base, name)
+        assert place is not None  # checked by resized_tensors
+        module, attr = place
+        if module._parameters.get(attr) is not None:
+            old = module._parameters[attr]
+            assert old is not None
+            module._parameters[attr] = nn.Parameter(old.new_empty(shape), old.requires_grad)
+        else:
+            buffer = module._buffers[attr]
+            assert buffer is not None
+            module._buffers[attr] = buffer.new_empty(shape)

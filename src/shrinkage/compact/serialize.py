@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import SymInt, Tensor, nn
 
 from shrinkage.compact.attention_types import sync_head_counts
-from shrinkage.compact.layout import LayoutEntry, describe, parse_layout
-from shrinkage.compact.layout_plan import build, index_bounds, install, plan_rebuild
+from shrinkage.compact.layout import LayoutEntry, describe, describe_tensors, parse_layout, parse_tensor_shapes
+from shrinkage.compact.layout_plan import build, index_bounds, install, plan_rebuild, resize_tensors, resized_tensors
 from shrinkage.compact.layout_schema import LayoutError, MapOf, Record, SchemaMismatch, Text, parse_json
 from shrinkage.compact.saved_tensors import (
     adopt_dtypes,
@@ -43,8 +43,13 @@ from shrinkage.io.atomic import atomic_path
 
 FORMAT = "shrinkage.model/1"
 _FORMAT_FAMILY = "shrinkage.model/"
-#: the safetensors metadata ``save`` writes; every value there is a string
-_METADATA = Record({"format": Text(), "base": Text(), "layout": Text(), "aliases": Text()}, frozenset({"aliases"}))
+#: the safetensors metadata ``save`` writes; every value there is a string. ``tensors``: the
+#: shapes of the free tensors (see :func:`~shrinkage.compact.layout.describe_tensors`),
+#: written when the model has any; files without it load as before
+_METADATA = Record(
+    {"format": Text(), "base": Text(), "layout": Text(), "aliases": Text(), "tensors": Text()},
+    frozenset({"aliases", "tensors"}),
+)
 _ALIASES = MapOf(Text(parts=64), Text(parts=64))
 
 
@@ -54,6 +59,9 @@ def save(model: nn.Module, path: str | Path) -> Path:
     state, aliases = _unshared(model.state_dict())
     metadata = {"format": FORMAT, "base": type(model).__name__, "layout": json.dumps(describe(model)),
                 "aliases": json.dumps(aliases)}  # fmt: skip
+    tensors = describe_tensors(model)
+    if tensors:
+        metadata["tensors"] = json.dumps(tensors)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
@@ -88,6 +96,7 @@ class SavedModel:
     layout: dict[str, LayoutEntry]
     aliases: dict[str, str]
     shapes: dict[str, tuple[int, ...]]  # stored tensor name -> shape, from the header
+    tensors: dict[str, tuple[int, ...]]  # free tensor name -> shape, from the metadata
 
 
 def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
@@ -111,7 +120,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _parse_metadata(
     path: Path, metadata: dict[str, str], base_model: nn.Module
-) -> tuple[dict[str, LayoutEntry], dict[str, str]]:
+) -> tuple[dict[str, LayoutEntry], dict[str, str], dict[str, tuple[int, ...]]]:
     try:
         _METADATA.check(metadata, "metadata")
     except SchemaMismatch as exc:
@@ -129,10 +138,11 @@ def _parse_metadata(
         layout = parse_layout(metadata["layout"], "layout")
         aliases = parse_json(metadata.get("aliases", "{}"), "aliases")
         _ALIASES.check(aliases, "aliases")
+        tensors = parse_tensor_shapes(metadata.get("tensors", "{}"), "tensors")
     except SchemaMismatch as exc:
         raise LayoutError(f"{path}: {exc}") from None
     assert isinstance(aliases, dict)  # checked by _ALIASES
-    return layout, aliases
+    return layout, aliases, tensors
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
@@ -153,8 +163,9 @@ def load(path: str | Path, base_model: nn.Module) -> nn.Module:
     path = Path(path)
     source = str(path)
     metadata, shapes = _read_header(path)
-    layout, aliases = _parse_metadata(path, metadata, base_model)
-    rebuild_and_load(base_model, layout, shapes, lambda expected: aliases, lambda: _read_tensors(path), source, source)
+    layout, aliases, tensors = _parse_metadata(path, metadata, base_model)
+    rebuild_and_load(base_model, layout, shapes, lambda expected: aliases, lambda: _read_tensors(path), source, source,
+                     tensors)  # fmt: skip
     return base_model
 
 
@@ -166,14 +177,20 @@ def rebuild_and_load(
     read_state: Callable[[], dict[str, Tensor]],
     layout_source: str,
     tensor_source: str,
+    free_tensors: dict[str, tuple[int, ...]] | None = None,
 ) -> None:
     """Rebuild the layers ``layout`` describes inside ``base_model`` and load the stored
     tensors (``shapes``: their stored shapes; ``tied(expected tensors)``: each name stored
-    only under another tied one -> that one; ``read_state`` reads them). Everything is checked before ``base_model``
+    only under another tied one -> that one; ``read_state`` reads them). ``free_tensors``:
+    the saved shapes of tensors of modules without layout codec, which compaction may have
+    sliced (a layer scale, a position embedding). Everything is checked before ``base_model``
     changes; errors name ``layout_source`` (the layout's file) or ``tensor_source``."""
     plan = plan_rebuild(base_model, layout, layout_source)
     made = build(plan, layout_source)
     expected = expected_tensors(base_model, made)
+    resized = resized_tensors(base_model, made, expected, free_tensors or {}, layout_source)
+    for name, shape in resized.items():  # what the file must hold for them
+        expected[name] = expected[name].new_empty(shape, device="meta")
     aliases = tied(expected)
     check_header(expected, shapes, aliases, tensor_source)
     state = read_state()
@@ -185,6 +202,7 @@ def rebuild_and_load(
     check_indices(state, index_bounds(base_model, plan, made), tensor_source)
 
     install(base_model, made)
+    resize_tensors(base_model, resized)
     adopt_dtypes(base_model, state)
     # modules check the version of the layout their tensors were saved in (MNASNet refuses
     # none); the file was written from this very architecture, so its versions are the base's
