@@ -1,6 +1,6 @@
 """Int8 post-training quantization of a (compacted or factorized) model, with PyTorch's own tools.
 
-:func:`quantize_int8` runs the PT2E flow of torchao (the x86 quantizer: int8 activations
+:func:`quantize_int8` runs the PT2E flow of torchao (the x86 quantizer: uint8 activations
 per tensor, int8 weights per output channel, BatchNorm folded into the convolutions):
 capture with ``torch.export``, insert observers, run calibration batches, convert. With
 ``compile=True`` the result runs through ``torch.compile``, whose inductor backend
@@ -8,16 +8,20 @@ replaces the quantize/dequantize patterns by oneDNN int8 convolutions and matmul
 (``onednn.qconv_pointwise``, ``qconv2d_pointwise.binary`` with the residual add and ReLU
 fused, ``qlinear_pointwise``).
 
-Why this flow. On a 2-core x86 CPU, on ResNet-20 dense, compacted (odd widths such as
-12 or 7 channels) and factorized (each conv a k x k -> r pair then a 1 x 1 r -> out),
-three ways were tried:
+Why this flow. All three run ResNet-20 dense, compacted (odd widths such as 12 or 7
+channels) and factorized (each conv a k x k -> r pair then a 1 x 1 r -> out) on an x86
+CPU with int8 kernels; in a rough check on a busy 2-core machine (one thread):
 
-- PT2E + ``torch.compile`` (this one): real int8 kernels, the fastest of the three at
-  batch 1 and 64, within the float model's outputs by about 1.5% (relative L2);
-- eager FX mode (``torch.ao.quantization.quantize_fx``, ``"x86"`` engine): real int8
-  kernels too, slightly slower and less accurate, and deprecated in torch 2.14;
+- PT2E + ``torch.compile`` (this one): the fastest of the three at batch 1 and 64
+  (ResNet-20 dense: 2.8 / 34 ms, against 5.4 / 214 ms eager float and 3.7 / 84 ms
+  compiled float), logits within 1.6% (relative L2) of the float model's;
+- eager FX mode (``torch.ao.quantization.quantize_fx``, ``"x86"`` engine): 3.5 / 38 ms,
+  2.0% from the float logits, and deprecated in torch 2.14;
 - PT2E lowered without ``torch.compile`` (torchao's ``lower_pt2e_quantized_to_x86``):
-  about as fast, but it fixes the batch size of the example inputs.
+  3.0 / 40 ms, but the graph is fixed to the batch size of the example inputs.
+
+The PT2E conversion alone, without either lowering, computes in float around
+quantize/dequantize steps and is slower than the float model (9.5 / 254 ms).
 
 ``compile=False`` returns the converted graph itself: the same int8 numbers (int8
 weights, scales, zero points), computed by dequantizing to float around float
@@ -42,7 +46,7 @@ from torch import Tensor, nn
 
 from shrinkage.errors import ShrinkageError
 
-__all__ = ["MissingExtraError", "QuantizationError", "quantize_int8"]
+__all__ = ["FrozenCompiled", "MissingExtraError", "QuantizationError", "quantize_int8"]
 
 Inputs = tuple[Any, ...]
 
@@ -172,20 +176,27 @@ def _allow_mode_flags(graph: torch.fx.GraphModule) -> None:
     graph.training = False
 
 
-class CompiledInt8(nn.Module):
-    """A converted int8 graph run through ``torch.compile`` with inductor's freezing on.
+class FrozenCompiled(nn.Module):
+    """``module`` run through ``torch.compile`` with inductor's freezing on, for inference.
 
-    Inductor lowers the int8 patterns to oneDNN kernels only in its freezing passes,
-    and ``torch.compile(options={"freezing": True})`` does not reach them (torch 2.14),
-    so each call switches the global flag on for its duration. Calls run without
-    autograd: freezing applies only to inference. ``quantized`` holds the int8 state.
+    Freezing treats the weights as constants: inductor folds them and prepacks them for
+    oneDNN, and only its freezing passes lower the int8 quantize/dequantize patterns to
+    int8 kernels. ``torch.compile(options={"freezing": True})`` does not reach those
+    passes (torch 2.14), so each call switches the global flag on for its duration.
+    Calls run without autograd (freezing applies only to inference); weights changed
+    after the first call are not seen. The first call per input shape compiles (tens of
+    seconds cold); the batch size then becomes dynamic. ``module`` holds the state.
+
+    Compiled instances of one module class share torch._dynamo's recompile limit for
+    their ``forward`` (``torch._dynamo.config.recompile_limit``, 8); past it dynamo
+    runs them eager. Each int8 graph has a ``forward`` of its own.
     """
 
-    def __init__(self, quantized: torch.fx.GraphModule) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
-        self.quantized = quantized
-        # kept out of the module tree: its state is quantized's, under other names
-        self.__dict__["_compiled"] = torch.compile(quantized)
+        self.module = module
+        # kept out of the module tree: its state is module's, under other names
+        self.__dict__["_compiled"] = torch.compile(module)
 
     def forward(self, *inputs: Any) -> Any:
         import torch._inductor.config as inductor_config
@@ -217,15 +228,17 @@ def quantize_int8(
     data (a few hundred unaugmented training images, not random noise). The model
     itself is left unchanged.
 
-    Returns a :class:`CompiledInt8` (``compile=True``: oneDNN int8 kernels on x86
-    CPUs; the first call per batch size compiles, about 20 s cold) or the converted
+    Returns a :class:`FrozenCompiled` (``compile=True``: oneDNN int8 kernels on x86
+    CPUs; the first calls compile, about 20 s cold) or the converted
     ``torch.fx.GraphModule`` (``compile=False``: the same int8 numbers through float
     kernels, no speedup). Either's ``state_dict()`` holds the int8 weights, their
     scales and zero points, and the float biases, nothing else.
 
-    Limits: inference only, CPU only; layers the quantizer has no pattern for
-    (normalizations other than BatchNorm after a conv, attention) stay float; the
-    batch dimension is the only free one.
+    Limits: inference only, CPU only; the quantizer's default recipe covers
+    convolutions and linear layers (with a residual add and ReLU after them), mul, and
+    the pooling, flattening and concatenation between them; anything else (LayerNorm,
+    softmax, attention matmuls) stays float. The batch dimension is the only free one; an example batch of 1 is
+    doubled for the capture (``torch.export`` fixes dimensions of size 1).
 
     Raises:
         MissingExtraError: torchao is not installed.
@@ -252,4 +265,4 @@ def quantize_int8(
     converted = pt2e.convert(prepared)
     _drop_unread_tensors(converted)
     _allow_mode_flags(converted)
-    return CompiledInt8(converted) if compile else converted
+    return FrozenCompiled(converted) if compile else converted
