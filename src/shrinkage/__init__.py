@@ -22,6 +22,7 @@ from shrinkage.compact import (
 )
 from shrinkage.errors import ShrinkageError
 from shrinkage.graph.capture import Capture
+from shrinkage.quantization import quantize_int8  # torchao is imported only when it is called
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "AttentionType",
     "HeadCounts",
     "register_attention_type",
-    "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction", "save"]
+    "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction",
+    "quantize_int8", "save"]

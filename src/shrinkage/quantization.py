@@ -8,20 +8,16 @@ replaces the quantize/dequantize patterns by oneDNN int8 convolutions and matmul
 (``onednn.qconv_pointwise``, ``qconv2d_pointwise.binary`` with the residual add and ReLU
 fused, ``qlinear_pointwise``).
 
-Why this flow. All three run ResNet-20 dense, compacted (odd widths such as 12 or 7
-channels) and factorized (each conv a k x k -> r pair then a 1 x 1 r -> out) on an x86
-CPU with int8 kernels; in a rough check on a busy 2-core machine (one thread):
-
-- PT2E + ``torch.compile`` (this one): the fastest of the three at batch 1 and 64
-  (ResNet-20 dense: 2.8 / 34 ms, against 5.4 / 214 ms eager float and 3.7 / 84 ms
-  compiled float), logits within 1.6% (relative L2) of the float model's;
-- eager FX mode (``torch.ao.quantization.quantize_fx``, ``"x86"`` engine): 3.5 / 38 ms,
-  2.0% from the float logits, and deprecated in torch 2.14;
-- PT2E lowered without ``torch.compile`` (torchao's ``lower_pt2e_quantized_to_x86``):
-  3.0 / 40 ms, but the graph is fixed to the batch size of the example inputs.
-
-The PT2E conversion alone, without either lowering, computes in float around
-quantize/dequantize steps and is slower than the float model (9.5 / 254 ms).
+Why this flow. Three flows run ResNet-20 dense, compacted (odd widths such as 12 or 7
+channels) and factorized (each conv a k x k -> r pair then a 1 x 1 r -> out) with int8
+kernels on an x86 CPU: this one; eager FX mode (``torch.ao.quantization.quantize_fx``
+with the ``"x86"`` engine), deprecated in torch 2.14; and torchao's
+``lower_pt2e_quantized_to_x86`` without ``torch.compile``, whose graph is fixed to the
+example's batch size. This one was the fastest of the three at batch 1 and 64 and the
+closest to the float logits; ``benchmarks/cifar_int8.py`` measures it side by side with
+eager and compiled float (``results/cifar10/int8.json``). The PT2E conversion alone,
+without a lowering, computes in float around quantize/dequantize steps and is slower
+than the float model.
 
 ``compile=False`` returns the converted graph itself: the same int8 numbers (int8
 weights, scales, zero points), computed by dequantizing to float around float
