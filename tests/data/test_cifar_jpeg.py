@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import random
 import sys
 import tarfile
@@ -38,6 +37,8 @@ from shrinkage.data.cifar_jpeg import (
     read_cifar10_jpeg,
 )
 from shrinkage.errors import ConfigError, DataError
+
+from support.datasets import data_dir_holding
 
 torchvision_io = pytest.importorskip("torchvision.io")
 # the tests encode and decode with torchvision, whose image codecs warn that they are deprecated
@@ -481,18 +482,12 @@ def test_augmentation_is_deterministic_under_a_seeded_generator() -> None:
 # --- the real archive -----------------------------------------------------------------------
 
 
-def _real_data_dir() -> Path | None:
-    env = os.environ.get("SHRINKAGE_DATA_DIR")
-    if env and (Path(env) / CIFAR10_JPEG_ARCHIVE).is_file():
-        return Path(env)
-    return None
-
-
-REAL_DATA_DIR = _real_data_dir()  # read before the autouse fixture clears the variable
+REAL_DATA_DIR = data_dir_holding(CIFAR10_JPEG_ARCHIVE)  # read before the autouse fixture clears the variable
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(REAL_DATA_DIR is None, reason="SHRINKAGE_DATA_DIR has no cifar10-jpeg/cifar10-jpeg.tar.gz")
+@pytest.mark.skipif(REAL_DATA_DIR is None, reason="neither SHRINKAGE_DATA_DIR nor ../shared/datasets holds "
+                    "cifar10-jpeg/cifar10-jpeg.tar.gz")
 def test_real_archive(decode_calls: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHRINKAGE_DATA_DIR", str(REAL_DATA_DIR))  # the cache goes to the test's directory
     spec = get_dataset_spec("cifar10-jpeg")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from shrinkage.data import (
 )
 from shrinkage.data import mnist as mnist_module
 from shrinkage.errors import ConfigError, DataError
+
+from support.datasets import data_dir_holding
 
 BUNDLED = Path(mnist_module.__file__).parent / "files" / "mnist"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -120,16 +121,14 @@ def test_fashion_needs_a_directory(no_env: None) -> None:
     assert "\n" not in str(info.value)
 
 
-def _fashion_dir() -> Path | None:
-    env = os.environ.get("SHRINKAGE_DATA_DIR")
-    if env and (Path(env) / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists():
-        return Path(env)
-    return None
+FASHION_DIR = data_dir_holding("fashion-mnist/t10k-labels-idx1-ubyte.gz")
 
 
-@pytest.mark.skipif(_fashion_dir() is None, reason="SHRINKAGE_DATA_DIR has no fashion-mnist/")
-def test_fashion_mnist_from_env() -> None:
-    data = load_mnist("test", variant="fashion-mnist")
+@pytest.mark.skipif(
+    FASHION_DIR is None, reason="neither SHRINKAGE_DATA_DIR nor ../shared/datasets holds fashion-mnist/"
+)
+def test_fashion_mnist_from_the_data_dir() -> None:
+    data = load_mnist("test", variant="fashion-mnist", data_dir=FASHION_DIR)
     assert data.images.shape == (10000, 1, 28, 28) and data.name == "fashion-mnist/test"
     assert torch.bincount(data.labels, minlength=10).tolist() == [1000] * 10
     # Test-split statistics are close to (not equal to) the training ones used to normalize.
