@@ -20,10 +20,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import shrinkage
-from shrinkage.compact import CompactOptions, apply_plan
+from shrinkage.compact import CompactOptions
 from shrinkage.compact.layout_schema import LayoutError
 from shrinkage.compact.plan import decide
-from shrinkage.compact.surgery import slice_free_tensors
 from shrinkage.graph.capture import Capture, capture_channel_graph
 
 from support.exactness import assert_compacts_exactly
@@ -32,13 +31,8 @@ ZEROED = (2, 5)
 
 
 def compact(model: nn.Module, inputs: tuple[Any, ...], options: CompactOptions | None = None) -> nn.Module:
-    """Compaction that slices the free tensors its plan lists (decide(free_tensors=True),
-    then slice_free_tensors after apply_plan), checked on ``inputs`` like shrinkage.compact."""
-    options = options or CompactOptions()
-    graph = capture_channel_graph(model, inputs, options.capture)
-    plan = decide(graph, options.round_to, free_tensors=True)
-    small = apply_plan(model, plan)
-    slice_free_tensors(small, plan.free_tensors)
+    """shrinkage.compact (it checks the outputs on ``inputs``), re-checked here as well."""
+    small = shrinkage.compact(model, inputs, options)
     with torch.no_grad():
         assert torch.allclose(small(*inputs), model(*inputs), atol=1e-5)
     return small
@@ -350,3 +344,18 @@ def test_the_fx_capture_slices_free_tensors_too() -> None:
             tokens.head.weight[:, c] = 0
     small = assert_compacts_exactly(tokens, (torch.randn(2, 4, 12),), compact=lambda m, x: compact(m, x, options))
     assert small.cls.shape == (1, 1, 6) and small.pos.shape == (1, 5, 6)
+
+
+def test_coupled_groups_include_the_free_tensors_of_the_stream_even_on_the_model_itself() -> None:
+    """The group of a stream channel holds its position entry (a tensor of the model itself,
+    module name "") and each block's layer-scale entry: group Lasso drives them to zero with
+    the rest of the channel, so compaction can remove it."""
+    from shrinkage.groups import CoupledChannels
+
+    m = Net().eval()
+    chosen = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d | nn.Linear)]
+    groups = CoupledChannels((1, 3, 16, 16)).build_for(m, chosen)
+    stream = [g for g in groups if any(p is m.pos for p, _, _ in g.members)]
+    assert len(stream) == 1
+    members = {id(p) for p, _, _ in stream[0].members}
+    assert {id(m.pos), id(m.b1.gamma), id(m.b2.gamma), id(m.stem.weight), id(m.head.weight)} <= members

@@ -14,7 +14,7 @@ from shrinkage.compact.attention_types import attention_type_of
 from shrinkage.compact.forms import choose_form, forms_for, mark
 from shrinkage.compact.layer_types import layer_type_of
 from shrinkage.compact.plan import CompactionPlan, CompactOptions, decide
-from shrinkage.compact.surgery import add_bias, shrink
+from shrinkage.compact.surgery import add_bias, shrink, slice_free_tensors
 from shrinkage.compact.surgery import set_submodule as _set_submodule
 from shrinkage.errors import ShrinkageError, UnsupportedModuleError
 from shrinkage.graph.builder import ChannelGraph
@@ -47,7 +47,7 @@ def plan_compaction(
             model, example_inputs, options.capture, leaf_modules=options.leaf_modules,
             allow_unknown=options.allow_unknown,
         )  # fmt: skip
-    plan = decide(cg, options.round_to)
+    plan = decide(cg, options.round_to, free_tensors=True)
     plan.capture = capture_used(cg)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -120,6 +120,7 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         per_module.setdefault(name, {})[dim] = mask
     shrunk = {name for name, keep in per_module.items() if not all(bool(m.all()) for m in keep.values())}
     new = _copy_except(model, shrunk | set(plan.heads) | set(plan.layers))
+    slice_free_tensors(new, plan.free_tensors)  # their owners are not layer types: copied above, never replaced
     aliases = _other_names(model)
 
     def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -68,6 +68,11 @@ class CoupledChannels(GroupKind):
         return groupings
 
 
+def _qualified(module: str, attr: str) -> str:
+    """``module.attr``, or ``attr`` alone for a tensor of the model itself (module ``""``)."""
+    return f"{module}.{attr}" if module else attr
+
+
 def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: int) -> SliceGrouping:
     """One group per channel of space ``root``: its producers' rows, the per-channel
     parameters passing it on and every consumer's slice for it (what must vanish together)."""
@@ -75,12 +80,12 @@ def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: i
     producers = sorted({s.module for s in space.producers})
     members = []
     for s in space.producers:
-        param = params.get(f"{s.module}.{s.attr}")
+        param = params.get(_qualified(s.module, s.attr))
         if param is not None:
             dim = stored_dim(graph.module(s.module), s.attr, s.dim)
             members.append((param, dim, torch.arange(space.size).unsqueeze(1)))
     for use in space.passthrough + space.consumers:
-        param = params.get(f"{use.slice.module}.{use.slice.attr}")
+        param = params.get(_qualified(use.slice.module, use.slice.attr))
         if param is None:
             continue  # running statistics are buffers, not trained
         index = _positions_by_channel(channel_positions(graph, use, root), space.size)
