@@ -5,7 +5,8 @@
     python benchmarks/cifar_int8.py RUN_DIR --quick --out /tmp/int8.json   # smoke check, minutes
 
 Each RUN_DIR is written by ``shrinkage train`` (``config.yaml``, ``checkpoint.safetensors``,
-``compact.safetensors``; ``target.safetensors`` too when the config has a target block).
+``compact.safetensors``; ``target.safetensors`` too when the config has a target block) or
+by ``shrinkage compress`` (``config.yaml``, ``target.safetensors``: its model alone).
 From each, the dense model, its compact model (``compacted``, or ``factorized`` when the
 run's compaction factorized) and the target model if any are measured in three forms:
 
@@ -45,6 +46,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import shrinkage
+from shrinkage.config import load_config
 from shrinkage.data import ImageDataset, batches
 from shrinkage.data.cifar_jpeg import CIFAR10_JPEG_TITLE, load_cifar10_jpeg
 from shrinkage.metrics import compare_latency, count_parameters
@@ -101,6 +103,12 @@ def saved_bytes(model: nn.Module, directory: Path) -> int:
 def float_models(run_dir: Path) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """What the run is (its directory, config name, training-set limit) and its float models:
     dense, compact (compacted or factorized), target if any."""
+    if not (run_dir / "checkpoint.safetensors").is_file() and (run_dir / TARGET_WEIGHTS).is_file():
+        # a directory written by ``shrinkage compress``: its model only (the dense one is its source run's)
+        config = load_config(run_dir / "config.yaml")
+        about_target = {"dir": str(run_dir), "name": run_dir.name, "config": config.name,
+                        "limit_train": config.data.limit_train}  # fmt: skip
+        return about_target, {"target": shrinkage.load(run_dir / TARGET_WEIGHTS, build_model(config.model)).eval()}
     run = load_run(run_dir)
     about = {"dir": str(run_dir), "name": run_dir.name, "config": run.config.name,
              "limit_train": run.config.data.limit_train}  # fmt: skip
