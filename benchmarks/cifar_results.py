@@ -151,6 +151,7 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
         "dataset": TITLE, "model": "resnet20",
         "command": row.command.format(seed=seed, run=run_dir.name),
         "model_file": f"results/cifar10/{MODEL_DIR}/{name}.safetensors",
+        "model_in_out": f"{MODEL_DIR}/{name}.safetensors",
         "evaluate": f"shrinkage evaluate results/cifar10/{MODEL_DIR}/{name}.safetensors --model resnet20 "
                     "--data cifar10-jpeg",
     })  # fmt: skip
@@ -172,6 +173,32 @@ def gather(runs: Path, out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def from_torch_pruning(data: dict[str, Any], stem: str) -> dict[str, Any]:
+    """A row of ``benchmarks/cifar_torch_pruning.py`` in this script's form."""
+    target = data["target"]["macs"]
+    sparse = "sparse_training" in data
+    method = f"tp_{data['method']}{'_sl' if sparse else ''}{round(100 * target)}"
+    name = data["files"]["model"]
+    fine = data["finetune"]
+    return {
+        "method": method, "seed": data["seed"], "budget_macs": target,
+        "label": f"Torch-Pruning {data['method'].replace('_', ' ')}"
+                 f"{' after its sparse training' if sparse else ''} to {100 * target:g}% MACs "
+                 f"+ {fine['epochs']} epochs",
+        "accuracy": data["accuracy"]["finetuned"], "accuracy_selected": data["accuracy"]["pruned"],
+        "accuracy_dense": data["accuracy"]["dense"], "test_images": data["accuracy"]["n"],
+        "params": data["size"]["pruned"]["params"], "dense_params": data["size"]["dense"]["params"],
+        "macs": data["size"]["pruned"]["macs_per_image"], "dense_macs": data["size"]["dense"]["macs_per_image"],
+        "params_fraction": data["achieved"]["params"], "macs_fraction": data["achieved"]["macs"],
+        "epochs": (data["sparse_training"]["epochs"] if sparse else 20) + fine["epochs"],
+        "train_time_s": round(sum(v for k, v in data["time_s"].items() if k != "total"), 1),
+        "train_time_note": "pruning and recovery" + (" after sparse training" if sparse else ""),
+        "dataset": TITLE, "model": "resnet20", "command": data["command"], "source": f"{stem}.json",
+        "model_file": f"results/cifar10/{name}", "model_in_out": name,
+        "evaluate": f"shrinkage evaluate results/cifar10/{name} --model resnet20 --data cifar10-jpeg",
+    }  # fmt: skip
+
+
 def load_rows(out: Path) -> list[dict[str, Any]]:
     """Every gathered row plus the Torch-Pruning rows (their own script writes them)."""
     rows = []
@@ -181,7 +208,7 @@ def load_rows(out: Path) -> list[dict[str, Any]]:
         data = _read(path)
         if data.get("complete", True) is False:
             continue
-        rows.append(data)
+        rows.append(from_torch_pruning(data, path.stem) if data.get("benchmark") == "cifar_torch_pruning" else data)
     return rows
 
 
@@ -205,6 +232,8 @@ def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
         entry: dict[str, Any] = {
             "method": method, "label": rs[0]["label"], "seeds": sorted(r["seed"] for r in rs),
             "accuracy": _stats([r["accuracy"] for r in rs]),
+            "accuracy_selected": _stats(sel) if (sel := [r["accuracy_selected"] for r in rs if "accuracy_selected" in r])
+            else None,
             "drop_vs_baseline": _stats(drops) if drops else None,
             "params_fraction": _stats([r["params_fraction"] for r in rs]),
             "macs_fraction": _stats([r["macs_fraction"] for r in rs]),
@@ -241,13 +270,15 @@ def markdown(summary: dict[str, Any]) -> str:
         "one seed ran); drop = the baseline's accuracy of the same seed minus the row's, in points; MACs and "
         "parameters as a percentage of the dense ResNet-20's.",
         "",
-        "| method | seeds | epochs | accuracy (%) | drop (points) | MACs | params | speed-up b1 | speed-up b64 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | seeds | epochs | accuracy (%) | right after selection (%) | drop (points) | MACs | params "
+        "| speed-up b1 | speed-up b64 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
         speed = r.get("speedup") or {}
         lines.append(
             f"| {r['label']} | {len(r['seeds'])} | {r['epochs']} | {_pm(r['accuracy'])} | "
+            f"{_pm(r['accuracy_selected'])} | "
             f"{_pm(r['drop_vs_baseline'])} | {_pm(r['macs_fraction'], 100, 1)}% | "
             f"{_pm(r['params_fraction'], 100, 1)}% | "
             f"{_speed(speed.get('1'))} | {_speed(speed.get('64'))} |"
@@ -308,10 +339,8 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
 
     models: dict[str, torch.nn.Module] = {"dense": resnet20().eval()}
     for r in rows:
-        if r["method"].startswith("torch_pruning"):
-            continue  # timed by its own script (its saved form is not shrinkage's)
         name = f"{r['method']}-s{r['seed']}"
-        models[name] = shrinkage.load(out / MODEL_DIR / f"{name}.safetensors", resnet20()).eval()
+        models[name] = shrinkage.load(out / r.get("model_in_out", f"{MODEL_DIR}/{name}.safetensors"), resnet20()).eval()
     load = load_average()
     batches = []
     for batch in (1, 64):
