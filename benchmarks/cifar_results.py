@@ -229,11 +229,11 @@ def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
         if not rs:
             continue
         drops = [baseline[r["seed"]] - r["accuracy"] for r in rs if r["seed"] in baseline]
+        selected = [r["accuracy_selected"] for r in rs if "accuracy_selected" in r]
         entry: dict[str, Any] = {
             "method": method, "label": rs[0]["label"], "seeds": sorted(r["seed"] for r in rs),
             "accuracy": _stats([r["accuracy"] for r in rs]),
-            "accuracy_selected": _stats(sel) if (sel := [r["accuracy_selected"] for r in rs if "accuracy_selected" in r])
-            else None,
+            "accuracy_selected": _stats(selected) if selected else None,
             "drop_vs_baseline": _stats(drops) if drops else None,
             "params_fraction": _stats([r["params_fraction"] for r in rs]),
             "macs_fraction": _stats([r["macs_fraction"] for r in rs]),
