@@ -183,7 +183,7 @@ def attach_latency(rows: list[dict[str, Any]], entries: list[Entry], latency: li
 def markdown(result: dict[str, Any]) -> str:
     sizes = {(r["run"], r["model"], r["form"]): r["size_bytes"] for r in result["rows"]}
     lines = [
-        f"# Int8 post-training quantization, ResNet-20, {result['dataset']}",
+        f"#### int8 on top: post-training quantization, ResNet-20, {result['dataset']}",
         "",
         f"Accuracy on {result['test_images']:,} test images; calibration on {result['calibration']['images']} "
         f"unaugmented training images; {result['quantization']}.",
@@ -194,8 +194,11 @@ def markdown(result: dict[str, Any]) -> str:
         "| ms @1 | x @1 | ms @64 | x @64 |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    first = result["rows"][0]
+    reference_size = sizes[(first["run"], first["model"], first["form"])]
     for r in result["rows"]:
-        dense = sizes[(r["run"], "dense", "float")]
+        # a compress directory has no dense model of its own: its source run's is the first run's
+        dense = sizes.get((r["run"], "dense", "float"), reference_size)
         ms, up = r.get("latency_ms", {}), r.get("speedup", {})
         lines.append(
             f"| {r['run']} | {r['model']} | {r['form']} | {r['accuracy']:.2%} | {r['agreement_with_float']:.2%} | "

@@ -93,6 +93,16 @@ def _training_seconds(run_dir: Path) -> float | None:
         return round(sum(float(r["time_s"]) for r in csv.DictReader(handle)), 1)
 
 
+def _epoch_times(run_dir: Path) -> dict[str, float] | None:
+    """Min / median / max seconds per epoch: on a shared machine the total says little alone."""
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with open(metrics, newline="") as handle:
+        times = sorted(float(r["time_s"]) for r in csv.DictReader(handle))
+    return {"min": times[0], "median": statistics.median(times), "max": times[-1]} if times else None
+
+
 def _depth_removed(report: dict[str, Any]) -> int:
     structure = report.get("training", {}).get("final_structure", {})
     return int(sum(v for k, v in structure.items() if k.endswith(".depth.zero_groups")))
@@ -117,6 +127,7 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
             "residual_branches_removed": _depth_removed(report),
             "epochs": report["training"]["epochs"],
             "train_time_s": _training_seconds(run_dir),
+            "epoch_time_s": _epoch_times(run_dir),
         }  # fmt: skip
         model_file = run_dir / "compact.safetensors"
     else:

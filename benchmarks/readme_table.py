@@ -221,6 +221,17 @@ def zoo_table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def _cifar_missing(summary: Path) -> list[str]:
+    """A line naming the planned rows that have no result yet (their configs exist)."""
+    import cifar_results  # next to this script
+
+    done = {row["method"] for row in json.loads(summary.read_text())["rows"]} if summary.exists() else set()
+    missing = [row.label for row in cifar_results.ROWS if row.key not in done]
+    if not missing:
+        return []
+    return ["", "Not trained yet (configs and commands in `benchmarks/cifar_results.py`): " + "; ".join(missing) + "."]
+
+
 def cifar_table(results: Path) -> str:
     """ResNet-20 on CIFAR-10 (JPEG copy): the summary ``benchmarks/cifar_results.py`` wrote,
     the chart, how to re-check a row, int8 on top and the training set-up measured."""
@@ -239,6 +250,7 @@ def cifar_table(results: Path) -> str:
         "`python benchmarks/cifar_torch_pruning.py`.",
         "",
         summary.read_text().strip(),
+        *_cifar_missing(results / "cifar10" / "summary.json"),
         "",
         "![accuracy vs MACs](results/cifar10/accuracy_vs_macs.png)",
         "",
@@ -246,9 +258,13 @@ def cifar_table(results: Path) -> str:
         "`shrinkage evaluate results/cifar10/models/baseline-s0.safetensors --model resnet20 --data cifar10-jpeg` "
         "(with `SHRINKAGE_DATA_DIR` pointing at the directory holding `cifar10-jpeg/`).",
     ]
-    for extra in (results / "cifar10" / "int8.md", results / "train_speed" / "resnet20.md"):
-        if extra.exists():
-            lines += ["", extra.read_text().strip()]
+    int8, speed = results / "cifar10" / "int8.md", results / "train_speed" / "resnet20.md"
+    if int8.exists():
+        lines += ["", int8.read_text().strip(),
+                  "", "The model pruned to 50% by shrinkage (input-channel selections before convolutions) is missing: "
+                  "inductor's int8 convolution lowering fails on it with a stride assertion."]  # fmt: skip
+    if speed.exists():
+        lines += ["", "#### Training set-up on this CPU (`python benchmarks/train_speed.py`)", "", speed.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
