@@ -18,7 +18,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 def test_config_rules_bind_and_prox_is_finite(path: Path) -> None:
     config = load_config(path)
     model = build_model(config.model)
-    rules = resolve_rules(config.regularization)
+    shape = (1, config.model.in_channels, config.model.image_size, config.model.image_size)
+    rules = resolve_rules(config.regularization, shape)  # coupled groups trace the model on this input
     if not rules:
         return
     regularizer = Regularizer(model, rules)
