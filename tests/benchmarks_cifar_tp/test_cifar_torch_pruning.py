@@ -4,9 +4,6 @@ on a randomly initialized ResNet-20 (no data set)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 
@@ -18,18 +15,13 @@ import shrinkage
 from shrinkage.metrics import count_macs
 from shrinkage.zoo.resnet_cifar import resnet20
 
+from support.benchmark_modules import load_benchmark
+
 pytest.importorskip("torch_pruning")
 
 
-@cache
 def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cifar_torch_pruning.py"
-    spec = importlib.util.spec_from_file_location("cifar_torch_pruning", path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cifar_torch_pruning")
 
 
 def _trained_like() -> nn.Module:

@@ -3,16 +3,15 @@ groups zeroed at random as a group Lasso would leave them."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import nn
 
 from shrinkage.groups import CoupledChannels, Heads
+
+from support.benchmark_modules import load_benchmark
 
 #: name -> input size; the slow ones still run in CI, marked so a quick run can skip them
 FAST = {
@@ -75,10 +74,4 @@ def zero_heads(model: nn.Module, gen: torch.Generator, fraction: float) -> int:
 def zoo_models() -> ModuleType:
     """``benchmarks/zoo_models.py``: the timm and Hugging Face models of the zoo benchmark
     (one list, so the slow tests check exactly the models the benchmark reports)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_models.py"
-    spec = importlib.util.spec_from_file_location("zoo_models", path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("zoo_models")
