@@ -162,7 +162,6 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
         "dataset": TITLE, "model": "resnet20",
         "command": row.command.format(seed=seed, run=run_dir.name),
         "model_file": f"results/cifar10/{MODEL_DIR}/{name}.safetensors",
-        "model_in_out": f"{MODEL_DIR}/{name}.safetensors",
         "evaluate": f"shrinkage evaluate results/cifar10/{MODEL_DIR}/{name}.safetensors --model resnet20 "
                     "--data cifar10-jpeg",
     })  # fmt: skip
@@ -205,7 +204,7 @@ def from_torch_pruning(data: dict[str, Any], stem: str) -> dict[str, Any]:
         "train_time_s": round(sum(v for k, v in data["time_s"].items() if k != "total"), 1),
         "train_time_note": "pruning and recovery" + (" after sparse training" if sparse else ""),
         "dataset": TITLE, "model": "resnet20", "command": data["command"], "source": f"{stem}.json",
-        "model_file": f"results/cifar10/{name}", "model_in_out": name,
+        "model_file": f"results/cifar10/{name}",
         "evaluate": f"shrinkage evaluate results/cifar10/{name} --model resnet20 --data cifar10-jpeg",
     }  # fmt: skip
 
@@ -351,7 +350,8 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     models: dict[str, torch.nn.Module] = {"dense": resnet20().eval()}
     for r in rows:
         name = f"{r['method']}-s{r['seed']}"
-        models[name] = shrinkage.load(out / r.get("model_in_out", f"{MODEL_DIR}/{name}.safetensors"), resnet20()).eval()
+        # model_file is the path in the repository; under --out the same name relative to it
+        models[name] = shrinkage.load(out / r["model_file"].removeprefix("results/cifar10/"), resnet20()).eval()
     load = load_average()
     batches = []
     for batch in (1, 64):
