@@ -18,7 +18,8 @@ from torch import nn
 import shrinkage
 from shrinkage import Budget
 from shrinkage.cli.main import main
-from shrinkage.config import SelectionMethod, TargetConfig, load_config, parse_config
+from shrinkage.budget import Taylor
+from shrinkage.config import PruneImportance, SelectionMethod, TargetConfig, load_config, parse_config
 from shrinkage.data import DatasetSpec, ImageDataset
 from shrinkage.errors import ConfigError
 from shrinkage.metrics import count_macs, count_parameters
@@ -161,6 +162,36 @@ def test_factorization_covers_the_nuclear_norm_layers() -> None:
     target = parse_config("name: t\nmodel: {name: lenet}\ntrain: {lr: 0.1, epochs: 1}\n", "t.yaml",
                           ["target.params=0.5", "target.round_to=4"])  # fmt: skip
     assert selection_for(target, LeNet(), SelectionMethod.PRUNE, (1, 28, 28)) == Pruning(4)
+
+
+def test_pruning_measures_taylor_importance_on_training_batches_unless_told_norm(tmp_path: Path) -> None:
+    train = synthetic("train")
+    base = "name: t\nmodel: {name: lenet}\ntrain: {lr: 0.1, epochs: 1}\ndata: {batch_size: 32}\n"
+    config = parse_config(base, "t.yaml", ["target.macs=0.5"])
+    chosen = selection_for(config, LeNet(), SelectionMethod.PRUNE, (1, 28, 28), train)
+    assert isinstance(chosen, Pruning) and isinstance(chosen.importance, Taylor)
+    calibration = list(chosen.importance.batches)
+    assert len(calibration) == 8 and all(x.shape == (32, 1, 28, 28) for x, _ in calibration)  # 256 images
+    # the same seed gives the same batches: a rerun selects the same groups
+    again = selection_for(config, LeNet(), SelectionMethod.PRUNE, (1, 28, 28), train)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(calibration, again.importance.batches, strict=True))
+    norm = parse_config(base, "t.yaml", ["target.macs=0.5", "target.importance=norm"])
+    assert selection_for(norm, LeNet(), SelectionMethod.PRUNE, (1, 28, 28), train) == Pruning(1, None)
+    # without data (nothing to measure on) group norms are used
+    assert selection_for(config, LeNet(), SelectionMethod.PRUNE, (1, 28, 28)) == Pruning(1, None)
+
+
+def test_compress_records_the_importance_and_the_cli_takes_it(dense_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    _, result = compress_run(dense_run, TargetConfig(macs=0.5), tmp_path / "taylor")
+    assert result["selection"]["importance"] == "Taylor"
+    assert main(["compress", str(dense_run), "--target", "macs=0.5", "--importance", "norm",
+                 "--out", str(tmp_path / "norm")]) == 0  # fmt: skip
+    saved = json.loads((tmp_path / "norm" / "target.json").read_text())
+    assert saved["selection"]["importance"] == "GroupNorm"
+    assert load_config(tmp_path / "norm" / "config.yaml").target.importance is PruneImportance.NORM
+    assert main(["compress", str(dense_run), "--target", "macs=0.5", "--importance", "hessian"]) == 2
+    assert error_line(capsys) == "error: --importance: unknown estimate 'hessian' (known: taylor, norm)"
 
 
 def test_a_directory_with_other_settings_is_never_overwritten(dense_run: Path, tmp_path: Path) -> None:

@@ -54,12 +54,6 @@ class Unit:
     def size(self) -> int:
         return int(self.norms.numel())
 
-    def importance(self) -> Tensor:
-        """Each group's squared norm relative to its unit's mean: layers trained at
-        different scales become comparable, and an exactly zero group scores 0."""
-        mean = self.norms.mean()
-        return self.norms / mean if mean > 0 else torch.zeros_like(self.norms)
-
 
 def _per_channel_macs(graph: ChannelGraph, root: int, macs: dict[str, int]) -> Tensor:
     space = graph.table.get(root)

@@ -1,13 +1,15 @@
 """``prune()``: zero the weakest removable groups until the compacted model meets a budget.
 
 The candidates (channels of every space, attention heads, whole residual branches; see
-:mod:`shrinkage.budget.candidates`) are ordered once by importance per unit of budget
-saved. A prefix of that order is a selection; the smallest prefix whose *compacted*
-model meets the budget is found by bisection, each probe measured exactly (the model
-is zeroed, compacted by :func:`shrinkage.compact` and counted), so the linearized
-costs only decide the order, never the reported figures. Removing too much by one
-coarse group is then undone where it fits: an important group of the prefix is given
-back and the next, finer groups of the order removed instead, while the budget holds.
+:mod:`shrinkage.budget.candidates`) are ordered once by estimated damage per unit of
+budget saved (the damage from :mod:`shrinkage.budget.importance`: measured on data by
+``Taylor``, or from group norms). A prefix of that order is a selection; the smallest
+prefix whose *compacted* model meets the budget is found by bisection, each probe
+measured exactly (the model is zeroed, compacted by :func:`shrinkage.compact` and
+counted), so the linearized costs only decide the order, never the reported figures.
+Removing too much by one coarse group is then undone where it fits: an important group
+of the prefix is given back and the next, finer groups of the order removed instead,
+while the budget holds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from shrinkage.budget.candidates import Unit, find_units
+from shrinkage.budget.importance import GroupNorm, Importance
 from shrinkage.budget.spec import Achieved, Budget
 from shrinkage.compact.api import compact
 from shrinkage.compact.choice import ByMacs
@@ -96,8 +99,8 @@ def _check_round_to(round_to: int, min_channels: int) -> None:
 class _Search:
     """The model under selection: one working copy, its units and exact measurements."""
 
-    def __init__(self, model: nn.Module, example_inputs: tuple[Any, ...], budget: Budget,
-                 options: CompactOptions, round_to: int, min_channels: int, depth: bool) -> None:  # fmt: skip
+    def __init__(self, model: nn.Module, example_inputs: tuple[Any, ...], budget: Budget, options: CompactOptions,
+                 round_to: int, min_channels: int, depth: bool, importance: Importance) -> None:  # fmt: skip
         self.work = copy.deepcopy(model).eval()
         self.example = example_inputs
         self.budget = budget
@@ -112,7 +115,7 @@ class _Search:
             allow_unknown=options.allow_unknown,
         )  # fmt: skip
         self.units = find_units(self.work, self.graph, self.dense_macs.per_module)
-        self.steps = self._order(min_channels, depth)
+        self.steps = self._order(min_channels, depth, importance)
         self.evaluations = 0
         if budget.latency_ms is not None:
             shape = (budget.batch_size, *example_inputs[0].shape[1:])
@@ -129,21 +132,17 @@ class _Search:
             cost += unit.params / max(1, self.dense_params)
         return cost
 
-    def _order(self, min_channels: int, depth: bool) -> list[_Step]:
+    def _order(self, min_channels: int, depth: bool, importance: Importance) -> list[_Step]:
         candidates: list[_Step] = []
-        totals = [float(u.norms.sum()) for u in self.units if u.depth_ok and u.is_channels]
-        mean_total = sum(totals) / len(totals) if totals else 0.0
+        damage = importance.of_groups(self.work, self.units)
+        whole_damage = importance.of_whole(self.units, damage)
         for i, unit in enumerate(self.units):
             cost = self._cost(unit)
-            importance = unit.importance()
             for g in range(unit.size):
                 if cost[g] > 0:
-                    candidates.append(_Step(i, torch.tensor([g]), False, float(importance[g] / cost[g])))
+                    candidates.append(_Step(i, torch.tensor([g]), False, float(damage[i][g] / cost[g])))
             if depth and unit.depth_ok and unit.is_channels and float(cost.sum()) > 0:
-                # a branch weaker than the average branch goes before an average channel
-                weight = float(unit.norms.sum()) / mean_total if mean_total > 0 else 0.0
-                score = unit.size * weight / float(cost.sum())
-                candidates.append(_Step(i, torch.arange(unit.size), True, score))
+                candidates.append(_Step(i, torch.arange(unit.size), True, whole_damage[i] / float(cost.sum())))
         candidates.sort(key=lambda s: (s.score, not s.whole))  # a whole unit first on ties
         steps, removed, whole = [], [0] * len(self.units), [False] * len(self.units)
         for step in candidates:
@@ -324,14 +323,18 @@ def prune(
     round_to: int = 1,
     min_channels: int = 1,
     depth: bool = True,
+    importance: Importance | None = None,
     options: CompactOptions | None = None,
 ) -> PruneResult:
     """Zero the weakest removable groups of a copy of ``model`` until its compacted form
     meets ``budget``; ``model`` is left untouched.
 
     Groups are coupled channels (everything that must vanish for a channel to go),
-    attention heads and, with ``depth``, whole residual branches; their importance is
-    the squared norm relative to their layer's mean, per unit of budget they save.
+    attention heads and, with ``depth``, whole residual branches, removed in order of
+    estimated damage per unit of budget saved. ``importance`` estimates the damage:
+    :class:`~shrinkage.budget.importance.Taylor` on a few batches of data (recommended:
+    comparable across layers), else :class:`~shrinkage.budget.importance.GroupNorm`
+    (no data; favours removing narrow layers, see its docstring).
     ``round_to`` rounds every kept width up to a multiple (hardware-friendly widths);
     ``min_channels`` channels stay in each space unless it goes whole. A budget below
     what can be removed raises :class:`BudgetError` naming the smallest reachable value.
@@ -345,12 +348,16 @@ def prune(
     if device.type != "cpu":  # selection and compaction decide on the CPU (see compact())
         inputs = tuple(x.cpu() if isinstance(x, Tensor) else x for x in example_inputs)
         result = prune(copy.deepcopy(model).cpu(), inputs, budget, round_to=round_to, min_channels=min_channels,
-                       depth=depth, options=options)  # fmt: skip
+                       depth=depth, importance=importance, options=options)  # fmt: skip
         result.model.to(device)  # in place: the zero mask keeps pointing at its parameters
         result.compact.to(device)
         result._masks = {k: (p, keep.to(device)) for k, (p, keep) in result._masks.items()}
         return result
-    search = _Search(model, example_inputs, budget, _counting_options(options, budget), round_to, min_channels, depth)
+    if importance is not None and not isinstance(importance, Importance):
+        raise ConfigError(f"prune: importance must be a shrinkage.budget.importance.Importance, "
+                          f"got {type(importance).__name__}")  # fmt: skip
+    search = _Search(model, example_inputs, budget, _counting_options(options, budget), round_to, min_channels,
+                     depth, importance or GroupNorm())  # fmt: skip
     if not search.units:
         raise BudgetError(f"prune: {type(model).__name__} has no removable channel or head to meet {budget}")
     floor, _ = search.measure(search.selection(range(len(search.steps))))

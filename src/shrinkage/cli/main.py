@@ -77,6 +77,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                      help="weight in [0, 1] of distillation from the dense model (default 0)")
     cmd.add_argument("--temperature", type=float, default=4.0, metavar="T", help="of distillation (default 4)")
     cmd.add_argument("--round-to", type=int, default=1, metavar="K", help="kept channel counts: multiples of K")
+    cmd.add_argument("--importance", metavar="taylor|norm", default="taylor",
+                     help="pruning's damage estimate: loss change on training batches (default) or group norms")
     cmd.add_argument("--method", metavar="prune|factorize",
                      help="how to select (default: factorize after a nuclear-norm run, else prune)")
     cmd.add_argument("--baseline", type=Path, metavar="RUN_DIR", help="an unregularized run to compare accuracy with")
@@ -179,7 +181,7 @@ def parse_budget(items: Sequence[str]) -> Budget:
 
 
 def _compress(args: argparse.Namespace, command: str) -> int:
-    from shrinkage.config import SelectionMethod, TargetConfig
+    from shrinkage.config import PruneImportance, SelectionMethod, TargetConfig
     from shrinkage.config.fields import FieldError
     from shrinkage.train import compress_run
     from shrinkage.train.report import TARGET_MD
@@ -191,10 +193,13 @@ def _compress(args: argparse.Namespace, command: str) -> int:
         if args.method not in known:
             raise ConfigError(f"--method: unknown method '{args.method}' (known: {', '.join(known)})")
         method = known[args.method]
+    importances = {i.value: i for i in PruneImportance}
+    if args.importance not in importances:
+        raise ConfigError(f"--importance: unknown estimate '{args.importance}' (known: {', '.join(importances)})")
     try:
         target = TargetConfig.of_budget(budget, finetune_epochs=args.finetune_epochs, finetune_lr=args.lr,
                                         distill_weight=args.distill, temperature=args.temperature,
-                                        round_to=args.round_to)  # fmt: skip
+                                        round_to=args.round_to, importance=importances[args.importance])  # fmt: skip
     except FieldError as error:
         raise ConfigError(f"{_RECOVERY_FLAGS.get(error.field, '--target ' + error.field)}: {error.reason}") from None
     out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command)

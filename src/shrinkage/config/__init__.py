@@ -28,7 +28,7 @@ from shrinkage.config.schema import (
     ScheduleConfig,
     StepSchedule,
 )
-from shrinkage.config.target import SelectionMethod, TargetConfig, default_selection
+from shrinkage.config.target import PruneImportance, SelectionMethod, TargetConfig, default_selection
 
 __all__ = [
     "GROUP_KINDS",
@@ -55,6 +55,7 @@ __all__ = [
     "SparseGroupLassoConfig",
     "StepSchedule",
     "TargetConfig",
+    "PruneImportance",
     "default_selection",
     "load_config",
     "parse_config",

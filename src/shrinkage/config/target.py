@@ -6,6 +6,7 @@ parameters and/or latency relative to the dense model) and fine-tuned::
     target:
       macs: 0.25            # at most a quarter of the dense model's multiply-accumulates
       round_to: 8           # kept channel counts are multiples of 8 (pruning only)
+      importance: taylor    # pruning ranks groups by loss change measured on training batches
       finetune_epochs: 3
       distill_weight: 0.5   # half of the loss from the dense model as teacher
       temperature: 4.0
@@ -35,6 +36,15 @@ from shrinkage.config.regularization import NuclearNormConfig, RegularizationCon
 MAX_ROUND_TO = 4096
 
 
+class PruneImportance(Enum):
+    """How ``prune`` estimates the damage of removing a group (:mod:`shrinkage.budget.importance`)."""
+
+    #: first-order Taylor estimate of the loss change, on a few training batches (one scale for every layer)
+    TAYLOR = "taylor"
+    #: squared group norm relative to its layer's mean, no data (favours removing narrow layers)
+    NORM = "norm"
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """A budget (fractions of the dense model; every given one must hold) plus recovery.
@@ -42,7 +52,8 @@ class TargetConfig:
     ``macs`` / ``params``: fractions in (0, 1] of the dense model's. ``latency_ms``:
     milliseconds per forward pass of ``batch_size`` images on the run's device.
     ``round_to``: kept channel counts are rounded up to a multiple of it (pruning only;
-    factorization ranks are not rounded). Recovery: ``finetune_epochs`` of SGD at
+    factorization ranks are not rounded). ``importance``: how pruning estimates the damage
+    of removing a group (:class:`PruneImportance`). Recovery: ``finetune_epochs`` of SGD at
     ``finetune_lr`` (default: the run's fine-tuning, else training, learning rate), with
     ``distill_weight`` of the loss taken from the dense model as a teacher at
     ``temperature``.
@@ -53,6 +64,7 @@ class TargetConfig:
     latency_ms: float | None = None
     batch_size: int = 1
     round_to: int = 1
+    importance: PruneImportance = PruneImportance.TAYLOR
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     distill_weight: float = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import itertools
 import json
 import logging
 import time
@@ -23,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 import shrinkage
-from shrinkage.budget import Achieved, Budget
+from shrinkage.budget import Achieved, Budget, GroupNorm, Importance, Taylor
 from shrinkage.config import (
     NuclearNormConfig,
+    PruneImportance,
     RegularizationConfig,
     RunConfig,
     SelectionMethod,
@@ -59,15 +61,23 @@ class Selected:
     details: dict[str, Any]
 
 
+#: training batches the Taylor importance is measured on (2,048 images at batch 128)
+CALIBRATION_BATCHES = 16
+
+
 @dataclass(frozen=True)
 class Pruning:
-    """Coupled channels / heads / branches under the budget; kept widths multiples of ``round_to``."""
+    """Coupled channels / heads / branches under the budget; kept widths multiples of ``round_to``;
+    damage estimated by ``importance`` (None: group norms)."""
 
     round_to: int = 1
+    importance: Importance | None = None
 
     def select(self, dense: nn.Module, example: Tensor, budget: Budget) -> Selected:
-        result = shrinkage.prune(dense, (example,), budget, round_to=self.round_to)
-        return Selected(result.model, result.zero_mask(), {"round_to": self.round_to, **result.summary()})
+        result = shrinkage.prune(dense, (example,), budget, round_to=self.round_to, importance=self.importance)
+        kind = type(self.importance or GroupNorm()).__name__
+        return Selected(result.model, result.zero_mask(),
+                        {"round_to": self.round_to, "importance": kind, **result.summary()})  # fmt: skip
 
     def finish(self, model: nn.Module, example: Tensor) -> nn.Module:
         # fine-tuned with its zeros held: compact() removes them and checks the outputs are equal
@@ -109,13 +119,25 @@ def _rescaled(budget: Budget, dense: nn.Module, compact: nn.Module, example: Ten
     return Budget(macs=macs, params=params, latency_ms=budget.latency_ms, batch_size=budget.batch_size)
 
 
-def selection_for(config: RunConfig, dense: nn.Module, method: SelectionMethod,
-                  image_shape: tuple[int, ...]) -> Pruning | Factorization:  # fmt: skip
-    """The selection of ``method`` with this run's settings: ``target.round_to`` for
-    pruning; for factorization ``compact.factorize_layers``, else the layers the
-    nuclear-norm rules selected, else every Conv2d/Linear."""
+def calibration_batches(train: ImageDataset, batch_size: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """The first :data:`CALIBRATION_BATCHES` batches of a seeded shuffle of ``train``,
+    without augmentation: what the Taylor importance measures the loss on."""
+    generator = torch.Generator().manual_seed(seed)
+    return list(itertools.islice(batches(train, batch_size, shuffle=True, generator=generator), CALIBRATION_BATCHES))
+
+
+def selection_for(config: RunConfig, dense: nn.Module, method: SelectionMethod, image_shape: tuple[int, ...],
+                  train: ImageDataset | None = None) -> Pruning | Factorization:  # fmt: skip
+    """The selection of ``method`` with this run's settings: ``target.round_to`` and
+    ``target.importance`` (measured on ``train``; group norms without it) for pruning;
+    for factorization ``compact.factorize_layers``, else the layers the nuclear-norm rules
+    selected, else every Conv2d/Linear."""
     if method is SelectionMethod.PRUNE:
-        return Pruning(config.target.round_to if config.target is not None else 1)
+        target = config.target or TargetConfig(macs=1.0)
+        importance: Importance | None = None
+        if target.importance is PruneImportance.TAYLOR and train is not None:
+            importance = Taylor(calibration_batches(train, config.data.batch_size, config.train.seed))
+        return Pruning(target.round_to, importance)
     layers = config.compact.factorize_layers or _nuclear_layers(config.regularization, dense, image_shape)
     return Factorization(tuple(layers) or None)
 
@@ -265,7 +287,7 @@ def compress(
     budget = target.budget()
     dense.eval()
     example = example_inputs(test.images)
-    selector = selection_for(config, dense, chosen, tuple(example.shape[1:]))
+    selector = selection_for(config, dense, chosen, tuple(example.shape[1:]), train)
     log.info("compressing %s to %s by %s", config.name, budget, chosen.value)
     accuracy: dict[str, Any] = {"n": len(test), "dense": _accuracy(dense, test, config)}
     selected = selector.select(dense, example, budget)
