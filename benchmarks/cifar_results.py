@@ -13,6 +13,8 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   the controller, the exact selection and the target block's fine-tuning);
 - ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline run (20 epochs, then 2
   epochs of fine-tuning after selection: 22 in all, two more than the regularized rows);
+  ``prune50norm`` the same pruning ranked by group norms instead of the Taylor estimate
+  (an ablation of the damage estimate);
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
   ``results/cifar10/torch_pruning-*.json`` and read from there.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 import statistics
@@ -72,9 +75,12 @@ ROWS = (
         "--out runs/cifar/{run}", 0.25),
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
-    Row("prune50", "plain + shrinkage prune to 50% MACs + 2 epochs", "target",
+    Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
         "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method prune --out runs/cifar/{run}", 0.5),
+    Row("prune50norm", "plain + shrinkage prune (group norms) to 50% MACs + 2 epochs", "target",
+        "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "--method prune --importance norm --out runs/cifar/{run}", 0.5),
     Row("svd50", "plain + SVD to 50% MACs + 2 epochs", "target",
         "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method factorize --out runs/cifar/{run}", 0.5),
@@ -222,9 +228,32 @@ def load_rows(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}  # fmt: skip
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_path(out: Path, row: dict[str, Any]) -> Path:
+    # model_file is the path in the repository; under --out the same name relative to it
+    return out / row["model_file"].removeprefix("results/cifar10/")
+
+
+def timed_now(rows: list[dict[str, Any]], latency: dict[str, Any] | None, out: Path) -> dict[str, Any] | None:
+    """``latency`` without the timings of models whose file changed since they were timed
+    (a rerun of a row replaces its model: its old speed-up would describe another model)."""
+    if latency is None:
+        return None
+    timed = latency.get("models", {})
+    current = {f"{r['method']}-s{r['seed']}": file_digest(model_path(out, r)) for r in rows}
+    keep = {name for name, digest in current.items() if timed.get(name) == digest}
+    batches = [{**b, "speedup": {k: v for k, v in b["speedup"].items() if k in keep}} for b in latency["batches"]]
+    return {**latency, "batches": batches}
 
 
 def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dict[str, Any]:
@@ -248,14 +277,14 @@ def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
             "params_fraction": _stats([r["params_fraction"] for r in rs]),
             "macs_fraction": _stats([r["macs_fraction"] for r in rs]),
             "epochs": rs[0].get("epochs"),
-            "train_time_s": _stats([r["train_time_s"] for r in rs if r.get("train_time_s")]) or None,
+            "train_time_s": _stats([r["train_time_s"] for r in rs if r.get("train_time_s")]),
         }  # fmt: skip
         if "residual_branches_removed" in rs[0]:
             entry["residual_branches_removed"] = _stats([r["residual_branches_removed"] for r in rs])
         if latency is not None:
             entry["speedup"] = {
                 str(b["batch_size"]): _stats([b["speedup"][f"{method}-s{r['seed']}"] for r in rs
-                                              if f"{method}-s{r['seed']}" in b["speedup"]]) or None
+                                              if f"{method}-s{r['seed']}" in b["speedup"]])
                 for b in latency["batches"]
             }  # fmt: skip
         summary.append(entry)
@@ -301,6 +330,9 @@ def markdown(summary: dict[str, Any]) -> str:
     latency = summary.get("latency")
     if latency:
         lines += ["", f"Speed-ups: dense / model median latency, {latency.get('note', '')}."]
+        if any(not any((r.get("speedup") or {}).values()) for r in summary["rows"]):
+            lines.append("A speed-up shown as – was not timed: the row's model is newer than the last "
+                         "`python benchmarks/cifar_results.py --latency` (idle machine).")
         for c in latency.get("controls", []):
             verdict = "reliable" if c["reliable"] else "UNRELIABLE"
             lines.append(f"Batch {c['batch_size']}: control (dense vs an identical copy) {c['control_ratio']:.3f}x, "
@@ -348,10 +380,11 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     from shrinkage.zoo.resnet_cifar import resnet20
 
     models: dict[str, torch.nn.Module] = {"dense": resnet20().eval()}
+    digests = {}
     for r in rows:
         name = f"{r['method']}-s{r['seed']}"
-        # model_file is the path in the repository; under --out the same name relative to it
-        models[name] = shrinkage.load(out / r["model_file"].removeprefix("results/cifar10/"), resnet20()).eval()
+        models[name] = shrinkage.load(model_path(out, r), resnet20()).eval()
+        digests[name] = file_digest(model_path(out, r))
     load = load_average()
     batches = []
     for batch in (1, 64):
@@ -362,6 +395,7 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         "note": f"{torch.get_num_threads()} threads, interleaved with the dense model in one run, "
                 + (f"load average {load:.2f} at the start" if load is not None else "load average unknown"),
         "command": "python benchmarks/cifar_results.py --latency", "batches": batches,
+        "models": digests,  # SHA-256 of each timed file: a rerun row is shown untimed until timed again
     }  # fmt: skip
     (out / "latency.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
@@ -381,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     latency = measure_latency(rows, args.out) if args.latency else (
         _read(args.out / "latency.json") if (args.out / "latency.json").is_file() else None)
-    summary = summarize(rows, latency)
+    summary = summarize(rows, timed_now(rows, latency, args.out))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "summary.md").write_text(markdown(summary))
     chart(rows, args.out / "accuracy_vs_macs.png")
