@@ -1,0 +1,42 @@
+"""benchmarks/cifar_results.py: a speed-up is shown only for the model file that was timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from support.benchmark_modules import load_benchmark
+
+
+def bench() -> ModuleType:
+    return load_benchmark("cifar_results")
+
+
+def _row(method: str, accuracy: float) -> dict[str, object]:
+    return {"method": method, "seed": 0, "label": method, "accuracy": accuracy, "params_fraction": 0.5,
+            "macs_fraction": 0.5, "epochs": 22,
+            "model_file": f"results/cifar10/models/{method}-s0.safetensors"}  # fmt: skip
+
+
+def test_a_rerun_row_loses_its_old_timing(tmp_path: Path) -> None:
+    b = bench()
+    (tmp_path / "models").mkdir()
+    rows = [_row("baseline", 0.85), _row("prune50", 0.82)]
+    for r in rows:
+        (tmp_path / "models" / f"{r['method']}-s0.safetensors").write_bytes(b"weights of " + str(r["method"]).encode())
+    digests = {f"{r['method']}-s0": b.file_digest(b.model_path(tmp_path, r)) for r in rows}
+    latency = {"note": "2 threads", "models": digests, "batches": [
+        {"batch_size": 1, "speedup": {"dense": 1.0, "baseline-s0": 1.0, "prune50-s0": 1.6},
+         "control_ratio": 1.0, "reliable": True, "reason": "ok"}]}  # fmt: skip
+    summary = b.summarize(rows, b.timed_now(rows, latency, tmp_path))
+    assert [r["speedup"]["1"]["mean"] for r in summary["rows"]] == [1.0, 1.6]
+    # the pruned row is redone: its file changes, its old speed-up no longer describes it
+    (tmp_path / "models" / "prune50-s0.safetensors").write_bytes(b"another model")
+    summary = b.summarize(rows, b.timed_now(rows, latency, tmp_path))
+    assert summary["rows"][0]["speedup"]["1"]["mean"] == 1.0 and summary["rows"][1]["speedup"]["1"] is None
+    text = b.markdown(summary)
+    assert "| prune50 | 1 | 22 | 82.00 | – | 3.00 | 50.0% | 50.0% | – | – |" in text
+    assert "was not timed" in text
+    # a timing file from before digests were kept times nothing
+    old = {k: v for k, v in latency.items() if k != "models"}
+    assert all(r["speedup"]["1"] is None for r in b.summarize(rows, b.timed_now(rows, old, tmp_path))["rows"])
