@@ -180,19 +180,22 @@ class FrozenCompiled(nn.Module):
     int8 kernels. ``torch.compile(options={"freezing": True})`` does not reach those
     passes (torch 2.14), so each call switches the global flag on for its duration.
     Calls run without autograd (freezing applies only to inference); weights changed
-    after the first call are not seen. The first call per input shape compiles (tens of
-    seconds cold); the batch size then becomes dynamic. ``module`` holds the state.
+    after the first call are not seen. Each batch size is compiled on its first call
+    (tens of seconds cold) into a graph of static shapes: the dynamic-batch graph inductor
+    makes otherwise failed its own stride assertion in the int8 conv lowering on a pruned
+    ResNet-20 (torch 2.14) whose static graphs run. ``module`` holds the state.
 
     Compiled instances of one module class share torch._dynamo's recompile limit for
-    their ``forward`` (``torch._dynamo.config.recompile_limit``, 8); past it dynamo
-    runs them eager. Each int8 graph has a ``forward`` of its own.
+    their ``forward`` (``torch._dynamo.config.recompile_limit``, 8): past 8 batch sizes
+    dynamo runs the graph eagerly (the same int8 numbers, without the int8 kernels).
+    Each int8 graph has a ``forward`` of its own.
     """
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
         # kept out of the module tree: its state is module's, under other names
-        self.__dict__["_compiled"] = torch.compile(module)
+        self.__dict__["_compiled"] = torch.compile(module, dynamic=False)
 
     def forward(self, *inputs: Any) -> Any:
         import torch._inductor.config as inductor_config
@@ -225,7 +228,8 @@ def quantize_int8(
     itself is left unchanged.
 
     Returns a :class:`FrozenCompiled` (``compile=True``: oneDNN int8 kernels on x86
-    CPUs; the first calls compile, about 20 s cold) or the converted
+    CPUs; compiled on ``example_inputs`` before returning, about 20 s cold, and again
+    for each other batch size) or the converted
     ``torch.fx.GraphModule`` (``compile=False``: the same int8 numbers through float
     kernels, no speedup). Either's ``state_dict()`` holds the int8 weights, their
     scales and zero points, and the float biases, nothing else.
@@ -239,7 +243,9 @@ def quantize_int8(
     Raises:
         MissingExtraError: torchao is not installed.
         QuantizationError: ``torch.export`` cannot capture the model, the quantizer
-            cannot annotate its graph, or ``calibration`` gave no batch.
+            cannot annotate its graph, ``calibration`` gave no batch, or (``compile=True``)
+            inductor cannot lower the converted graph (it is compiled on
+            ``example_inputs`` before returning).
     """
     pt2e = _torchao_pt2e()
     inputs = _as_inputs(example_inputs)
@@ -261,4 +267,17 @@ def quantize_int8(
     converted = pt2e.convert(prepared)
     _drop_unread_tensors(converted)
     _allow_mode_flags(converted)
-    return FrozenCompiled(converted) if compile else converted
+    if not compile:
+        return converted
+    frozen = FrozenCompiled(converted)
+    # compiled here, on the example, rather than at the caller's first call: inductor's int8
+    # lowering can fail on a graph the conversion accepted, and that belongs to
+    # quantize_int8's errors, not to some later forward pass
+    try:
+        frozen(*inputs)
+    except Exception as error:  # inductor and dynamo raise many types; all mean "not lowered"
+        raise QuantizationError(
+            f"quantize_int8: inductor cannot lower the int8 graph of {name} to int8 kernels "
+            f"({_first_line(error)}); compile=False gives the same int8 numbers on float kernels"
+        ) from None
+    return frozen

@@ -196,3 +196,44 @@ def test_empty_calibration_is_refused() -> None:
     pytest.importorskip("torchao")
     with pytest.raises(QuantizationError, match="calibration gave no batch for SmallNet"):
         quantize_int8(SmallNet(), torch.randn(2, 3, SIZE, SIZE), [], compile=False)
+
+
+def test_a_graph_inductor_cannot_lower_is_refused_at_quantization(monkeypatch: pytest.MonkeyPatch) -> None:
+    """inductor's int8 lowering can fail on a graph the conversion accepted; the failure must
+    come from quantize_int8 as one line, not from the caller's first forward pass."""
+    pytest.importorskip("torchao")
+    from shrinkage import quantization
+
+    calls = []
+
+    def failing_forward(self: nn.Module, *inputs: Tensor) -> Tensor:
+        calls.append(inputs[0].shape)
+        raise AssertionError("expected size 30==30, stride 1==256 at dim=1\nmore lines of generated code")
+
+    monkeypatch.setattr(quantization.FrozenCompiled, "forward", failing_forward)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with pytest.raises(QuantizationError) as info:
+        quantize_int8(SmallNet().eval(), x, [x])
+    message = str(info.value)
+    assert calls == [x.shape], "the compiled model was not run on the example before returning"
+    assert "\n" not in message and "inductor cannot lower the int8 graph of SmallNet" in message
+    assert "AssertionError: expected size 30==30" in message and "compile=False" in message
+
+
+@pytest.mark.slow
+def test_pruned_resnet20_runs_int8_kernels_at_every_batch_size() -> None:
+    """A ResNet-20 pruned to uneven widths (the group-norm ablation of the CIFAR-10 results):
+    the dynamic-batch graph inductor compiled for a second batch size failed its own stride
+    assertion in the int8 conv lowering; every batch size now gets a static graph."""
+    pytest.importorskip("torchao")
+    path = Path(__file__).resolve().parents[2] / "results" / "cifar10" / "models" / "prune50norm-s0.safetensors"
+    model = shrinkage.load(path, resnet20()).eval()
+    gen = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(16, 3, 32, 32, generator=gen)]
+    quantized = quantize_int8(model, calibration[0][:1], calibration)
+    for n in (1, 4, 3):
+        x = torch.randn(n, 3, 32, 32, generator=gen)
+        with torch.no_grad():
+            out, reference = quantized(x), model(x)
+        assert out.shape == (n, 10)
+        assert float((out - reference).norm() / reference.norm()) <= REL_ERROR
