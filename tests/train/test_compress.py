@@ -17,8 +17,8 @@ from torch import nn
 
 import shrinkage
 from shrinkage import Budget
-from shrinkage.cli.main import main
 from shrinkage.budget import Taylor
+from shrinkage.cli.main import main
 from shrinkage.config import PruneImportance, SelectionMethod, TargetConfig, load_config, parse_config
 from shrinkage.data import DatasetSpec, ImageDataset
 from shrinkage.errors import ConfigError
