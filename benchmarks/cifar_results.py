@@ -65,8 +65,9 @@ class Row:
 ROWS = (
     Row("baseline", "baseline (plain SGD, 20 epochs)", "compact",
         "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} --out runs/cifar/{run}"),
-    Row("ssl_depth", "SSL depth (group Lasso per residual branch)", "compact",
-        "shrinkage train configs/cifar10_resnet20_ssl_depth.yaml --set train.seed={seed} --out runs/cifar/{run}"),
+    Row("ssl_depth", "SSL depth (group Lasso per residual branch), controller to 77.5% MACs", "target",
+        "shrinkage train configs/cifar10_resnet20_ssl_depth.yaml --set train.seed={seed} --out runs/cifar/{run}",
+        0.775),
     Row("ssl_width50", "SSL width, controller to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} --out runs/cifar/{run}",
         0.5),
@@ -157,6 +158,10 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
             "train_time_note": "training of this run plus recovery" if trained is not None
                                else "recovery only (the dense run's training is the baseline row's)",
         }  # fmt: skip
+        if row.key == "ssl_depth" and (run_dir / "report.json").is_file():
+            # zeroed by training (the report's final structure) plus any the budget's selection took
+            chosen = len(target["selection"].get("depth_removed", []))
+            result["residual_branches_removed"] = _depth_removed(_read(run_dir / "report.json")) + chosen
         model_file = run_dir / "target.safetensors"
     models = out / MODEL_DIR
     models.mkdir(parents=True, exist_ok=True)
