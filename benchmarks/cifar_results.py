@@ -110,9 +110,17 @@ def _epoch_times(run_dir: Path) -> dict[str, float] | None:
     return {"min": times[0], "median": statistics.median(times), "max": times[-1]} if times else None
 
 
-def _depth_removed(report: dict[str, Any]) -> int:
-    structure = report.get("training", {}).get("final_structure", {})
-    return int(sum(v for k, v in structure.items() if k.endswith(".depth.zero_groups")))
+def branches_removed(model_file: Path) -> int:
+    """Residual branches the saved ResNet-20 no longer computes (its first conv has no
+    output channel left). Counted on the model itself: a branch whose weights are not all
+    zero but whose output is constant (the last BatchNorm shift alone) is removed by
+    compaction, though training's zero-group count does not include it."""
+    import shrinkage
+    from shrinkage.zoo.resnet_cifar import resnet20
+
+    model = shrinkage.load(model_file, resnet20())
+    blocks = [m for name, m in model.named_modules() if name.count(".") == 1 and name.startswith("layer")]
+    return sum(int(getattr(block.conv1, "out_channels", 1) == 0) for block in blocks)
 
 
 def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] | None:
@@ -131,7 +139,7 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
             "params": size["compact"]["params"], "dense_params": size["dense"]["params"],
             "macs": size["compact"]["macs"], "dense_macs": size["dense"]["macs"],
             "max_abs_diff_after_compaction": report["equivalence"]["max_abs_diff"],
-            "residual_branches_removed": _depth_removed(report),
+            "residual_branches_removed": branches_removed(run_dir / "compact.safetensors"),
             "epochs": report["training"]["epochs"],
             "train_time_s": _training_seconds(run_dir),
             "epoch_time_s": _epoch_times(run_dir),
@@ -158,11 +166,9 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
             "train_time_note": "training of this run plus recovery" if trained is not None
                                else "recovery only (the dense run's training is the baseline row's)",
         }  # fmt: skip
-        if row.key == "ssl_depth" and (run_dir / "report.json").is_file():
-            # zeroed by training (the report's final structure) plus any the budget's selection took
-            chosen = len(target["selection"].get("depth_removed", []))
-            result["residual_branches_removed"] = _depth_removed(_read(run_dir / "report.json")) + chosen
         model_file = run_dir / "target.safetensors"
+        if row.key == "ssl_depth":
+            result["residual_branches_removed"] = branches_removed(model_file)
     models = out / MODEL_DIR
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, models / f"{name}.safetensors")
