@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from shrinkage.graph.builder import ChannelGraph, channel_positions
+from shrinkage.graph.builder import ChannelGraph, channel_positions, qualified_name
 from shrinkage.groups.base import SliceGrouping
 from shrinkage.groups.coupled import space_grouping
 from shrinkage.groups.kinds import Heads
@@ -111,7 +111,7 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
             continue
         if space.heads is not None:
             continue  # attention heads go whole (compaction removes them), never channel by channel
-        if not any(f"{s.module}.{s.attr}" in params for s in space.producers):
+        if not any(qualified_name(s.module, s.attr) in params for s in space.producers):
             continue
         grouping = space_grouping(graph, params, root)
         sizes = torch.full((space.size,), float(grouping.shape[1]), dtype=torch.float64)

@@ -35,7 +35,7 @@ from shrinkage.compact.head_plan import decide_heads
 from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
 from shrinkage.compact.module_attrs import ConvLike
 from shrinkage.errors import ConfigError
-from shrinkage.graph.builder import ChannelGraph, Combine, FreeOperand, channel_positions
+from shrinkage.graph.builder import ChannelGraph, Combine, FreeOperand, channel_positions, qualified_name
 from shrinkage.graph.capture import Capture
 from shrinkage.graph.export_graph import layer_input, node_owner
 from shrinkage.graph.spaces import Axis, Space, Use
@@ -116,7 +116,7 @@ class CompactionPlan:
         for name, choice in self.forms.items():
             modules.setdefault(name, {})["form"] = choice.as_dict()
         tensors = {
-            f"{module}.{attr}" if module else attr: {"dim": dim, "kept": mask.nonzero().flatten().tolist()}
+            qualified_name(module, attr): {"dim": dim, "kept": mask.nonzero().flatten().tolist()}
             for (module, attr), (dim, mask) in sorted(self.free_tensors.items())
         }
         return {"capture": self.capture.value, "modules": modules, "spaces": self.spaces, "tensors": tensors}

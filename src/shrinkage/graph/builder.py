@@ -150,6 +150,12 @@ class ChannelGraph:
         return self.gm.get_submodule(name)
 
 
+def qualified_name(module: str, attr: str) -> str:
+    """``module.attr`` as ``named_parameters`` spells it; ``attr`` alone for a tensor of the
+    model itself (module ``""``: a position embedding or class token of the root module)."""
+    return f"{module}.{attr}" if module else attr
+
+
 def channel_positions(graph: ChannelGraph, use: Use, root: int) -> list[tuple[Tensor, Tensor]]:
     """Where the channels of space ``root`` sit along ``use``'s dim, one entry per segment:
     ``(channels (k,), positions (k, repeat))``."""

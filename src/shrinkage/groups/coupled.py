@@ -21,7 +21,7 @@ from torch import nn
 
 from shrinkage.compact.layer_types import stored_dim
 from shrinkage.errors import ConfigError
-from shrinkage.graph.builder import ChannelGraph, channel_positions
+from shrinkage.graph.builder import ChannelGraph, channel_positions, qualified_name
 from shrinkage.graph.capture import capture_channel_graph
 from shrinkage.groups.base import Grouping, SliceGrouping
 from shrinkage.groups.kinds import GroupKind
@@ -68,11 +68,6 @@ class CoupledChannels(GroupKind):
         return groupings
 
 
-def _qualified(module: str, attr: str) -> str:
-    """``module.attr``, or ``attr`` alone for a tensor of the model itself (module ``""``)."""
-    return f"{module}.{attr}" if module else attr
-
-
 def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: int) -> SliceGrouping:
     """One group per channel of space ``root``: its producers' rows, the per-channel
     parameters passing it on and every consumer's slice for it (what must vanish together)."""
@@ -80,12 +75,12 @@ def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: i
     producers = sorted({s.module for s in space.producers})
     members = []
     for s in space.producers:
-        param = params.get(_qualified(s.module, s.attr))
+        param = params.get(qualified_name(s.module, s.attr))
         if param is not None:
             dim = stored_dim(graph.module(s.module), s.attr, s.dim)
             members.append((param, dim, torch.arange(space.size).unsqueeze(1)))
     for use in space.passthrough + space.consumers:
-        param = params.get(_qualified(use.slice.module, use.slice.attr))
+        param = params.get(qualified_name(use.slice.module, use.slice.attr))
         if param is None:
             continue  # running statistics are buffers, not trained
         index = _positions_by_channel(channel_positions(graph, use, root), space.size)
