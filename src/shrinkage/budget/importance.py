@@ -9,7 +9,7 @@ one as ``prune(..., importance=...)``; subclass :class:`Importance` for another)
   unit. It is scale-free within a layer but not across layers: a channel of a 16-wide
   stage and one of a 64-wide stage both score about 1, while the narrow one saves four
   times the MACs, so per MAC saved the narrow stages go first. On ResNet-20 at 50% MACs
-  that removes the whole first stage.
+  it removed all three first-stage branches and 15 of the 16 channels of that stage's stream.
 * :class:`Taylor` measures it on data: the first-order Taylor estimate of the change in
   loss when a group is zeroed, ``(sum over its weights of w * dL/dw)^2`` averaged over a
   few batches (Molchanov et al., "Importance Estimation for Neural Network Pruning",
@@ -31,7 +31,10 @@ from torch import Tensor, nn
 from shrinkage.budget.candidates import Unit
 from shrinkage.errors import ConfigError
 
-__all__ = ["GroupNorm", "Importance", "Taylor"]
+__all__ = ["DEFAULT_BATCHES", "GroupNorm", "Importance", "Taylor"]
+
+#: calibration batches the Taylor estimate averages over unless told otherwise
+DEFAULT_BATCHES = 16
 
 
 class Importance(ABC):
@@ -88,7 +91,7 @@ class Taylor(Importance):
     """
 
     def __init__(self, batches: Iterable[Batch], *, loss: Callable[[nn.Module, Batch], Tensor] = _cross_entropy,
-                 max_batches: int = 16) -> None:  # fmt: skip
+                 max_batches: int = DEFAULT_BATCHES) -> None:  # fmt: skip
         if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
             raise ConfigError(f"Taylor: max_batches must be an integer >= 1, got {max_batches!r}")
         self.batches = batches

@@ -71,6 +71,8 @@ class PruneResult:
     removed: dict[str, list[int]] = field(default_factory=dict)
     depth: list[str] = field(default_factory=list)
     evaluations: int = 0
+    #: the class of the damage estimate that ordered the groups
+    importance: str = "GroupNorm"
     _masks: dict[int, tuple[nn.Parameter, Tensor]] = field(default_factory=dict, repr=False)
 
     def zero_mask(self) -> ZeroMask:
@@ -87,6 +89,7 @@ class PruneResult:
             "removed_groups": {k: len(v) for k, v in self.removed.items()},
             "depth_removed": self.depth,
             "evaluations": self.evaluations,
+            "importance": self.importance,
         }
 
 
@@ -356,8 +359,9 @@ def prune(
     if importance is not None and not isinstance(importance, Importance):
         raise ConfigError(f"prune: importance must be a shrinkage.budget.importance.Importance, "
                           f"got {type(importance).__name__}")  # fmt: skip
+    importance = importance or GroupNorm()
     search = _Search(model, example_inputs, budget, _counting_options(options, budget), round_to, min_channels,
-                     depth, importance or GroupNorm())  # fmt: skip
+                     depth, importance)  # fmt: skip
     if not search.units:
         raise BudgetError(f"prune: {type(model).__name__} has no removable channel or head to meet {budget}")
     floor, _ = search.measure(search.selection(range(len(search.steps))))
@@ -373,7 +377,7 @@ def prune(
     search.apply(removed)
     masked = copy.deepcopy(search.work)
     result = PruneResult(masked, small, budget, achieved, evaluations=search.evaluations,
-                         _masks=_masks(search, removed, masked))  # fmt: skip
+                         importance=type(importance).__name__, _masks=_masks(search, removed, masked))  # fmt: skip
     for i, (unit, mask) in enumerate(zip(search.units, removed, strict=True)):
         if mask.all() and any(search.steps[j].whole and search.steps[j].unit == i for j in chosen):
             result.depth.append(unit.label)

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 import shrinkage
-from shrinkage.budget import Achieved, Budget, GroupNorm, Importance, Taylor
+from shrinkage.budget import Achieved, Budget, Importance, Taylor
+from shrinkage.budget.importance import DEFAULT_BATCHES
 from shrinkage.config import (
     NuclearNormConfig,
     PruneImportance,
@@ -61,10 +62,6 @@ class Selected:
     details: dict[str, Any]
 
 
-#: training batches the Taylor importance is measured on (2,048 images at batch 128)
-CALIBRATION_BATCHES = 16
-
-
 @dataclass(frozen=True)
 class Pruning:
     """Coupled channels / heads / branches under the budget; kept widths multiples of ``round_to``;
@@ -75,9 +72,7 @@ class Pruning:
 
     def select(self, dense: nn.Module, example: Tensor, budget: Budget) -> Selected:
         result = shrinkage.prune(dense, (example,), budget, round_to=self.round_to, importance=self.importance)
-        kind = type(self.importance or GroupNorm()).__name__
-        return Selected(result.model, result.zero_mask(),
-                        {"round_to": self.round_to, "importance": kind, **result.summary()})  # fmt: skip
+        return Selected(result.model, result.zero_mask(), {"round_to": self.round_to, **result.summary()})
 
     def finish(self, model: nn.Module, example: Tensor) -> nn.Module:
         # fine-tuned with its zeros held: compact() removes them and checks the outputs are equal
@@ -120,10 +115,10 @@ def _rescaled(budget: Budget, dense: nn.Module, compact: nn.Module, example: Ten
 
 
 def calibration_batches(train: ImageDataset, batch_size: int, seed: int) -> list[tuple[Tensor, Tensor]]:
-    """The first :data:`CALIBRATION_BATCHES` batches of a seeded shuffle of ``train``,
-    without augmentation: what the Taylor importance measures the loss on."""
+    """The first :data:`~shrinkage.budget.importance.DEFAULT_BATCHES` batches of a seeded
+    shuffle of ``train``, without augmentation: what the Taylor importance measures the loss on."""
     generator = torch.Generator().manual_seed(seed)
-    return list(itertools.islice(batches(train, batch_size, shuffle=True, generator=generator), CALIBRATION_BATCHES))
+    return list(itertools.islice(batches(train, batch_size, shuffle=True, generator=generator), DEFAULT_BATCHES))
 
 
 def selection_for(config: RunConfig, dense: nn.Module, method: SelectionMethod, image_shape: tuple[int, ...],
