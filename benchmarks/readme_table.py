@@ -233,14 +233,17 @@ def _cifar_missing(summary: Path) -> list[str]:
 
 
 def _int8_missing(cifar: Path) -> list[str]:
-    """A line naming the gathered shrinkage rows whose model the int8 table does not cover yet."""
+    """A line naming the gathered runs of shrinkage's rows (``cifar_results.ROWS``; the
+    Torch-Pruning rows have no run directory to quantize) that the int8 table lacks."""
+    import cifar_results  # next to this script
+
     summary, int8 = cifar / "summary.json", cifar / "int8.json"
     if not summary.exists() or not int8.exists():
         return []
+    ours = {row.key for row in cifar_results.ROWS}
     quantized = {row["run"] for row in json.loads(int8.read_text())["rows"]}
-    missing = [f"{seed_row}" for row in json.loads(summary.read_text())["rows"]
-               if not row["method"].startswith("tp_")
-               for seed_row in (f"{row['method']}-s{seed}" for seed in row["seeds"]) if seed_row not in quantized]  # fmt: skip
+    missing = [f"{row['method']}-s{seed}" for row in json.loads(summary.read_text())["rows"] if row["method"] in ours
+               for seed in row["seeds"] if f"{row['method']}-s{seed}" not in quantized]  # fmt: skip
     if not missing:
         return []
     return ["", "Not quantized yet: " + ", ".join(missing) + " (`python benchmarks/cifar_int8.py runs/cifar/RUN ...`, "
