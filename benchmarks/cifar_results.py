@@ -283,8 +283,8 @@ def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
         entry: dict[str, Any] = {
             "method": method, "label": rs[0]["label"], "seeds": sorted(r["seed"] for r in rs),
             "accuracy": _stats([r["accuracy"] for r in rs]),
-            "accuracy_selected": _stats(selected) if selected else None,
-            "drop_vs_baseline": _stats(drops) if drops else None,
+            "accuracy_selected": _stats(selected),
+            "drop_vs_baseline": _stats(drops),
             "params_fraction": _stats([r["params_fraction"] for r in rs]),
             "macs_fraction": _stats([r["macs_fraction"] for r in rs]),
             "epochs": rs[0].get("epochs"),
