@@ -14,19 +14,33 @@ from support.exactness import assert_compacts_exactly
 from support.sparsity import randomize_norm_stats
 
 
-def test_lenet_groups_join_filter_bias_and_every_consumer_slice() -> None:
+def test_lenet_groups_join_filter_and_every_consumer_slice_and_the_bias_on_request() -> None:
     model = LeNet()
-    reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), CoupledChannels((1, 1, 28, 28)), GroupLasso(1.0))])
-    by_label = {t.grouping.label: t.grouping for t in reg.terms}
-    assert set(by_label) == {"conv1", "conv2"}
-    conv2 = by_label["conv2"]
-    # filter (500) + bias (1) + fc1 columns (16 positions of the flattened 4x4 map, 500 rows each)
-    assert conv2.gather().shape == (50, 500 + 1 + 16 * 500)
-    with torch.no_grad():
-        row = conv2.gather()[7]
     fc1_columns = model.fc1.weight[:, 7 * 16 : 8 * 16].t().flatten()
-    expected = torch.cat([model.conv2.weight[7].flatten(), model.conv2.bias[7:8], fc1_columns])
-    assert torch.equal(row, expected)
+    for kind, expected in (
+        # filter (500) + fc1 columns (16 positions of the flattened 4x4 map, 500 rows each)
+        (CoupledChannels((1, 1, 28, 28)), [model.conv2.weight[7].flatten(), fc1_columns]),
+        # and the filter's bias (1)
+        (
+            CoupledChannels((1, 1, 28, 28), include_shifts=True),
+            [model.conv2.weight[7].flatten(), model.conv2.bias[7:8], fc1_columns],
+        ),
+    ):
+        reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), kind, GroupLasso(1.0))])
+        by_label = {t.grouping.label: t.grouping for t in reg.terms}
+        assert set(by_label) == {"conv1", "conv2"}
+        with torch.no_grad():
+            matrix = by_label["conv2"].gather()
+        assert matrix.shape == (50, sum(e.numel() for e in expected))
+        assert torch.equal(matrix[7], torch.cat(expected))
+
+
+def test_resnet_groups_leave_out_batchnorm_shifts_and_keep_its_scales() -> None:
+    model = resnet20(in_channels=3)
+    reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), CoupledChannels((2, 3, 16, 16)), GroupLasso(1.0))])
+    members = {id(p) for t in reg.terms for p in t.grouping.parameters}
+    assert id(model.layer1[0].bn1.weight) in members and id(model.bn1.weight) in members
+    assert not any(id(m.bias) in members for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_residual_space_is_one_group_across_blocks_and_compacts_exactly() -> None:
@@ -60,7 +74,6 @@ def test_proximal_training_zeroes_whole_coupled_structures() -> None:
         opt.step()
     zero = model.conv2.weight.flatten(1).abs().amax(1) == 0
     assert zero.any()
-    assert bool((model.conv2.bias[zero] == 0).all())
-    assert bool((model.fc1.weight.view(500, 50, 16)[:, zero] == 0).all())
+    assert bool((model.fc1.weight.view(500, 50, 16)[:, zero] == 0).all())  # the bias's constant: read by nobody
     small = assert_compacts_exactly(model.eval(), x)
     assert small.conv2.out_channels == max(1, int((~zero).sum()))

@@ -415,16 +415,21 @@ def test_shapes_conv2d_conv1d_conv3d():
     assert g3.shape == (12, 4) and torch.equal(g3.gather()[1 * 6 + 0 * 3 + 2], c3.weight.detach()[:, 1, 0, 0, 2])
 
 
-def test_depth_groups_all_trainable_parameters():
+def test_depth_groups_the_trainable_weights_and_shifts_on_request():
     block = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
     (g,) = Depth().build("layer1", block)
     assert isinstance(g, FlatGrouping)
-    params = list(block.parameters())
-    assert g.parameters == tuple(params)
-    assert g.shape == (1, sum(p.numel() for p in params))
+    assert g.parameters == (block[0].weight, block[1].weight)  # no conv bias, no BatchNorm shift
+    assert g.shape == (1, block[0].weight.numel() + 3)
+    (everything,) = Depth(include_shifts=True).build("layer1", block)
+    assert everything.parameters == tuple(block.parameters())
     block[1].bias.requires_grad_(False)
-    (g2,) = Depth().build("layer1", block)
+    (g2,) = Depth(include_shifts=True).build("layer1", block)
     assert g2.parameters == (block[0].weight, block[0].bias, block[1].weight)
+    only_bias = nn.Linear(2, 2)
+    only_bias.weight.requires_grad_(False)
+    with pytest.raises(UnsupportedModuleError, match="'fc'"):
+        Depth().build("fc", only_bias)
 
 
 def test_depth_without_parameters_rejected():

@@ -6,7 +6,13 @@ parameters that pass it on (BatchNorm scale and shift) and every consumer's inpu
 slice for ``c`` (the next conv's input channel, the ``H*W`` columns of a Linear behind a
 flatten, every branch tied to it by a residual add). A group Lasso on these groups
 drives the whole removable structure to zero at once, so compaction removes exactly
-what the penalty zeroed, with no constant left to fold.
+what the penalty zeroed.
+
+Shifts (producer biases, BatchNorm's beta) are left out of the regularizer's groups
+(``CoupledChannels.include_shifts``): with every consumer's slice at zero nobody reads
+the constant a channel still emits, so they need not vanish, and a shift the loss still
+uses would keep the group's norm above the prox's threshold (its weights decaying
+towards zero without reaching it, the channel removable yet counted as alive).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from shrinkage.errors import ConfigError
 from shrinkage.graph.builder import ChannelGraph, channel_positions, qualified_name
 from shrinkage.graph.capture import capture_channel_graph
 from shrinkage.groups.base import Grouping, SliceGrouping
-from shrinkage.groups.kinds import GroupKind
+from shrinkage.groups.kinds import GroupKind, is_shift
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ class CoupledChannels(GroupKind):
 
     input_shape: tuple[int, ...]
     vocab: int | None = None
+    include_shifts: bool = False
 
     def build(self, name: str, module: nn.Module) -> list[Grouping]:
         raise ConfigError("coupled groups are built for a whole model: use build_for(model, chosen)")
@@ -64,22 +71,29 @@ class CoupledChannels(GroupKind):
                 continue
             if space.heads is not None:
                 continue  # channels that go by whole attention heads, not one by one
-            groupings.append(space_grouping(graph, params, root))
+            groupings.append(space_grouping(graph, params, root, shifts=self.include_shifts))
         return groupings
 
 
-def space_grouping(graph: ChannelGraph, params: dict[str, nn.Parameter], root: int) -> SliceGrouping:
+def space_grouping(
+    graph: ChannelGraph, params: dict[str, nn.Parameter], root: int, *, shifts: bool = True
+) -> SliceGrouping:
     """One group per channel of space ``root``: its producers' rows, the per-channel
-    parameters passing it on and every consumer's slice for it (what must vanish together)."""
+    parameters passing it on and every consumer's slice for it (what must vanish together);
+    ``shifts=False`` leaves out the biases and BatchNorm shifts (see the module docstring)."""
     space = graph.table.get(root)
     producers = sorted({s.module for s in space.producers})
     members = []
     for s in space.producers:
+        if not shifts and is_shift(s.attr):
+            continue
         param = params.get(qualified_name(s.module, s.attr))
         if param is not None:
             dim = stored_dim(graph.module(s.module), s.attr, s.dim)
             members.append((param, dim, torch.arange(space.size).unsqueeze(1)))
     for use in space.passthrough + space.consumers:
+        if not shifts and is_shift(use.slice.attr):
+            continue
         param = params.get(qualified_name(use.slice.module, use.slice.attr))
         if param is None:
             continue  # running statistics are buffers, not trained

@@ -97,18 +97,32 @@ class Shapes(GroupKind):
         return [ColumnGrouping(name, cast(nn.Parameter, module.weight))]
 
 
+def is_shift(param_name: str) -> bool:
+    """Whether a parameter only adds a constant (a layer's or a norm's ``bias``): with every
+    multiplicative weight before it at zero, it leaves a constant compaction folds away."""
+    return param_name.rpartition(".")[2].endswith("bias")
+
+
 @dataclass(frozen=True)
 class Depth(GroupKind):
-    """All parameters of a block (a layer or a residual branch) as one group.
+    """The multiplicative parameters of a block (a layer or a residual branch) as one group.
 
-    BatchNorm affine parameters are included on purpose: only when they are zero too
-    does the branch output exactly zero, which is what lets the shortcut replace it.
+    Shifts (biases, BatchNorm's beta) are left out unless ``include_shifts``: a zero
+    branch then emits only its constant, which compaction folds when it removes the
+    branch. Inside the group a shift the loss still uses keeps its gradient, so the
+    group's norm would hover above the prox's threshold while the weights decay towards
+    zero without reaching it: a branch compaction removes (its output is constant to
+    float precision) that no zero-group count sees.
     """
 
+    include_shifts: bool = False
+
     def build(self, name: str, module: nn.Module) -> list[Grouping]:
-        params = tuple(p for p in module.parameters() if p.requires_grad)
+        params = tuple(
+            p for n, p in module.named_parameters() if p.requires_grad and (self.include_shifts or not is_shift(n))
+        )
         if not params:
-            raise UnsupportedModuleError(f"module '{name}' has no trainable parameters to form a depth group")
+            raise UnsupportedModuleError(f"module '{name}' has no trainable weights to form a depth group")
         return [FlatGrouping(name, params)]
 
 

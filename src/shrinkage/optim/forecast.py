@@ -43,31 +43,47 @@ class Forecast:
         return out
 
 
-def choose_step(forecast_at: Callable[[float], float], goal: float, limit: float) -> float:
+def choose_step(forecast_at: Callable[[float], float], goal: float, limit: float, *, nearest: bool = False) -> float:
     """The change ``x`` of log-strength in ``[-limit, limit]`` to make, given the forecast
     estimate ``forecast_at(x)``, which falls as ``x`` grows.
 
     The outcome aimed at is the highest forecast at or below ``goal``: a budget is an upper
     bound, so where one more group jumps the estimate past the target, the step below it
-    is taken. Of the ``x`` giving that outcome, the one closest to 0 (no change): re-aiming
-    at the edge every update would keep lowering the strength for as long as a dying group
-    still dies within the horizon, and it never would. When even ``-limit`` forecasts
-    below the goal, ``-limit`` (slow down all the way); when even ``limit`` stays above,
-    ``limit``.
+    is taken. With ``nearest`` (a goal on the way to the budget, not the budget) it is the
+    outcome closest to ``goal`` on either side, the lower one on a tie. Of the ``x`` giving
+    that outcome, the one closest to 0 (no change): re-aiming at the edge every update
+    would keep lowering the strength for as long as a dying group still dies within the
+    horizon, and it never would. When even ``-limit`` forecasts below the goal, ``-limit``
+    (slow down all the way); when even ``limit`` stays above, ``limit``.
     """
     if forecast_at(limit) > goal:
         return limit
     if forecast_at(-limit) <= goal:
         return -limit
-    low, high = -limit, limit  # the smallest x with forecast <= goal lies in (low, high]
+    above, first = _crossing(forecast_at, goal, -limit, limit)
+    outcome = forecast_at(first)
+    if nearest and forecast_at(above) - goal < goal - outcome:
+        outcome = forecast_at(above)  # the outcome just above the goal, given by x up to ``above``
+        first = -limit if forecast_at(-limit) <= outcome else _crossing(forecast_at, outcome, -limit, above)[1]
+    return min(max(0.0, first), _last_at_or_above(forecast_at, outcome, first, limit))
+
+
+def _crossing(forecast_at: Callable[[float], float], value: float, low: float, high: float) -> tuple[float, float]:
+    """``(x, y)``: ``y`` the smallest point of ``(low, high]`` where the falling ``forecast_at``
+    is at or below ``value``, ``x`` just below it, to 40 bisections
+    (``forecast_at(low) > value >= forecast_at(high)``)."""
     for _ in range(40):
         mid = (low + high) / 2
-        low, high = (low, mid) if forecast_at(mid) <= goal else (mid, high)
-    first, outcome = high, forecast_at(high)
-    low, high = first, limit  # the largest x with forecast >= outcome lies in [low, high)
-    if forecast_at(high) >= outcome:
-        low = high
-    for _ in range(40 if high > low else 0):
+        low, high = (low, mid) if forecast_at(mid) <= value else (mid, high)
+    return low, high
+
+
+def _last_at_or_above(forecast_at: Callable[[float], float], value: float, low: float, high: float) -> float:
+    """The largest point of ``[low, high]`` where ``forecast_at`` is at or above ``value``, to
+    40 bisections (``forecast_at(low) >= value``)."""
+    if forecast_at(high) >= value:
+        return high
+    for _ in range(40):
         mid = (low + high) / 2
-        low, high = (mid, high) if forecast_at(mid) >= outcome else (low, mid)
-    return min(max(0.0, first), low)
+        low, high = (mid, high) if forecast_at(mid) >= value else (low, mid)
+    return low
