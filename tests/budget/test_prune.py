@@ -132,6 +132,45 @@ def test_zero_mask_also_holds_groups_that_were_zero_before_the_selection() -> No
     assert count_macs(still, x).total / count_macs(model, x).total <= budget.macs
 
 
+def test_zero_mask_holds_channels_a_regularizer_zeroed_with_their_shifts_left() -> None:
+    """A regularizer's coupled and depth groups leave biases and BatchNorm shifts out: the
+    weights of a channel go to zero, its shift stays and keeps emitting a constant. Those
+    channels are removed already (no consumer reads them) and must be held, or the
+    consumers' slices, whose gradient is not zero, grow back while fine-tuning."""
+    from shrinkage.groups import CoupledChannels, Depth
+    from shrinkage.optim import ModuleType, Regularizer, Rule
+    from shrinkage.penalties import GroupLasso
+
+    model, x = _model("resnet20")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(0.1, 0.5)  # positive: the constant passes the ReLU
+        reg = Regularizer(model, [Rule(ModuleType((nn.Conv2d,)), CoupledChannels((2, 3, 32, 32)), GroupLasso(1.0))])
+        for term in reg.terms:
+            matrix = term.grouping.gather()
+            matrix[::3] = 0  # a third of every space, as the prox leaves it
+            term.grouping.scatter_(matrix)
+        (branch,) = Depth().build("layer2.1", model.layer2[1])
+        branch.scatter_(torch.zeros(branch.shape))
+    assert float(model.layer2[1].bn2.bias.detach().abs().min()) > 0  # the shifts are still there
+    met = count_macs(shrinkage.compact(model, (x,)), x).total / count_macs(model, x).total
+    assert met < 0.7
+    result = shrinkage.prune(model, x, Budget(macs=met + 1e-6))
+    assert not any(result.removed.values()), result.removed
+    mask = result.zero_mask()
+    assert mask.zero_count >= sum(p.numel() for p in branch.parameters)
+    pruned = result.model.train()
+    opt = torch.optim.SGD(pruned.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(pruned(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        mask.apply_()
+    still = shrinkage.compact(pruned.eval(), (x,))
+    assert count_macs(still, x).total / count_macs(model, x).total <= met + 1e-6
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"budget": 0.5}, "budget must be a shrinkage.Budget"),
     ({"budget": Budget(macs=0.5), "round_to": 0}, "round_to must be an integer >= 1"),

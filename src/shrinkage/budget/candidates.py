@@ -38,7 +38,10 @@ class Unit:
     """A set of groups removed individually (channels, heads) or all at once (depth).
 
     ``macs`` / ``params``: ``(n,)`` estimated savings per group; ``norms``: ``(n,)`` squared
-    L2 norm of each group in the model as given."""
+    L2 norm of each group in the model as given; ``zero``: ``(n,)`` the groups whose
+    weights are exactly zero already, shifts aside (a regularizer's coupled groups leave
+    biases and BatchNorm shifts out, see :mod:`shrinkage.groups.coupled`): compaction
+    removes those channels whatever constant they still emit."""
 
     label: str
     grouping: SliceGrouping
@@ -49,6 +52,7 @@ class Unit:
     is_channels: bool
     #: removing every group keeps the network connected (a residual branch or sub-block)
     depth_ok: bool
+    zero: Tensor
 
     @property
     def size(self) -> int:
@@ -115,8 +119,10 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
             continue
         grouping = space_grouping(graph, params, root)
         sizes = torch.full((space.size,), float(grouping.shape[1]), dtype=torch.float64)
+        weights = space_grouping(graph, params, root, shifts=False)
+        zero = _squared_norms(weights) == 0 if weights.members else torch.zeros(space.size, dtype=torch.bool)
         units.append(Unit(grouping.label, grouping, _per_channel_macs(graph, root, macs), sizes,
-                          _squared_norms(grouping), True, _bypassed(graph, root, nodes)))  # fmt: skip
+                          _squared_norms(grouping), True, _bypassed(graph, root, nodes), zero))  # fmt: skip
     called = {str(n.target) for n in graph.gm.graph.nodes if n.op == "call_module"}
     for name, module in model.named_modules():
         if name not in called or name in graph.heads_fixed:
@@ -134,7 +140,8 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
         sizes = torch.full((h,), float(grouping.shape[1]), dtype=torch.float64)
         # at least one head stays: whether the attention's output is bypassed is not known
         # here (its whole sub-block goes through depth of the surrounding spaces instead)
-        units.append(Unit(name, grouping, per_head, sizes, _squared_norms(grouping), False, False))
+        norms = _squared_norms(grouping)
+        units.append(Unit(name, grouping, per_head, sizes, norms, False, False, norms == 0))
     for head_unit in graph.head_units:
         if head_unit.failed:
             continue  # the capture keeps these heads: zeroing them would remove nothing
@@ -145,5 +152,6 @@ def find_units(model: nn.Module, graph: ChannelGraph, macs: dict[str, int]) -> l
         # the module's MACs (projections and attention products) split evenly over its groups
         per_group = torch.full((groups,), macs.get(head_unit.module, 0) / groups, dtype=torch.float64)
         sizes = torch.full((groups,), float(grouping.shape[1]), dtype=torch.float64)
-        units.append(Unit(head_unit.module, grouping, per_group, sizes, _squared_norms(grouping), False, False))
+        norms = _squared_norms(grouping)
+        units.append(Unit(head_unit.module, grouping, per_group, sizes, norms, False, False, norms == 0))
     return units

@@ -56,13 +56,15 @@ class GroupNorm(Importance):
 
     A whole unit (a residual branch) is weighed by its total norm against the mean total
     of the units that could go whole, so a branch weaker than the average branch goes
-    before an average channel."""
+    before an average channel. A group whose weights are zero already (``Unit.zero``: only
+    its shift is left) costs nothing."""
 
     def of_groups(self, model: nn.Module, units: Sequence[Unit]) -> list[Tensor]:
         out = []
         for unit in units:
             mean = unit.norms.mean()
-            out.append(unit.norms / mean if mean > 0 else torch.zeros_like(unit.norms))
+            relative = unit.norms / mean if mean > 0 else torch.zeros_like(unit.norms)
+            out.append(relative.masked_fill(unit.zero, 0.0))
         return out
 
     def of_whole(self, units: Sequence[Unit], groups: Sequence[Tensor]) -> list[float]:

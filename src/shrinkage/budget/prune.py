@@ -287,14 +287,14 @@ def _masks(search: _Search, removed: list[Tensor], model: nn.Module) -> dict[int
     zeroed groups: the same groupings evaluated on tensors of ones.
 
     Groups that were already zero before the selection (what regularized training drove
-    to zero) are held too: the budget counted them as removed, so nothing fine-tuning does
-    may bring them back (a whole zero group is a fixed point of plain SGD, but a zeroed
-    channel's BatchNorm shift still gets a gradient, and other losses need not keep it)."""
+    to zero, shifts aside) are held too, shifts included: the budget counted them as
+    removed, so nothing fine-tuning does may bring them back (the consumers' slices of a
+    channel that still emits its shift's constant get a gradient)."""
     by_name = dict(model.named_parameters())
     work_names = {id(p): n for n, p in search.work.named_parameters()}
     masks: dict[int, tuple[nn.Parameter, Tensor]] = {}
     for unit, chosen in zip(search.units, removed, strict=True):
-        mask = chosen | (unit.norms == 0)
+        mask = chosen | unit.zero
         if not mask.any():
             continue
         ones = {id(p): torch.ones_like(p, dtype=torch.bool) for p, _, _ in unit.grouping.members}
