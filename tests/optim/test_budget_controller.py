@@ -240,6 +240,24 @@ def test_at_a_small_budget_the_gate_stops_close_to_it(monkeypatch: pytest.Monkey
     assert 0.06 * 0.92 <= exact <= 0.06 * 1.02
 
 
+def test_on_a_long_ramp_the_first_update_asks_for_a_tenth_of_it_not_for_zeros_within_60_steps() -> None:
+    """The strength that makes zeros due within ``h`` steps scales like ``1/h``: a fixed
+    60-step horizon on a long ramp (3,500 steps on CIFAR-10) raised the strengths 3-11x
+    at the first update. The horizon is at least a tenth of the ramp."""
+    steps = 3000  # warm-up 300, ramp 1500: horizon 150 instead of 60
+    first = {}
+    for horizon_ramp in (0.0, 0.1):
+        config = dataclasses.replace(CONFIG, horizon_ramp=horizon_ramp)
+        run = _start("coupled", CASES["coupled"].nominal, steps=steps, config=config)
+        controller = run.regularizer.controller
+        assert controller is not None
+        assert controller.horizon == (60 if horizon_ramp == 0 else 150)
+        _train(run, controller.warmup_steps)
+        assert controller.active
+        first[horizon_ramp] = _geometric_mean(run.regularizer.scales)
+    assert first[0.1] < first[0.0] / 1.5, first
+
+
 # ------------------------------------------------------------------ zeros are held
 
 
