@@ -289,3 +289,46 @@ def test_ssl_run_with_a_mac_target_trains_under_the_controller_and_plots_it(data
     assert "estimated_macs" in rows[0] and "target_macs" in rows[0]
     report = json.loads((run / "report.json").read_text())
     assert report["target"]["side_by_side"]["macs"]["met"]
+
+
+def test_a_saved_model_compresses_as_its_run_directory_does(dense_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    # a committed result or a model trained elsewhere has no run directory: the model file
+    # and the config it was trained with stand in for it, with the same outcome
+    model_file = tmp_path / "models" / "lenet.safetensors"
+    model_file.parent.mkdir()
+    shrinkage.save(load_run(dense_run).model, model_file)
+    target = TargetConfig(macs=0.4, finetune_epochs=1)
+    _, from_run = compress_run(dense_run, target, tmp_path / "from_run")
+    out, from_file = compress_run(model_file, target, config=dense_run / "config.yaml")
+    assert out == tmp_path / "models" / "lenet-macs0.4"
+    assert from_file["accuracy"] == from_run["accuracy"] and from_file["size"] == from_run["size"]
+    assert from_file["settings"]["source"] == str(model_file)
+    a = shrinkage.load(out / "target.safetensors", LeNet()).state_dict()
+    b = shrinkage.load(tmp_path / "from_run" / "target.safetensors", LeNet()).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the CLI takes the config and its overrides; another seed is another experiment
+    assert main(["-q", "compress", str(model_file), "--config", str(dense_run / "config.yaml"), "--set",
+                 "train.seed=3", "--target", "macs=0.4", "--out", str(tmp_path / "seed3")]) == 0  # fmt: skip
+    assert load_config(tmp_path / "seed3" / "config.yaml").train.seed == 3
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "expected"),
+    [
+        ("model", [], "is a model file: give the config it was trained with (--config CONFIG.yaml)"),
+        ("run", ["--config", "{run}/config.yaml"], "--config and --set apply to a model file"),
+        ("run", ["--set", "train.seed=1"], "--config and --set apply to a model file"),
+        ("gone.safetensors", ["--config", "{run}/config.yaml"], "gone.safetensors: no such run directory or model"),
+        ("model", ["--config", "{run}/absent.yaml"], "absent.yaml"),
+    ],
+)
+def test_compress_of_a_model_file_names_what_is_wrong(source: str, extra: list[str], expected: str, dense_run: Path,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_file = tmp_path / "model.safetensors"
+    shrinkage.save(LeNet(), model_file)
+    path = {"model": model_file, "run": dense_run}.get(source, tmp_path / source)
+    args = [a.format(run=dense_run) for a in extra]
+    assert main(["compress", str(path), "--target", "macs=0.5", *args, "--out", str(tmp_path / "out")]) == 2
+    assert expected in error_line(capsys)
+    assert not (tmp_path / "out").exists()

@@ -67,7 +67,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser("compress", help="cut a trained run down to a budget, fine-tune it, save it with a report")
-    cmd.add_argument("run_dir", type=Path, help="a run directory written by 'shrinkage train'")
+    cmd.add_argument("run_dir", type=Path, metavar="RUN_DIR|MODEL_FILE",
+                     help="a run directory written by 'shrinkage train', or a model file written by "
+                     "shrinkage.save (with --config)")
+    cmd.add_argument("--config", type=Path, metavar="CONFIG",
+                     help="with a model file: the YAML config it was trained with (architecture, data, training)")
+    cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="with --config: override a config value, e.g. --set train.seed=1 (repeatable)")
     cmd.add_argument("--target", action="append", required=True, metavar="KEY=VALUE",
                      help="a budget: macs=0.25 or params=0.1 (fractions of the dense model), latency_ms=5 "
                      "(at batch_size=N, default 1); repeatable, every target must hold")
@@ -202,7 +208,8 @@ def _compress(args: argparse.Namespace, command: str) -> int:
                                         round_to=args.round_to, importance=importances[args.importance])  # fmt: skip
     except FieldError as error:
         raise ConfigError(f"{_RECOVERY_FLAGS.get(error.field, '--target ' + error.field)}: {error.reason}") from None
-    out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command)
+    out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command,
+                          config=args.config, overrides=args.overrides)  # fmt: skip
     print((out / TARGET_MD).read_text(encoding="utf-8"))
     print(f"compressed model written to {out}")
     return 0

@@ -8,6 +8,7 @@ from shrinkage.train.pipeline import (
     compact_run,
     default_run_dir,
     load_run,
+    load_saved,
     report_run,
     run_experiment,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "finetune",
     "load_datasets",
     "load_run",
+    "load_saved",
     "plan_phases",
     "report_run",
     "run_experiment",

@@ -44,7 +44,7 @@ from shrinkage.io import reporting_write_errors, write_json, write_text, write_y
 from shrinkage.metrics import count_macs, count_parameters, evaluate, measure_latency
 from shrinkage.optim import ZeroMask
 from shrinkage.train.compaction import example_inputs
-from shrinkage.train.pipeline import CONFIG, RERUN_MAY_CHANGE, load_run
+from shrinkage.train.pipeline import CONFIG, RERUN_MAY_CHANGE, LoadedRun, load_run, load_saved
 from shrinkage.train.recover import finetune
 from shrinkage.train.report import TARGET_JSON, TARGET_MD, TARGET_WEIGHTS, target_markdown
 from shrinkage.train.setup import load_datasets
@@ -148,6 +148,8 @@ def _nuclear_layers(regularization: RegularizationConfig, model: nn.Module,
 def default_out_dir(run_dir: str | Path, budget: Budget) -> Path:
     """``<run_dir>-<targets>``, e.g. ``runs/lenet_baseline-macs0.25``."""
     run = Path(run_dir)
+    if run.is_file():  # a saved model: results/models/baseline.safetensors -> results/models/baseline-macs0.5
+        run = run.with_suffix("")
     if not run.name:  # "." or "/": name the directory after where it really is
         run = run.resolve()
     parts = [f"{key}{value:g}" for key, value in budget.targets().items()]
@@ -348,16 +350,32 @@ def compress_run(
     method: SelectionMethod | None = None,
     baseline: str | Path | None = None,
     command: str | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Compress the trained model of ``run_dir`` to ``target`` into ``out_dir`` (default
-    :func:`default_out_dir`); returns the directory and the results."""
-    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, target.budget())
-    if (Path(run_dir) / CONFIG).is_file():  # refuse before loading data and model (load_run names a bad run dir)
-        saved = dataclasses.replace(load_config(Path(run_dir) / CONFIG), target=target)
+    :func:`default_out_dir`); returns the directory and the results.
+
+    ``run_dir`` may also be a model file written by :func:`shrinkage.save`; ``config``
+    (with ``overrides``, as ``--set``) then gives its architecture, data and training
+    settings, and budgets are fractions of that model as saved."""
+    source = Path(run_dir)
+    if not source.exists():
+        raise ConfigError(f"{source}: no such run directory or model file")
+    saved_model = source.is_file()
+    if saved_model and config is None:
+        raise ConfigError(f"{source} is a model file: give the config it was trained with (--config CONFIG.yaml)")
+    if not saved_model and (config is not None or overrides):
+        raise ConfigError(f"--config and --set apply to a model file; {source} is read as a run directory, "
+                          "whose own config.yaml is used")  # fmt: skip
+    out = Path(out_dir) if out_dir is not None else default_out_dir(source, target.budget())
+    known = Path(config) if saved_model and config is not None else source / CONFIG
+    if known.is_file():  # refuse before loading data and model (loading names a bad source)
+        saved = dataclasses.replace(load_config(known, overrides or []), target=target)
         refuse_other_settings(out, saved, _settings(saved, method, baseline, run_dir))
-    run = load_run(run_dir)
-    config = dataclasses.replace(run.config, target=target)
+    run: LoadedRun = load_saved(source, config, overrides) if saved_model and config is not None else load_run(source)
+    config_ = dataclasses.replace(run.config, target=target)
     train, _ = load_datasets(run.config, next(run.model.parameters()).device)
-    result = compress(config, run.model, train, run.test, out, method=method, baseline=baseline,
+    result = compress(config_, run.model, train, run.test, out, method=method, baseline=baseline,
                       source=run_dir, command=command)  # fmt: skip
     return out, result

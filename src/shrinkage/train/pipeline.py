@@ -221,6 +221,24 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(config, model, test, list(checkpoint.state.get("rows", [])))
 
 
+def load_saved(model_file: str | Path, config_file: str | Path, overrides: list[str] | None = None) -> LoadedRun:
+    """A model written by :func:`shrinkage.save` (dense, compacted or factorized) read back
+    onto the architecture of ``config_file``, with that config's test split: what
+    :func:`load_run` gives for a run directory, for a model that has no run directory
+    (a committed result, or a model trained elsewhere and saved)."""
+    import shrinkage  # the package imports this module: import at call time
+
+    model_file, config_file = Path(model_file), Path(config_file)
+    if not model_file.is_file():
+        raise ConfigError(f"model file not found: {model_file}")
+    config = load_config(config_file, overrides or [])
+    device = resolve_device(config.device)
+    seed_everything(config.train.seed)  # the built model's initial weights are all replaced; seeded anyway
+    model = shrinkage.load(model_file, build_model(config.model)).to(device)
+    _, test = load_datasets(config, device)
+    return LoadedRun(config, model, test, [])
+
+
 def compact_run(run_dir: str | Path) -> Compacted:
     """Redo the compaction of a trained run and save ``compact.safetensors``/``compact.json``."""
     run = load_run(run_dir)
