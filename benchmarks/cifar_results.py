@@ -11,8 +11,11 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
 - ``ssl_depth``, ``ssl_width50``, ``ssl_width25``, ``lowrank50``: the regularized configs
   (18 epochs + 2 of fine-tuning; the width and low-rank rows meet their MAC budget through
   the controller, the exact selection and the target block's fine-tuning);
-- ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline run (20 epochs, then 2
-  epochs of fine-tuning after selection: 22 in all, two more than the regularized rows);
+- ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline (20 epochs, then 2
+  epochs of fine-tuning after selection: 22 in all, two more than the regularized rows),
+  from the baseline's committed model file with its config, so that these rows can be
+  redone without retraining the baseline (seed-0 rows were made from the run directory
+  itself, the same model: their JSON keeps that command);
   ``prune50norm`` the same pruning ranked by group norms instead of the Taylor estimate
   (an ablation of the damage estimate);
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
@@ -77,13 +80,19 @@ ROWS = (
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
     Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
-        "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
+        "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method prune --out runs/cifar/{run}", 0.5),
     Row("prune50norm", "plain + shrinkage prune (group norms) to 50% MACs + 2 epochs", "target",
-        "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
+        "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method prune --importance norm --out runs/cifar/{run}", 0.5),
     Row("svd50", "plain + SVD to 50% MACs + 2 epochs", "target",
-        "shrinkage compress runs/cifar/baseline-s{seed} --target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
+        "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method factorize --out runs/cifar/{run}", 0.5),
 )  # fmt: skip
 

@@ -3,6 +3,8 @@
     pip install -c constraints.txt -e ".[bench]"
     python benchmarks/cifar_torch_pruning.py --run runs/cifar/baseline-s0 --macs 0.5 \\
         --method magnitude --method group_norm --finetune-epochs 2
+    python benchmarks/cifar_torch_pruning.py --run results/cifar10/models/baseline-s1.safetensors \\
+        --config configs/cifar10_resnet20_baseline.yaml --set train.seed=1 --macs 0.5 --method group_norm
 
 The trained dense ResNet-20 of a ``shrinkage train`` run directory is pruned with
 Torch-Pruning (TP) to a fraction of its MACs, fine-tuned with exactly the recipe of
@@ -82,7 +84,7 @@ from shrinkage.data.cifar_jpeg import CIFAR10_JPEG_TITLE
 from shrinkage.errors import ConfigError, ShrinkageError
 from shrinkage.io import write_json
 from shrinkage.metrics import compare_latency, count_macs, count_parameters, evaluate
-from shrinkage.train.pipeline import load_run
+from shrinkage.train.pipeline import LoadedRun, load_run, load_saved
 from shrinkage.train.recover import finetune
 from shrinkage.train.setup import build_model, load_datasets, seed_everything
 
@@ -422,7 +424,12 @@ def _subset(data: ImageDataset, n: int) -> ImageDataset:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a finished 'shrinkage train' run directory")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="a finished 'shrinkage train' run directory, or a model file written by "
+                        "shrinkage.save (with --config)")
+    parser.add_argument("--config", type=Path, help="with a model file: the config it was trained with")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --config: override a config value, e.g. --set train.seed=1 (repeatable)")
     parser.add_argument(
         "--macs",
         type=float,
@@ -477,6 +484,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--reg and --lr must be > 0")
 
 
+def load_source(source: Path, config: Path | None, overrides: list[str]) -> LoadedRun:
+    """The dense model of a run directory, or of a saved model file with its config (as ``compress``)."""
+    if source.is_file():
+        if config is None:
+            raise ConfigError(f"--run {source} is a model file: give the config it was trained with (--config)")
+        return load_saved(source, config, overrides)
+    if config is not None or overrides:
+        raise ConfigError(f"--config and --set apply to a model file; --run {source} is read as a run directory")
+    return load_run(source)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # its per-batch-size INFO line cannot be formatted (an unset round count goes to %d); the
@@ -486,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "benchmarks/cifar_torch_pruning.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         check_args(args)
-        run = load_run(args.run)
+        run = load_source(args.run, args.config, args.overrides)
         config = run.config
         if args.quick:  # a class-balanced subset, not the run's data.limit_train (the first n: one class)
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, limit_train=None))

@@ -86,3 +86,15 @@ def test_pruned_model_round_trips_through_shrinkage_save(tmp_path: Path) -> None
     again = shrinkage.load(tmp_path / "m.safetensors", resnet20()).eval()
     assert torch.equal(again(x), pruned.model.eval()(x))
     assert again.conv1.out_channels < 16
+
+
+def test_a_model_file_needs_its_config_and_a_run_directory_takes_none(tmp_path: Path) -> None:
+    b = bench()
+    model_file = tmp_path / "baseline.safetensors"
+    shrinkage.save(resnet20(), model_file)
+    with pytest.raises(shrinkage.errors.ConfigError, match="is a model file: give the config it was trained with"):
+        b.load_source(model_file, None, [])
+    with pytest.raises(shrinkage.errors.ConfigError, match="--config and --set apply to a model file"):
+        b.load_source(tmp_path, tmp_path / "config.yaml", [])
+    with pytest.raises(shrinkage.errors.ConfigError, match="--config and --set apply to a model file"):
+        b.load_source(tmp_path, None, ["train.seed=1"])
