@@ -17,7 +17,8 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   redone without retraining the baseline (seed-0 rows were made from the run directory
   itself, the same model: their JSON keeps that command);
   ``prune50norm`` the same pruning ranked by group norms instead of the Taylor estimate
-  (an ablation of the damage estimate);
+  (an ablation of the damage estimate); ``prune50kd`` the same pruning with its 2 epochs
+  of recovery distilled from the dense baseline (weight 0.5, temperature 4);
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
   ``results/cifar10/torch_pruning-*.json`` and read from there.
 
@@ -83,6 +84,11 @@ ROWS = (
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "--method prune --out runs/cifar/{run}", 0.5),
+    Row("prune50kd", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs distilled from the dense model", "target",
+        "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
+        "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--target macs=0.5 --finetune-epochs 2 --lr 0.01 --distill 0.5 --temperature 4 "
         "--method prune --out runs/cifar/{run}", 0.5),
     Row("prune50norm", "plain + shrinkage prune (group norms) to 50% MACs + 2 epochs", "target",
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
