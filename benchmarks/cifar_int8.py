@@ -2,11 +2,14 @@
 
     python benchmarks/cifar_int8.py runs/cifar/baseline-s0 runs/cifar/ssl_depth-s0 runs/cifar/lowrank50-s0 \\
         --out results/cifar10/int8.json        # idle machine: nothing else running
+    python benchmarks/cifar_int8.py results/cifar10/models/baseline-s0.safetensors ...  # committed models
     python benchmarks/cifar_int8.py RUN_DIR --quick --out /tmp/int8.json   # smoke check, minutes
 
 Each RUN_DIR is written by ``shrinkage train`` (``config.yaml``, ``checkpoint.safetensors``,
 ``compact.safetensors``; ``target.safetensors`` too when the config has a target block) or
-by ``shrinkage compress`` (``config.yaml``, ``target.safetensors``: its model alone).
+by ``shrinkage compress`` (``config.yaml``, ``target.safetensors``: its model alone), or is
+a ResNet-20 model file written by :func:`shrinkage.save` (a committed result: that model
+alone, named by its file, ``dense`` when no parameter was removed).
 From each, the dense model, its compact model (``compacted``, or ``factorized`` when the
 run's compaction factorized) and the target model if any are measured in three forms:
 
@@ -46,7 +49,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import shrinkage
-from shrinkage.config import load_config
+from shrinkage.config import ModelConfig, load_config
 from shrinkage.data import ImageDataset, batches
 from shrinkage.data.cifar_jpeg import CIFAR10_JPEG_TITLE, load_cifar10_jpeg
 from shrinkage.metrics import compare_latency, count_parameters
@@ -100,9 +103,20 @@ def saved_bytes(model: nn.Module, directory: Path) -> int:
     return path.stat().st_size
 
 
+def saved_model(path: Path) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """A ResNet-20 written by :func:`shrinkage.save` (``results/cifar10/models/*.safetensors``),
+    named by its file: ``dense`` when it has every parameter of a fresh ResNet-20, else ``target``."""
+    base = build_model(ModelConfig("resnet20", 3, 10, 32))
+    model = shrinkage.load(path, build_model(ModelConfig("resnet20", 3, 10, 32))).eval()
+    kind = "dense" if count_parameters(model) == count_parameters(base) else "target"
+    return {"file": str(path), "name": path.stem, "config": None, "limit_train": None}, {kind: model}
+
+
 def float_models(run_dir: Path) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """What the run is (its directory, config name, training-set limit) and its float models:
-    dense, compact (compacted or factorized), target if any."""
+    dense, compact (compacted or factorized), target if any. A model file stands for itself."""
+    if run_dir.is_file():
+        return saved_model(run_dir)
     if not (run_dir / "checkpoint.safetensors").is_file() and (run_dir / TARGET_WEIGHTS).is_file():
         # a directory written by ``shrinkage compress``: its model only (the dense one is its source run's)
         config = load_config(run_dir / "config.yaml")
@@ -224,7 +238,9 @@ def _num(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="run directories written by shrinkage train")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="run directories written by shrinkage train or compress, or ResNet-20 model files "
+                        "written by shrinkage.save (results/cifar10/models/*.safetensors)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON to write (the table goes beside it)")
     parser.add_argument("--quick", action="store_true", help="small subsets and short timings: a smoke check")
     args = parser.parse_args(argv)

@@ -246,7 +246,7 @@ def _int8_missing(cifar: Path) -> list[str]:
                for seed in row["seeds"] if f"{row['method']}-s{seed}" not in quantized]  # fmt: skip
     if not missing:
         return []
-    return ["", "Not quantized yet: " + ", ".join(missing) + " (`python benchmarks/cifar_int8.py runs/cifar/RUN ...`, "
+    return ["", "Not quantized yet: " + ", ".join(missing) + " (`python benchmarks/cifar_int8.py results/cifar10/models/RUN.safetensors ...`, "
             "timed on an idle machine)."]  # fmt: skip
 
 
