@@ -233,8 +233,10 @@ def _cifar_missing(summary: Path) -> list[str]:
 
 
 def _int8_missing(cifar: Path) -> list[str]:
-    """A line naming the gathered runs of shrinkage's rows (``cifar_results.ROWS``; the
-    Torch-Pruning rows have no run directory to quantize) that the int8 table lacks."""
+    """A line naming shrinkage's rows (``cifar_results.ROWS``; the Torch-Pruning rows have
+    no run directory to quantize) of which the int8 table holds no seed at all: one seed
+    per method is what the int8 table is for (what quantization adds on top of each kind
+    of compressed model), seeds are the float table's."""
     import cifar_results  # next to this script
 
     summary, int8 = cifar / "summary.json", cifar / "int8.json"
@@ -242,12 +244,12 @@ def _int8_missing(cifar: Path) -> list[str]:
         return []
     ours = {row.key for row in cifar_results.ROWS}
     quantized = {row["run"] for row in json.loads(int8.read_text())["rows"]}
-    missing = [f"{row['method']}-s{seed}" for row in json.loads(summary.read_text())["rows"] if row["method"] in ours
-               for seed in row["seeds"] if f"{row['method']}-s{seed}" not in quantized]  # fmt: skip
+    missing = [row["method"] for row in json.loads(summary.read_text())["rows"] if row["method"] in ours
+               and not any(f"{row['method']}-s{seed}" in quantized for seed in row["seeds"])]  # fmt: skip
     if not missing:
         return []
-    return ["", "Not quantized yet: " + ", ".join(missing) + " (`python benchmarks/cifar_int8.py results/cifar10/models/RUN.safetensors ...`, "
-            "timed on an idle machine)."]  # fmt: skip
+    return ["", "Not quantized yet: " + ", ".join(missing) + " (`python benchmarks/cifar_int8.py "
+            "results/cifar10/models/RUN.safetensors ...`, timed on an idle machine)."]  # fmt: skip
 
 
 def cifar_table(results: Path) -> str:
