@@ -15,7 +15,8 @@ appear long after the strength that causes them (a group's norm must first shrin
 zero, ~100 steps), so by the time the estimate moves, an integrator has wound the
 strength far too high and the model collapses. The controller predicts instead.
 
-**The update**, every ``interval`` steps: it measures the pace of every group norm and
+**The update**, every ``interval`` steps (delayed to the next step on which every
+term was proxed, when a term's prox runs ``every`` k steps only): it measures the pace of every group norm and
 singular value since the last update and forecasts them a horizon ahead under any
 strength (:mod:`shrinkage.optim.forecast`), then solves for the common factor on every
 rule's strength whose forecast estimate is the highest one at or below the target due
@@ -161,6 +162,11 @@ class BudgetController:
         self.ramp_steps = round(config.ramp * total_steps)
         self.horizon = max(config.horizon, round(config.horizon_ramp * self.ramp_steps))
         self.rules = sorted({t.rule for t in regularizer.terms})
+        # terms with ``every = k`` are proxed on every k-th step only; in between, gradient
+        # steps revive what the last prox zeroed (tiny, but not zero), so the weights are read
+        # on steps where every term was just proxed: an update due elsewhere waits for one
+        self.cycle = math.lcm(*(t.every for t in regularizer.terms)) if regularizer.terms else 1
+        self._pending = False
         self.log_scales = {r: math.log(max(regularizer.scales[r], 1e-30)) for r in self.rules}
         if config.cost_weighted:
             for r, weight in _cost_weights(regularizer, estimator).items():
@@ -217,8 +223,10 @@ class BudgetController:
                 self.steps,
                 ", x".join(f"{self.regularizer.scales[r]:.3g}" for r in self.rules),
             )
-        elif (self.steps - self.warmup_steps) % self.config.interval == 0:
-            self._update(lrs, self.config.max_factor, damped=True)
+        elif self._pending or (self.steps - self.warmup_steps) % self.config.interval == 0:
+            self._pending = optimizer.prox_steps % self.cycle != 0
+            if not self._pending:
+                self._update(lrs, self.config.max_factor, damped=True)
 
     def _update(self, lrs: dict[int, float], max_factor: float, damped: bool) -> None:
         """Measure; once the warm-up is over, forecast and solve for the new strengths."""
@@ -297,7 +305,7 @@ class BudgetController:
             "bias": self.bias, "due": dict(self._due), "log_scales": dict(self.log_scales),
             "last_estimate": self.last_estimate, "last_forecast": self.last_forecast, "exact": self.exact is not None,
             "previous": list(self._previous), "previous_step": self._previous_step,
-            "gate": self.gate.state_dict(),
+            "gate": self.gate.state_dict(), "pending": self._pending,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -310,6 +318,7 @@ class BudgetController:
             self.exact = None
         self._previous, self._previous_step = list(state["previous"]), int(state["previous_step"])
         self.gate.load_state_dict(state["gate"])
+        self._pending = bool(state.get("pending", False))  # absent from checkpoints written before it existed
         self._apply(off=not self.active)
 
 
