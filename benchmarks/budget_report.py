@@ -10,6 +10,7 @@ per-seed difference to that seed's unregularized baseline (same total epochs), a
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -111,6 +112,24 @@ def _pm(s: dict[str, float], scale: float = 100, digits: int = 2) -> str:
 REGULARIZER_CHANGED = "2026-12-01T10:00:00+00:00"
 
 
+#: runs recorded before this date let the controller read a nuclear norm proxed every 5
+#: steps between its prox steps whenever the warm-up was not a multiple of 5 steps
+PROX_READ_ALIGNED = "2026-12-01T14:30:00+00:00"
+#: the training set size, batch size, prox interval and warm-up fraction of those runs
+#: (``benchmarks/budget_results.py`` and ``ControllerConfig``)
+TRAIN_IMAGES, BATCH, PROX_EVERY, WARMUP = 60_000, 64, 5, 0.1
+
+
+def misaligned_warmup(meta: dict[str, Any]) -> int | None:
+    """The controller's warm-up in steps when it was not a multiple of the prox interval
+    and the runs predate the fix (their nuclear rows read revived singular values), else None."""
+    if not any(date < PROX_READ_ALIGNED for date in meta.get("dates", [])):
+        return None
+    images = meta.get("limit_train") or TRAIN_IMAGES
+    warmup = max(1, round(WARMUP * math.ceil(images / BATCH) * meta["epochs"]))
+    return warmup if warmup % PROX_EVERY else None
+
+
 def table(summary: dict[str, Any]) -> str:
     """The README section: one table per dataset/model, and the chart links."""
     if not summary:
@@ -133,10 +152,18 @@ def table(summary: dict[str, Any]) -> str:
                          f"| {_pm(r['error_selected'])}% | {_pm(r['error'])}% | {_pm(r['drop'])} |")  # fmt: skip
         lines += ["", *_verdicts(data["rows"]), "", "Produced by: " + "; ".join(f"`{c}`" for c in meta["commands"])]
         if any(date < REGULARIZER_CHANGED for date in meta.get("dates", [])):
-            lines += ["", f"Recorded before {REGULARIZER_CHANGED[:10]}: the SSL rows (coupled group Lasso, budget "
+            changed = REGULARIZER_CHANGED[:16].replace("T", " ")
+            lines += ["", f"Recorded before {changed} UTC: the SSL rows (coupled group Lasso, budget "
                       "controller) ran with coupled groups that held biases and BatchNorm shifts and the controller's "
                       "fixed 60-step horizon (see 'Training to a budget' above); they are not rerun yet. The other "
                       "rows do not depend on either."]
+        warmup = misaligned_warmup(meta)
+        if warmup is not None:
+            aligned = PROX_READ_ALIGNED[:16].replace("T", " ")
+            lines += ["", f"Recorded before {aligned} UTC with a warm-up of {warmup} steps, not a multiple "
+                      f"of the nuclear norm's prox interval ({PROX_EVERY}): the budget controller of the nuclear-norm "
+                      "rows read the singular values between prox steps, where gradient steps had revived the "
+                      "zeroed ones, and over-raised their strength (see 'Training to a budget' above); not rerun yet."]
 
         slug = setup.replace("/", "-")
         lines += ["", f"![{setup}: error vs MACs](results/budget/{slug}.png)", ""]
