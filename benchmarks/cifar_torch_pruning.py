@@ -84,7 +84,7 @@ from shrinkage.data.cifar_jpeg import CIFAR10_JPEG_TITLE
 from shrinkage.errors import ConfigError, ShrinkageError
 from shrinkage.io import write_json
 from shrinkage.metrics import compare_latency, count_macs, count_parameters, evaluate
-from shrinkage.train.pipeline import LoadedRun, load_run, load_saved
+from shrinkage.train.pipeline import load_source
 from shrinkage.train.recover import finetune
 from shrinkage.train.setup import build_model, load_datasets, seed_everything
 
@@ -482,17 +482,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--steps must be >= 1 and --finetune-epochs >= 0")
     if args.reg <= 0 or (args.lr is not None and args.lr <= 0):
         raise ConfigError("--reg and --lr must be > 0")
-
-
-def load_source(source: Path, config: Path | None, overrides: list[str]) -> LoadedRun:
-    """The dense model of a run directory, or of a saved model file with its config (as ``compress``)."""
-    if source.is_file():
-        if config is None:
-            raise ConfigError(f"--run {source} is a model file: give the config it was trained with (--config)")
-        return load_saved(source, config, overrides)
-    if config is not None or overrides:
-        raise ConfigError(f"--config and --set apply to a model file; --run {source} is read as a run directory")
-    return load_run(source)
 
 
 def main(argv: list[str] | None = None) -> int:

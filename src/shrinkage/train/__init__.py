@@ -9,6 +9,7 @@ from shrinkage.train.pipeline import (
     default_run_dir,
     load_run,
     load_saved,
+    load_source,
     report_run,
     run_experiment,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "load_datasets",
     "load_run",
     "load_saved",
+    "load_source",
     "plan_phases",
     "report_run",
     "run_experiment",

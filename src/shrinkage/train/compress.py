@@ -44,7 +44,7 @@ from shrinkage.io import reporting_write_errors, write_json, write_text, write_y
 from shrinkage.metrics import count_macs, count_parameters, evaluate, measure_latency
 from shrinkage.optim import ZeroMask
 from shrinkage.train.compaction import example_inputs
-from shrinkage.train.pipeline import CONFIG, RERUN_MAY_CHANGE, LoadedRun, load_run, load_saved
+from shrinkage.train.pipeline import CONFIG, RERUN_MAY_CHANGE, load_run, load_source, source_config
 from shrinkage.train.recover import finetune
 from shrinkage.train.report import TARGET_JSON, TARGET_MD, TARGET_WEIGHTS, target_markdown
 from shrinkage.train.setup import load_datasets
@@ -359,21 +359,12 @@ def compress_run(
     ``run_dir`` may also be a model file written by :func:`shrinkage.save`; ``config``
     (with ``overrides``, as ``--set``) then gives its architecture, data and training
     settings, and budgets are fractions of that model as saved."""
-    source = Path(run_dir)
-    if not source.exists():
-        raise ConfigError(f"{source}: no such run directory or model file")
-    saved_model = source.is_file()
-    if saved_model and config is None:
-        raise ConfigError(f"{source} is a model file: give the config it was trained with (--config CONFIG.yaml)")
-    if not saved_model and (config is not None or overrides):
-        raise ConfigError(f"--config and --set apply to a model file; {source} is read as a run directory, "
-                          "whose own config.yaml is used")  # fmt: skip
-    out = Path(out_dir) if out_dir is not None else default_out_dir(source, target.budget())
-    known = Path(config) if saved_model and config is not None else source / CONFIG
+    known = source_config(run_dir, config, overrides)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, target.budget())
     if known.is_file():  # refuse before loading data and model (loading names a bad source)
         saved = dataclasses.replace(load_config(known, overrides or []), target=target)
         refuse_other_settings(out, saved, _settings(saved, method, baseline, run_dir))
-    run: LoadedRun = load_saved(source, config, overrides) if saved_model and config is not None else load_run(source)
+    run = load_source(run_dir, config, overrides)
     config_ = dataclasses.replace(run.config, target=target)
     train, _ = load_datasets(run.config, next(run.model.parameters()).device)
     result = compress(config_, run.model, train, run.test, out, method=method, baseline=baseline,

@@ -239,6 +239,31 @@ def load_saved(model_file: str | Path, config_file: str | Path, overrides: list[
     return LoadedRun(config, model, test, [])
 
 
+def source_config(source: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> Path:
+    """The config file that describes ``source``: a run directory's own ``config.yaml``, or
+    ``config`` for a model file written by :func:`shrinkage.save`. One-line errors for a
+    missing source, a model file without ``config`` and ``config``/``overrides`` given
+    with a run directory (whose own config is used)."""
+    source = Path(source)
+    if not source.exists():
+        raise ConfigError(f"{source}: no such run directory or model file")
+    if source.is_file():
+        if config is None:
+            raise ConfigError(f"{source} is a model file: give the config it was trained with (--config CONFIG.yaml)")
+        return Path(config)
+    if config is not None or overrides:
+        raise ConfigError(f"--config and --set apply to a model file; {source} is read as a run directory, "
+                          "whose own config.yaml is used")  # fmt: skip
+    return source / CONFIG
+
+
+def load_source(source: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> LoadedRun:
+    """:func:`load_run` of a run directory, or :func:`load_saved` of a model file with its
+    ``config`` (and ``overrides``, as ``--set``)."""
+    config_file = source_config(source, config, overrides)
+    return load_saved(source, config_file, overrides) if Path(source).is_file() else load_run(source)
+
+
 def compact_run(run_dir: str | Path) -> Compacted:
     """Redo the compaction of a trained run and save ``compact.safetensors``/``compact.json``."""
     run = load_run(run_dir)
