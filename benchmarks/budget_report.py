@@ -16,6 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from budget_results import BATCH_SIZE, PROX_EVERY  # next to this script
+
+from shrinkage.optim import ControllerConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
 METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl")
@@ -115,9 +119,8 @@ REGULARIZER_CHANGED = "2026-12-01T10:00:00+00:00"
 #: runs recorded before this date let the controller read a nuclear norm proxed every 5
 #: steps between its prox steps whenever the warm-up was not a multiple of 5 steps
 PROX_READ_ALIGNED = "2026-12-01T14:30:00+00:00"
-#: the training set size, batch size, prox interval and warm-up fraction of those runs
-#: (``benchmarks/budget_results.py`` and ``ControllerConfig``)
-TRAIN_IMAGES, BATCH, PROX_EVERY, WARMUP = 60_000, 64, 5, 0.1
+#: training images of MNIST and of Fashion-MNIST (the runs record only a limit, when set)
+TRAIN_IMAGES = 60_000
 
 
 def misaligned_warmup(meta: dict[str, Any]) -> int | None:
@@ -126,7 +129,8 @@ def misaligned_warmup(meta: dict[str, Any]) -> int | None:
     if not any(date < PROX_READ_ALIGNED for date in meta.get("dates", [])):
         return None
     images = meta.get("limit_train") or TRAIN_IMAGES
-    warmup = max(1, round(WARMUP * math.ceil(images / BATCH) * meta["epochs"]))
+    steps = math.ceil(images / BATCH_SIZE) * meta["epochs"]
+    warmup = max(1, round(ControllerConfig().warmup * steps))  # as BudgetController sets it
     return warmup if warmup % PROX_EVERY else None
 
 

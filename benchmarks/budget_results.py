@@ -62,12 +62,15 @@ SETUPS = {
     ("fashion-mnist", "convnet"): ("conv1", "conv2", "conv3"),
 }
 SEEDS = (0, 1, 2)
+BATCH_SIZE = 64
+#: the nuclear norm's prox runs every this many steps (an SVD per step would double the epoch)
+PROX_EVERY = 5
 log = logging.getLogger("budget_results")
 
 _COMMON = """
 name: {name}
 model: {{name: {model}}}
-data: {{name: {dataset}, batch_size: 64, test_batch_size: 1000}}
+data: {{name: {dataset}, batch_size: {batch_size}, test_batch_size: 1000}}
 train: {{lr: 0.02, momentum: 0.9, weight_decay: 5.0e-4, epochs: {epochs}, lr_schedule: {{kind: cosine}}, seed: {seed}}}
 finetune: {{epochs: 0}}
 compact: {{factorize: false}}
@@ -77,7 +80,7 @@ _NUCLEAR = """
     - select: {{names: [{layers}]}}
       groups: [matrix]
       penalty: {{kind: nuclear_norm, strength: {strength}}}
-      every: 5
+      every: {every}
 """
 _SGL = """
     - select: {{names: [{layers}]}}
@@ -92,7 +95,8 @@ _SSL = """
 
 
 def _config(dataset: str, model: str, seed: int, epochs: int, rules: str, extra: list[str], device: str) -> RunConfig:
-    text = _COMMON.format(name=f"{dataset}-{model}", model=model, dataset=dataset, epochs=epochs, seed=seed)
+    text = _COMMON.format(name=f"{dataset}-{model}", model=model, dataset=dataset, epochs=epochs, seed=seed,
+                          batch_size=BATCH_SIZE)
     text += "regularization:\n  mode: proximal\n  rules:" + (rules if rules else " []\n")
     # Fashion-MNIST is found through $SHRINKAGE_DATA_DIR; MNIST falls back to the bundled copy
     overrides = [f"device={device}", *extra]
@@ -149,8 +153,8 @@ class Bench:
         selected_accuracy = self.accuracy(selected)
         model = (tune if tune is not None else selected).to(self.train_device)
         started = time.perf_counter()
-        finetune(model, self.train_set, self.test_set, self.finetune_epochs, 0.005, batch_size=64, momentum=0.9,
-                 weight_decay=5e-4, mask=mask, seed=self.seed)  # fmt: skip
+        finetune(model, self.train_set, self.test_set, self.finetune_epochs, 0.005, batch_size=BATCH_SIZE,
+                 momentum=0.9, weight_decay=5e-4, mask=mask, seed=self.seed)  # fmt: skip
         tuned = model.cpu().eval()
         if tune is not None:  # a masked model: compact it again (exact, checked) to measure what ships
             tuned = shrinkage.compact(tuned, (self.example,))
@@ -188,9 +192,9 @@ class Bench:
         self.dense_conv_macs = sum(v for k, v in count.per_operator.items() if "convolution" in k)
         self.record("baseline", None, self.accuracy(baseline), baseline, t_base, 0.0)
         plain, t_plain = self.train("plain", "", self.epochs)
-        nuclear, t_nuc = self.train("nuclear", _NUCLEAR.format(layers=layers, strength="1.0e-2"), self.epochs)
-        nsgl, t_nsgl = self.train("nuclear_sgl", _NUCLEAR.format(layers=layers, strength="1.0e-2")
-                                  + _SGL.format(layers=layers), self.epochs)  # fmt: skip
+        nuclear_rule = _NUCLEAR.format(layers=layers, strength="1.0e-2", every=PROX_EVERY)
+        nuclear, t_nuc = self.train("nuclear", nuclear_rule, self.epochs)
+        nsgl, t_nsgl = self.train("nuclear_sgl", nuclear_rule + _SGL.format(layers=layers), self.epochs)
         for budget in BUDGETS:
             for method, model, t in (("plain+svd", plain, t_plain), ("nuclear", nuclear, t_nuc), ("nuclear+sgl", nsgl, t_nsgl)):
                 selected, ranks = self.factorized(model, budget)

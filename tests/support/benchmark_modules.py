@@ -15,6 +15,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def load_benchmark(stem: str) -> ModuleType:
     """``benchmarks/<stem>.py`` as a module, imported once."""
     path = BENCHMARKS / f"{stem}.py"
+    if str(BENCHMARKS) not in sys.path:  # run as a script, its directory is on the path: siblings import
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(stem, path)
     assert spec is not None and spec.loader is not None, f"cannot load {path}"
     module = importlib.util.module_from_spec(spec)
