@@ -106,9 +106,9 @@ def saved_bytes(model: nn.Module, directory: Path) -> int:
 def saved_model(path: Path) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """A ResNet-20 written by :func:`shrinkage.save` (``results/cifar10/models/*.safetensors``),
     named by its file: ``dense`` when it has every parameter of a fresh ResNet-20, else ``target``."""
-    base = build_model(ModelConfig("resnet20", 3, 10, 32))
-    model = shrinkage.load(path, build_model(ModelConfig("resnet20", 3, 10, 32))).eval()
-    kind = "dense" if count_parameters(model) == count_parameters(base) else "target"
+    architecture = ModelConfig("resnet20", in_channels=3, num_classes=10, image_size=32)
+    model = shrinkage.load(path, build_model(architecture)).eval()  # load rebuilds the model it is given
+    kind = "dense" if count_parameters(model) == count_parameters(build_model(architecture)) else "target"
     return {"file": str(path), "name": path.stem, "config": None, "limit_train": None}, {kind: model}
 
 

@@ -165,7 +165,7 @@ class BudgetController:
         # terms with ``every = k`` are proxed on every k-th step only; in between, gradient
         # steps revive what the last prox zeroed (tiny, but not zero), so the weights are read
         # on steps where every term was just proxed: an update due elsewhere waits for one
-        self.cycle = math.lcm(*(t.every for t in regularizer.terms)) if regularizer.terms else 1
+        self.cycle = math.lcm(*(t.every for t in regularizer.terms))  # 1 without terms
         self._pending = False
         self.log_scales = {r: math.log(max(regularizer.scales[r], 1e-30)) for r in self.rules}
         if config.cost_weighted:
