@@ -405,3 +405,33 @@ def test_subgradient_mode_gradient(kind):
     torch.testing.assert_close(lin.bias.grad, loss_gb, rtol=1e-12, atol=1e-12)
     # the regularizer's value is the hand formula
     assert reg.value().item() == pytest.approx(strength * float(w.norm(dim=dim).sum()), rel=1e-12)
+
+
+# ------------------------------------------------------------- structure read between proxes
+
+
+def test_structure_between_proxes_reports_what_the_last_prox_left():
+    """With ``every: 3``, a step that is not a prox step revives the zeroed singular values
+    and groups; the reported structure is still the one right after the last prox, and
+    falls back to the weights as they are once anything else (a truncation, fine-tuning)
+    has touched them."""
+    model = small_net()
+    reg = Regularizer(model, [
+        Rule(NamePattern("0"), Matrix(), NuclearNorm(2.0), every=3),
+        Rule(NamePattern("3"), Filters(), GroupLasso(1.8), every=3),
+    ])  # fmt: skip
+    opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), reg)
+    rank_label, groups_label = reg.terms[0].label, reg.terms[1].label
+    _train(opt, model, 3, seed=10)  # ends on a prox step
+    right_after = reg.structure()
+    assert right_after[rank_label]["rank"] < 5 and right_after[groups_label]["zero_groups"] > 0
+    _train(opt, model, 1, seed=20)  # a gradient step only: everything comes back above zero
+    revived = {t.label: t.penalty.structure(t.grouping.gather()) for t in reg.terms}
+    assert revived[rank_label]["rank"] == 5 and revived[groups_label]["zero_groups"] == 0
+    assert reg.structure() == right_after
+    with torch.no_grad():  # anything but the optimizer's own steps: the weights as they are
+        model[0].weight.mul_(1.0)
+    assert reg.structure()[rank_label] == revived[rank_label]
+    assert reg.structure()[groups_label] == right_after[groups_label]  # its parameters are untouched
+    _train(opt, model, 2, seed=30)  # the next prox step: fresh again
+    assert reg.structure() == {t.label: t.penalty.structure(t.grouping.gather()) for t in reg.terms}

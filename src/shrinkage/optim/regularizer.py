@@ -83,6 +83,12 @@ class Regularizer:
         self.scales: dict[int, float] = {i: 1.0 for i in range(len(rules))}
         #: set by ``attach_controller``; ProximalOptimizer calls it around each prox
         self.controller: StrengthController | None = None
+        #: for terms proxed every k > 1 steps: their matrix as the last prox left it, with the
+        #: prox call it came from (see ``structure_of``)
+        self._after_prox: dict[int, tuple[Tensor, int]] = {}
+        #: the last ``prox_`` call's step count, and the parameters' in-place versions right after it
+        self._last_call = 0
+        self._versions: dict[int, int] = {}
         log.info("regularizer: %d terms from %d rules", len(self.terms), len(rules))
 
     def scale_of(self, term: Term) -> float:
@@ -124,18 +130,25 @@ class Regularizer:
         ``step_of`` maps ``id(parameter)`` to its learning rate. Terms with ``every = k``
         run on every k-th call with a k-times larger step.
         """
-        for term in self.terms:
+        for index, term in enumerate(self.terms):
             if step_count % term.every:
                 continue
             step = self.step_for(term, step_of)
             if step == 0:
+                self._after_prox.pop(index, None)
                 continue  # the identity map (a rule switched off by its scale)
             if isinstance(term.penalty, GroupLasso):
                 term.penalty.prox_grouping_(term.grouping, step)  # skips gather/scatter where it can
+                if term.every > 1:
+                    self._after_prox[index] = (term.grouping.gather().clone(), step_count)
                 continue
             matrix = term.grouping.gather()
             term.penalty.prox_(matrix, step)
             term.grouping.scatter_(matrix)
+            if term.every > 1:
+                self._after_prox[index] = (matrix.clone(), step_count)
+        self._last_call = step_count
+        self._versions = {id(p): p._version for p in self.parameters}
 
     @torch.no_grad()
     def hard_threshold_(self, step_of: dict[int, float]) -> int:
@@ -200,7 +213,26 @@ class Regularizer:
     @torch.no_grad()
     def structure(self) -> dict[str, dict[str, float]]:
         """Per-term structure statistics (zero-group fraction, rank) for logs and reports."""
-        return {t.label: t.penalty.structure(t.grouping.gather()) for t in self.terms}
+        return {t.label: self.structure_of(i) for i, t in enumerate(self.terms)}
+
+    @torch.no_grad()
+    def structure_of(self, index: int) -> dict[str, float]:
+        """Structure statistics of term ``index`` as its last prox left it.
+
+        A term proxed every k > 1 steps is zeroed only on those steps; the gradient steps in
+        between revive its zeroed groups and singular values slightly above zero, so reading
+        the weights between two proxes would report full rank whatever the penalty does.
+        While nothing but those gradient steps has touched the weights since the last
+        ``prox_`` call (no fine-tuning, truncation or loading since: tracked by the
+        parameters' in-place versions), the statistics come from the matrix right after the
+        term's last prox; otherwise from the weights as they are.
+        """
+        term = self.terms[index]
+        saved = self._after_prox.get(index)
+        untouched = all(self._versions.get(id(p)) == p._version for p in term.grouping.parameters)
+        if saved is not None and untouched and self._last_call - saved[1] < term.every:
+            return term.penalty.structure(saved[0])
+        return term.penalty.structure(term.grouping.gather())
 
     @property
     def parameters(self) -> list[nn.Parameter]:

@@ -42,8 +42,8 @@ def structure_stats(regularizer: Regularizer | None, labels: Sequence[str]) -> d
     if regularizer is None:
         return {}
     stats: dict[str, float] = {}
-    for label, term in zip(labels, regularizer.terms):
-        for key, value in term.penalty.structure(term.grouping.gather()).items():
+    for index, label in enumerate(labels):
+        for key, value in regularizer.structure_of(index).items():
             stats[f"{label}.{key}"] = float(value)
     if regularizer.controller is not None:
         stats.update({key: float(value) for key, value in regularizer.controller.stats().items()})
