@@ -10,15 +10,10 @@ per-seed difference to that seed's unregularized baseline (same total epochs), a
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-from budget_results import BATCH_SIZE, PROX_EVERY  # next to this script
-
-from shrinkage.optim import ControllerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
@@ -53,8 +48,8 @@ def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
         baseline = {r["seed"]: r["accuracy"] for f in runs for r in f["rows"] if r["method"] == "baseline"}
         groups: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
         for f in runs:
-            for r in f["rows"]:
-                groups[(r["method"], r["budget_macs"])].append(r)
+            for r in f["rows"]:  # rows recorded before rows carried dates have their file's
+                groups[(r["method"], r["budget_macs"])].append({"date": f.get("date"), **r})
         rows = []
         for (method, budget), rs in groups.items():
             rows.append({
@@ -65,12 +60,13 @@ def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
                 "macs": _stats([r["macs"] for r in rs]), "params": _stats([r["params"] for r in rs]),
                 "conv_macs": _stats([r["conv_macs"] for r in rs]),
                 "epochs": rs[0]["epochs"], "finetune_epochs": rs[0]["finetune_epochs"],
+                "dates": sorted(r["date"] for r in rs if r["date"]),
             })  # fmt: skip
         rows.sort(key=lambda r: (r["budget_macs"] is not None, -(r["budget_macs"] or 0), METHOD_ORDER.index(r["method"])
                                  if r["method"] in METHOD_ORDER else 99))  # fmt: skip
         first = runs[0]
         meta = {k: first.get(k) for k in ("machine", "torch", "device", "epochs", "finetune_epochs", "limit_train")}
-        meta["commands"] = sorted({f["command"] for f in runs})
+        meta["commands"] = sorted({f["command"] for f in runs} | {r["command"] for f in runs for r in f.get("reruns", [])})
         meta["dates"] = sorted(f["date"] for f in runs if f.get("date"))
         out[setup] = {"meta": meta, "rows": rows}
     return out
@@ -114,24 +110,12 @@ def _pm(s: dict[str, float], scale: float = 100, digits: int = 2) -> str:
 #: runs recorded before this date trained their SSL rows with coupled groups holding
 #: shifts and a fixed 60-step controller horizon (that code differs from today's)
 REGULARIZER_CHANGED = "2026-12-01T10:00:00+00:00"
+#: the rows that change affects
+SSL_ROWS = ("ssl",)
 
 
-#: runs recorded before this date let the controller read a nuclear norm proxed every 5
-#: steps between its prox steps whenever the warm-up was not a multiple of 5 steps
-PROX_READ_ALIGNED = "2026-12-01T14:30:00+00:00"
-#: training images of MNIST and of Fashion-MNIST (the runs record only a limit, when set)
-TRAIN_IMAGES = 60_000
-
-
-def misaligned_warmup(meta: dict[str, Any]) -> int | None:
-    """The controller's warm-up in steps when it was not a multiple of the prox interval
-    and the runs predate the fix (their nuclear rows read revived singular values), else None."""
-    if not any(date < PROX_READ_ALIGNED for date in meta.get("dates", [])):
-        return None
-    images = meta.get("limit_train") or TRAIN_IMAGES
-    steps = math.ceil(images / BATCH_SIZE) * meta["epochs"]
-    warmup = max(1, round(ControllerConfig().warmup * steps))  # as BudgetController sets it
-    return warmup if warmup % PROX_EVERY else None
+def _recorded_before(rows: list[dict[str, Any]], methods: tuple[str, ...], date: str) -> bool:
+    return any(d < date for r in rows if r["method"] in methods for d in r.get("dates", []))
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -155,20 +139,12 @@ def table(summary: dict[str, Any]) -> str:
             lines.append(f"| {r['label']} | {budget} | {_pm(r['macs'])}% | {_pm(r['params'])}% | {_pm(r['conv_macs'])}% "
                          f"| {_pm(r['error_selected'])}% | {_pm(r['error'])}% | {_pm(r['drop'])} |")  # fmt: skip
         lines += ["", *_verdicts(data["rows"]), "", "Produced by: " + "; ".join(f"`{c}`" for c in meta["commands"])]
-        if any(date < REGULARIZER_CHANGED for date in meta.get("dates", [])):
+        if _recorded_before(data["rows"], SSL_ROWS, REGULARIZER_CHANGED):
             changed = REGULARIZER_CHANGED[:16].replace("T", " ")
             lines += ["", f"Recorded before {changed} UTC: the SSL rows (coupled group Lasso, budget "
                       "controller) ran with coupled groups that held biases and BatchNorm shifts and the controller's "
                       "fixed 60-step horizon (see 'Training to a budget' above); they are not rerun yet. The other "
                       "rows do not depend on either."]
-        warmup = misaligned_warmup(meta)
-        if warmup is not None:
-            aligned = PROX_READ_ALIGNED[:16].replace("T", " ")
-            lines += ["", f"Recorded before {aligned} UTC with a warm-up of {warmup} steps, not a multiple "
-                      f"of the nuclear norm's prox interval ({PROX_EVERY}): the budget controller of the nuclear-norm "
-                      "rows read the singular values between prox steps, where gradient steps had revived the "
-                      "zeroed ones, and over-raised their strength (see 'Training to a budget' above); not rerun yet."]
-
         slug = setup.replace("/", "-")
         lines += ["", f"![{setup}: error vs MACs](results/budget/{slug}.png)", ""]
     return "\n".join(lines)

@@ -3,6 +3,8 @@
     python benchmarks/budget_results.py                          # every dataset/model/seed, in parallel
     python benchmarks/budget_results.py --only mnist:lenet:0     # one (dataset, model, seed)
     python benchmarks/budget_results.py --device cuda --jobs 9   # where a GPU is available
+    python benchmarks/budget_results.py --only mnist:lenet:0 --epochs 8 --finetune-epochs 2 --rerun ssl
+                                                                 # redo the SSL rows of a recorded result
 
 For each (dataset, model, seed), with the same total epochs for every row (``E``
 regularized or plain, then ``F`` of fine-tuning after selection):
@@ -19,7 +21,7 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   after ``F`` epochs of fine-tuning (the removed structures held at zero).
 
 MACs are whole-model (conv MACs are reported beside them), accuracy is on the full test
-set. One JSON per (dataset, model, seed) goes to results/budget/; run
+set; every row carries the date it was recorded, and a file its reruns' commands. One JSON per (dataset, model, seed) goes to results/budget/; run
 ``python benchmarks/budget_report.py`` to aggregate seeds (mean ± std), draw the charts
 and refresh the README table.
 """
@@ -27,6 +29,7 @@ and refresh the README table.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -65,6 +68,15 @@ SEEDS = (0, 1, 2)
 BATCH_SIZE = 64
 #: the nuclear norm's prox runs every this many steps (an SVD per step would double the epoch)
 PROX_EVERY = 5
+#: the trainings behind the rows, and the rows each one gives (``--rerun`` redoes some of them)
+ROWS_OF = {
+    "baseline": ("baseline",),
+    "plain": ("plain+svd", "plain+prune"),
+    "nuclear": ("nuclear", "plain+svd@nuclear-ranks"),
+    "nuclear+sgl": ("nuclear+sgl",),
+    "ssl": ("ssl",),
+}
+TRAININGS = frozenset(ROWS_OF)
 log = logging.getLogger("budget_results")
 
 _COMMON = """
@@ -165,7 +177,8 @@ class Bench:
         row = {"method": method, "budget_macs": budget, "seed": self.seed, "epochs": self.epochs,
                "finetune_epochs": self.finetune_epochs if budget is not None else 0,
                "accuracy_selected": selected_accuracy, "accuracy": self.accuracy(final), **self.sizes(final),
-               "train_s": round(train_s, 1), "finetune_s": round(tune_s, 1), **extra}  # fmt: skip
+               "train_s": round(train_s, 1), "finetune_s": round(tune_s, 1),
+               "date": datetime.now(UTC).isoformat(timespec="seconds"), **extra}  # fmt: skip
         log.info("%s %s seed %d budget %s: accuracy %.4f -> %.4f, MACs %.4f, params %.4f", self.dataset,
                  method, self.seed, budget, row["accuracy_selected"], row["accuracy"], row["macs"], row["params"])  # fmt: skip
         self.rows.append(row)
@@ -184,31 +197,49 @@ class Bench:
         ranks = ranks_under_budget(small, Budget(macs=relative), (self.example,), layers)
         return build_factorized(small, ranks), ranks
 
-    def run(self) -> dict[str, Any]:
+    def run(self, trainings: frozenset[str] = TRAININGS) -> dict[str, Any]:
+        """Train what ``trainings`` names (see ``TRAININGS``) and record its rows."""
         layers = ", ".join(self.layers)
-        baseline, t_base = self.train("baseline", "", self.epochs + self.finetune_epochs)
+        if "baseline" in trainings:
+            baseline, t_base = self.train("baseline", "", self.epochs + self.finetune_epochs)
+        else:  # sizes are the architecture's: an untrained model of the same build counts the same
+            seed_everything(self.seed)
+            config = _config(self.dataset, self.model_name, self.seed, self.epochs, "", self.extra, self.device)
+            baseline, t_base = build_model(config.model).eval(), 0.0
         count = count_macs(baseline, self.example)
         self.dense_macs, self.dense_params = count.total, count_parameters(baseline)
         self.dense_conv_macs = sum(v for k, v in count.per_operator.items() if "convolution" in k)
-        self.record("baseline", None, self.accuracy(baseline), baseline, t_base, 0.0)
-        plain, t_plain = self.train("plain", "", self.epochs)
+        if "baseline" in trainings:
+            self.record("baseline", None, self.accuracy(baseline), baseline, t_base, 0.0)
+        # the plain model is the start of the after-the-fact rows and of the nuclear run's ranks
+        plain, t_plain = self.train("plain", "", self.epochs) if trainings & {"plain", "nuclear"} else (None, 0.0)
         nuclear_rule = _NUCLEAR.format(layers=layers, strength="1.0e-2", every=PROX_EVERY)
-        nuclear, t_nuc = self.train("nuclear", nuclear_rule, self.epochs)
-        nsgl, t_nsgl = self.train("nuclear_sgl", nuclear_rule + _SGL.format(layers=layers), self.epochs)
+        trained: list[tuple[str, nn.Module, float]] = []
+        if plain is not None and "plain" in trainings:
+            trained.append(("plain+svd", plain, t_plain))
+        if "nuclear" in trainings:
+            trained.append(("nuclear", *self.train("nuclear", nuclear_rule, self.epochs)))
+        if "nuclear+sgl" in trainings:
+            trained.append(("nuclear+sgl", *self.train("nuclear_sgl", nuclear_rule + _SGL.format(layers=layers),
+                                                       self.epochs)))  # fmt: skip
         for budget in BUDGETS:
-            for method, model, t in (("plain+svd", plain, t_plain), ("nuclear", nuclear, t_nuc), ("nuclear+sgl", nsgl, t_nsgl)):
+            for method, model, t in trained:
                 selected, ranks = self.factorized(model, budget)
                 self.select_and_recover(method, budget, selected, t, ranks=ranks)
-                if method == "nuclear":  # the same ranks on the plain model: is it the training or the ranks?
+                if method == "nuclear" and plain is not None:  # the same ranks on the plain model: training or ranks?
                     same = build_factorized(shrinkage.compact(plain, (self.example,)), ranks)
                     self.select_and_recover("plain+svd@nuclear-ranks", budget, same, t_plain, ranks=ranks)
-            pruned = shrinkage.prune(plain, self.example, Budget(macs=budget))
-            self.select_and_recover("plain+prune", budget, pruned.compact, t_plain, pruned.model, pruned.zero_mask())
-            ssl, t_ssl = self.train(f"ssl-{budget}", _SSL.format(layers=layers), self.epochs, (f"target.macs={budget}",))
-            zeroed = _zero_fraction(ssl, self.example, self.dense_macs)
-            pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget))
-            self.select_and_recover("ssl", budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
-                                    macs_zeroed_by_training=zeroed)  # fmt: skip
+            if plain is not None and "plain" in trainings:
+                pruned = shrinkage.prune(plain, self.example, Budget(macs=budget))
+                self.select_and_recover("plain+prune", budget, pruned.compact, t_plain, pruned.model,
+                                        pruned.zero_mask())  # fmt: skip
+            if "ssl" in trainings:
+                ssl, t_ssl = self.train(f"ssl-{budget}", _SSL.format(layers=layers), self.epochs,
+                                        (f"target.macs={budget}",))  # fmt: skip
+                zeroed = _zero_fraction(ssl, self.example, self.dense_macs)
+                pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget))
+                self.select_and_recover("ssl", budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
+                                        macs_zeroed_by_training=zeroed)  # fmt: skip
         return {"dataset": self.dataset, "model": self.model_name, "seed": self.seed, "rows": self.rows}
 
 
@@ -224,17 +255,52 @@ def _meta(command: str, device: str) -> dict[str, Any]:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}  # fmt: skip
 
 
+def merge_rows(recorded: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``recorded`` with each row of ``new`` in place of the one with its method and budget
+    (appended where there was none), so a file stays whole while a rerun is under way."""
+    key = lambda r: (r["method"], r["budget_macs"])  # noqa: E731
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in recorded]
+    return merged + list(fresh.values())
+
+
+def recorded_for_rerun(path: Path, head: dict[str, Any]) -> dict[str, Any]:
+    """The complete result a rerun redoes part of, recorded with the same settings."""
+    if not path.is_file():
+        raise SystemExit(f"--rerun: {path} does not exist; run without --rerun first")
+    recorded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    for field in ("epochs", "finetune_epochs", "limit_train", "device"):
+        if recorded.get(field) != head[field]:
+            raise SystemExit(f"--rerun: {path} was recorded with {field}={recorded.get(field)!r}, "
+                             f"this run has {head[field]!r}; a rerun must use the same settings")  # fmt: skip
+    if not recorded.get("complete"):
+        raise SystemExit(f"--rerun: {path} is incomplete; finish it first (run without --rerun)")
+    return recorded
+
+
 def _one(key: str, args: argparse.Namespace) -> Path:
     dataset, model, seed = key.split(":")
     bench = Bench(dataset, model, int(seed), args.epochs, args.finetune_epochs, args.device, args.runs_dir, args.limit_train)
     path = args.out / f"{dataset}-{model}-seed{seed}.json"
-    command = " ".join(["python", "benchmarks/budget_results.py", "--only", key, "--epochs", str(args.epochs),
-                        "--finetune-epochs", str(args.finetune_epochs), "--device", args.device])  # fmt: skip
-    head = {**_meta(command, args.device), "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+    words = ["python", "benchmarks/budget_results.py", "--only", key, "--epochs", str(args.epochs),
+             "--finetune-epochs", str(args.finetune_epochs), "--device", args.device]  # fmt: skip
+    if args.limit_train:
+        words += ["--limit-train", str(args.limit_train)]
+    if args.rerun:
+        words += ["--rerun", *args.rerun]
+    head = {**_meta(" ".join(words), args.device), "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
             "limit_train": args.limit_train, "dataset": dataset, "model": model, "seed": int(seed)}  # fmt: skip
-    bench.on_row = lambda rows: write_json(path, {**head, "complete": False, "rows": rows})
-    result = bench.run()
-    write_json(path, {**head, "complete": True, **result})
+    if not args.rerun:
+        bench.on_row = lambda rows: write_json(path, {**head, "complete": False, "rows": rows})
+        result = bench.run()
+        write_json(path, {**head, "complete": True, **result})
+        return path
+    # a rerun keeps the file's first command and date, adds its own to "reruns", and dates each row
+    recorded = recorded_for_rerun(path, head)
+    rerun = {"command": head["command"], "date": head["date"], "trainings": sorted(args.rerun)}
+    updated = {**recorded, "reruns": [*recorded.get("reruns", []), rerun]}
+    bench.on_row = lambda rows: write_json(path, {**updated, "rows": merge_rows(recorded["rows"], rows)})
+    bench.run(frozenset(args.rerun))
     return path
 
 
@@ -264,6 +330,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="processes at once when running several keys")
     parser.add_argument("--limit-train", type=int, help="smoke test only: train on the first N images")
+    parser.add_argument("--rerun", nargs="+", choices=sorted(TRAININGS),
+                        help="redo only these trainings and their rows in the recorded results of each key; "
+                             "the other rows stay as recorded")  # fmt: skip
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "budget")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

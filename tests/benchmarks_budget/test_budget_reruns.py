@@ -1,0 +1,83 @@
+"""benchmarks/budget_results.py ``--rerun``: redo some trainings of a recorded result, keep
+the other rows, date every row; budget_report.py marks only rows recorded before a change."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from support.benchmark_modules import load_benchmark
+
+OLD, NEW = "2026-11-30T18:00:00+00:00", "2026-12-02T00:00:00+00:00"
+
+
+def _row(method: str, budget: float | None, accuracy: float, seed: int = 0, **extra: object) -> dict[str, object]:
+    return {"method": method, "budget_macs": budget, "seed": seed, "epochs": 1, "finetune_epochs": 1,
+            "accuracy_selected": accuracy, "accuracy": accuracy, "macs": budget or 1.0, "params": 0.5,
+            "conv_macs": 0.5, "train_s": 1.0, "finetune_s": 1.0, **extra}  # fmt: skip
+
+
+def _file(rows: list[dict[str, object]], date: str = OLD, seed: int = 0) -> dict[str, object]:
+    return {"dataset": "mnist", "model": "lenet", "seed": seed, "command": f"first run {seed}", "date": date,
+            "machine": {"gpu": None}, "torch": "x", "device": "cpu", "epochs": 1, "finetune_epochs": 1,
+            "limit_train": None, "complete": True, "rows": rows}  # fmt: skip
+
+
+def test_merge_replaces_rows_in_place_and_keeps_the_others() -> None:
+    b = load_benchmark("budget_results")
+    recorded = [_row("baseline", None, 0.99), _row("ssl", 0.1, 0.90), _row("plain+svd", 0.1, 0.95),
+                _row("ssl", 0.05, 0.8)]
+    merged = b.merge_rows(recorded, [_row("ssl", 0.1, 0.97), _row("ssl", 0.02, 0.7)])
+    assert [(r["method"], r["budget_macs"], r["accuracy"]) for r in merged] == [
+        ("baseline", None, 0.99), ("ssl", 0.1, 0.97), ("plain+svd", 0.1, 0.95), ("ssl", 0.05, 0.8), ("ssl", 0.02, 0.7)]
+
+
+def _args(tmp_path: Path, **changes: object) -> argparse.Namespace:
+    values = {"epochs": 1, "finetune_epochs": 1, "device": "cpu", "limit_train": 128, "rerun": ["ssl"],
+              "runs_dir": tmp_path / "runs", "out": tmp_path}  # fmt: skip
+    return argparse.Namespace(**{**values, **changes})
+
+
+def test_rerun_refuses_a_missing_incomplete_or_differently_recorded_result(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    with pytest.raises(SystemExit, match="mnist-lenet-seed0.json does not exist"):
+        b._one("mnist:lenet:0", _args(tmp_path))
+    path.write_text(json.dumps({**_file([]), "limit_train": 128, "epochs": 8}))
+    with pytest.raises(SystemExit, match="recorded with epochs=8, this run has 1"):
+        b._one("mnist:lenet:0", _args(tmp_path))
+    path.write_text(json.dumps({**_file([]), "limit_train": 128, "complete": False}))
+    with pytest.raises(SystemExit, match="is incomplete"):
+        b._one("mnist:lenet:0", _args(tmp_path))
+
+
+def test_rerun_redoes_only_the_named_training_and_dates_its_rows(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    kept = [_row("baseline", None, 0.99), _row("plain+svd", 0.1, 0.95), _row("nuclear", 0.05, 0.93)]
+    old_ssl = [_row("ssl", 0.1, 0.123), _row("ssl", 0.05, 0.321)]
+    path.write_text(json.dumps({**_file([*kept, *old_ssl]), "limit_train": 128}))
+    b._one("mnist:lenet:0", _args(tmp_path))  # 128 training images, one epoch: seconds
+    result = json.loads(path.read_text())
+    assert result["rows"][:3] == kept and result["command"] == "first run 0" and result["date"] == OLD
+    ssl = result["rows"][3:]
+    assert [(r["method"], r["budget_macs"]) for r in ssl] == [("ssl", 0.1), ("ssl", 0.05)]
+    assert all(r["accuracy"] not in (0.123, 0.321) and r["date"] > OLD for r in ssl)
+    assert [r["trainings"] for r in result["reruns"]] == [["ssl"]]
+    assert result["reruns"][0]["command"].endswith("--limit-train 128 --rerun ssl")
+
+
+def test_the_ssl_mark_follows_each_rows_own_date() -> None:
+    r = load_benchmark("budget_report")
+    old = [_row("baseline", None, 0.99), _row("ssl", 0.1, 0.9), _row("nuclear", 0.1, 0.9)]
+    marked = r.table(r.aggregate([_file(old)]))
+    assert "the SSL rows (coupled group Lasso" in marked
+    rerun = [_row("baseline", None, 0.99), _row("ssl", 0.1, 0.9, date=NEW), _row("nuclear", 0.1, 0.9)]
+    summary = r.aggregate([_file(rerun), _file([{**row, "seed": 1} for row in old], seed=1)])
+    assert "the SSL rows (coupled group Lasso" in r.table(summary)  # seed 1's SSL row is still old
+    summary = r.aggregate([_file(rerun), _file([{**row, "seed": 1} for row in rerun], seed=1)])
+    assert "the SSL rows (coupled group Lasso" not in r.table(summary)
+    assert [row["dates"] for row in summary["mnist/lenet"]["rows"] if row["method"] == "ssl"] == [[NEW, NEW]]
