@@ -23,6 +23,7 @@ from torch import fx, nn
 from shrinkage.errors import ConfigError, UnsupportedModuleError
 from shrinkage.graph.attention_heads import find_head_units
 from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder, node_args
+from shrinkage.graph.out_of_place import is_mutating, rewrite_out_of_place
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
 
@@ -241,23 +242,25 @@ def _natural_dim(t: torch.Tensor) -> int:
 def export_model(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
     """The ATen graph of ``model`` in eval mode, with parameters as ``get_attr`` nodes.
 
-    In-place ops that remain are functionalized (``run_decompositions`` with an empty
-    table keeps every op, only rewrites mutation), so each node is one value."""
+    In-place ops are rewritten out of place where no alias can see them
+    (:mod:`shrinkage.graph.out_of_place`), otherwise functionalized the general way
+    (``run_decompositions`` with an empty table keeps every op, only rewrites mutation,
+    but traces the model again), so each node is one value."""
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(_TensorOutputs(model), example_inputs, strict=False)
-            if any(_mutates(n) for n in program.graph.nodes):
-                program = program.run_decompositions({})
+            gm = program.module()
+            if any(is_mutating(n) for n in gm.graph.nodes) and not rewrite_out_of_place(gm):
+                gm = program.run_decompositions({}).module()
     except Exception as exc:  # export raises many types; keep its first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModuleError(f"cannot export {type(model).__name__} with torch.export: {first}") from exc
     finally:
         for m, flag in flags:
             m.training = flag
-    gm = program.module()
     # the input guards of the exported module check shapes, which the recorded run does not
     # need (and which ``run_decompositions`` can leave without their function)
     for node in list(gm.graph.nodes):
@@ -289,12 +292,6 @@ def _tensor_leaves(y: Any) -> list[torch.Tensor]:
     if isinstance(y, (tuple, list)):
         return [t for v in y for t in _tensor_leaves(v)]
     return []
-
-
-def _mutates(node: fx.Node) -> bool:
-    target = node.target
-    schema = getattr(target, "_schema", None)
-    return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
 def build_export_graph(
