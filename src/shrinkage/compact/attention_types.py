@@ -60,6 +60,12 @@ class AttentionType:
     value: str | None = None
     fused_qkv: str | None = None
     output: str | None = None
+    #: tensors of the module (paths relative to it) holding one entry per query head along
+    #: the given dim, sliced with the heads: a relative position bias table per head
+    per_head: tuple[tuple[str, int], ...] = ()
+    #: tensors read between the projections whose sizes may equal a head count by chance
+    #: but that hold nothing per head (a relative position index)
+    not_per_head: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         separate = (self.query, self.key, self.value)
@@ -125,6 +131,13 @@ def _timm_counts(m: nn.Module) -> HeadCounts:
     return HeadCounts(number_attr(m, "num_heads"), number_attr(m, "num_heads"), number_attr(m, "head_dim"))
 
 
+def _timm_window_counts(m: nn.Module) -> HeadCounts:
+    """timm's ``WindowAttention`` (Swin) stores no head size, only ``scale = head_size ** -0.5``;
+    the projections' widths would not do: after a load they are resized before the count is."""
+    heads, scale = number_attr(m, "num_heads"), m.__dict__["scale"]  # a plain float attribute
+    return HeadCounts(heads, heads, round(float(scale) ** -2))
+
+
 def _timm_set(m: nn.Module, query: int, key_value: int) -> None:
     set_int_attr(m, "num_heads", query)
     if hasattr(m, "attn_dim"):  # the width it merges the heads back into
@@ -186,6 +199,14 @@ def _register_timm() -> None:
     except ImportError:
         return
     register_attention_type(AttentionType((Attention,), _timm_counts, _timm_set, fused_qkv="qkv", output="proj"))
+    try:
+        from timm.models.swin_transformer import WindowAttention
+    except ImportError:
+        return
+    register_attention_type(AttentionType(
+        (WindowAttention,), _timm_window_counts, _timm_set, fused_qkv="qkv", output="proj",
+        per_head=(("relative_position_bias_table", 1),), not_per_head=("relative_position_index",),
+    ))  # fmt: skip
 
 
 def _register_transformers() -> None:
@@ -220,6 +241,13 @@ def _register_transformers() -> None:
     if llama_like:
         register_attention_type(AttentionType(
             llama_like, _projection_counts, _projection_set, "q_proj", "k_proj", "v_proj", output="o_proj"
+        ))  # fmt: skip
+    swin = classes("swin.modeling_swin", "SwinAttention")
+    if swin:
+        register_attention_type(AttentionType(
+            swin, _projection_counts, _projection_set, "q_proj", "k_proj", "v_proj", output="o_proj",
+            per_head=(("relative_position_bias.relative_position_bias_table", 1),),
+            not_per_head=("relative_position_bias.relative_position_index",),
         ))  # fmt: skip
 
 

@@ -7,13 +7,15 @@ A key/value head goes, with the query heads that share it, when
 * none of the merged channels of those query heads is read (the output projection's
   columns, or every consumer's, are zero).
 
-Then its query, key and value rows and its merged channels are removed everywhere, and
-the module's head counts are updated when the plan is applied. At least one head stays.
+Then its query, key and value rows, its merged channels and its entries of the unit's
+per-head tensors are removed everywhere, and the module's head counts are updated when
+the plan is applied. At least one head stays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,12 +28,20 @@ from shrinkage.graph.spaces import Space, Use
 ZeroChannels = Callable[[ChannelGraph, Use, int, int], Tensor]
 
 
-def decide_heads(
-    cg: ChannelGraph, unit: HeadUnit, zero_channels: ZeroChannels
-) -> tuple[Tensor, dict[int, Tensor]] | None:
-    """``(kept key/value heads, {space root: kept channels})``, or None when nothing goes
-    (or the unit failed, or a space of it was merged with channels that are not its own).
-    ``zero_channels(cg, use, root, n)``: which channels a consumer's slice leaves unread."""
+@dataclass
+class HeadDecision:
+    """The heads of one attention unit that stay."""
+
+    key_value: Tensor  # bool per key/value head
+    channels: dict[int, Tensor]  # space root -> kept channels
+    #: (owner module, attribute) -> (dim, kept entries): the unit's per-head tensors
+    per_head: dict[tuple[str, str], tuple[int, Tensor]]
+
+
+def decide_heads(cg: ChannelGraph, unit: HeadUnit, zero_channels: ZeroChannels) -> HeadDecision | None:
+    """The heads that stay, or None when nothing goes (or the unit failed, or a space of
+    it was merged with channels that are not its own). ``zero_channels(cg, use, root, n)``:
+    which channels a consumer's slice leaves unread."""
     if unit.failed or "merged" not in unit.spaces:
         return None
     table = cg.table
@@ -67,7 +77,8 @@ def decide_heads(
         keep[roles["query"]] = keep_query
         keep[roles["key"]] = keep_kv_rows
         keep[roles["value"]] = keep_kv_rows
-    return keep_kv, keep
+    keep_heads = keep_kv.repeat_interleave(c.group)
+    return HeadDecision(keep_kv, keep, {key: (dim, keep_heads) for key, dim in unit.per_head.items()})
 
 
 def _own(space: Space, producers: bool) -> bool:

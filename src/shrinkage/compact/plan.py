@@ -457,8 +457,9 @@ def _decide_attention_heads(cg: ChannelGraph, plan: CompactionPlan) -> dict[int,
     for unit in cg.head_units:
         decided = decide_heads(cg, unit, _zero_channels)
         if decided is not None:
-            plan.attention_heads[unit.module], spaces = decided
-            keep.update(spaces)
+            plan.attention_heads[unit.module] = decided.key_value
+            keep.update(decided.channels)
+            plan.free_tensors.update(decided.per_head)  # a module of its own kind: sliced as free tensors
     return keep
 
 

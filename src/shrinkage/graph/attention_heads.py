@@ -16,12 +16,16 @@ walk instead
 Compaction then removes a head (with the query heads sharing its key/value head) when its
 value rows are zero or nobody reads its merged channels (:mod:`shrinkage.compact.head_plan`).
 
-A module whose graph does not have that shape is left to the ordinary rules, which keep
-its channels: a projection applied twice, a value inside the unit read from outside it,
-a tensor of the inside leaving the module other than the merged heads, or a parameter
-inside sized by the heads (a relative position bias per head, a norm over the merged
-heads). The checks that need channel axes run during the walk (:meth:`HeadUnit.check`)
-and pin the unit's spaces when one fails.
+A tensor the type declares per head (Swin's relative position bias table, one column
+per head) is sliced with the heads, and what the module computes from it before adding
+it to the attention scores is part of the inside. A module whose graph does not have
+that shape is left to the ordinary rules, which keep its channels: a projection applied
+twice, a value inside the unit read from outside it, a tensor of the inside leaving the
+module other than the merged heads, or another tensor the inside reads that is sized
+by the heads (a per-head bias the type does not declare, even one viewed and broadcast
+before it meets the scores; a norm over the merged heads). The checks that need
+channel axes run during the walk (:meth:`HeadUnit.check`) and pin the unit's spaces
+when one fails.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class HeadUnit:
     output_op: fx.Node | None  # the output projection's op (None: the merged heads leave)
     exit: fx.Node | None  # without output projection: the node holding the merged heads
     inside: set[str]  # names of the nodes between projections and merged heads
+    #: (owner module, attribute) -> dim: tensors with one entry per query head along dim
+    #: (the type's ``per_head``), sliced with the heads; what they compute is inside
+    per_head: dict[tuple[str, str], int] = field(default_factory=dict)
     spaces: dict[str, int] = field(default_factory=dict)  # role or "merged" -> space id
     failed: list[str] = field(default_factory=list)
 
@@ -161,9 +168,46 @@ def _unit(
         if len(leaving) != 1 or leaving[0].name not in inside or not _last_dim_is(b, leaving[0], width):
             return None
         exit_node = leaving[0]
-    if any(_sized_by_heads(b, nodes[n], counts) for n in inside):
+    per_head = _per_head_tensors(b, name, module, at, counts, inside, scopes)
+    if per_head is None:
         return None
-    return HeadUnit(name, at, counts, projections, output_op, exit_node, inside)
+    exempt = set(per_head) | {_owner_attr(f"{name}.{path}") for path in at.not_per_head}
+    stop = inside | {p.name for p in projections.values()}
+    read = _tensors_read(b, name, [nodes[n] for n in inside], stop, scopes)
+    if any(key not in exempt and _sized_by_heads(b, key, counts) for key in read):
+        return None
+    return HeadUnit(name, at, counts, projections, output_op, exit_node, inside, per_head)
+
+
+def _owner_attr(full: str) -> tuple[str, str]:
+    owner, _, attr = full.rpartition(".")
+    return owner, attr
+
+
+def _per_head_tensors(
+    b: ExportGraphBuilder, name: str, module: nn.Module, at: AttentionType, counts: HeadCounts,
+    inside: set[str], scopes: dict[str, set[str]],
+) -> dict[tuple[str, str], int] | None:  # fmt: skip
+    """The type's per-head tensors, with what the module computes from them before it
+    meets the attention (a relative position bias) added to ``inside``; None when one is
+    not sized by the query heads or what is computed from it is read outside the module."""
+    found: dict[tuple[str, str], int] = {}
+    for path, dim in at.per_head:
+        tensor = getattr(module.get_submodule(path.rpartition(".")[0]), path.rpartition(".")[2], None)
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() <= dim or tensor.shape[dim] != counts.query:
+            return None
+        key = _owner_attr(f"{name}.{path}")
+        found[key] = dim
+        frontier = [user for node in b.g.gm.graph.nodes if b.param(node) == key for user in node.users]
+        while frontier:
+            node = frontier.pop()
+            if node.name in inside:
+                continue
+            if name not in scopes[node.name]:
+                return None  # the per-head values are read outside the module
+            inside.add(node.name)
+            frontier.extend(node.users)
+    return found
 
 
 def _weight_readers(b: ExportGraphBuilder) -> dict[str, list[fx.Node]]:
@@ -199,13 +243,33 @@ def _last_dim_is(b: ExportGraphBuilder, node: fx.Node, width: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[-1] == width
 
 
-def _sized_by_heads(b: ExportGraphBuilder, node: fx.Node, counts: HeadCounts) -> bool:
-    """Whether ``node`` reads a parameter with a dim the size of the heads (one entry per
-    head, per query or value channel): removing heads would have to slice it."""
+def _tensors_read(
+    b: ExportGraphBuilder, name: str, inside_nodes: list[fx.Node], stop: set[str], scopes: dict[str, set[str]]
+) -> set[tuple[str, str]]:
+    """The parameters and buffers the inside reads: any it reads directly, and those of
+    module ``name`` (or its children) it reads through ops of the module computed from
+    them (a bias viewed and broadcast before it is added to the scores). The walk stops
+    at ``stop`` (the inside and the projections)."""
+    found: set[tuple[str, str]] = set()
+    seen: set[str] = set()
+    stack = [(a, True) for n in inside_nodes for a in n.all_input_nodes if a.name not in stop]
+    while stack:
+        node, direct = stack.pop()
+        if node.name in seen or node.name in stop:
+            continue
+        seen.add(node.name)
+        key = b.param(node)
+        if key is not None:
+            if direct or key[0] == name or key[0].startswith(f"{name}."):
+                found.add(key)
+        elif node.op == "call_function" and name in scopes.get(node.name, set()):
+            stack.extend((a, False) for a in node.all_input_nodes)
+    return found
+
+
+def _sized_by_heads(b: ExportGraphBuilder, key: tuple[str, str], counts: HeadCounts) -> bool:
+    """Whether tensor ``key`` has a dim the size of the heads (one entry per head, per
+    query or value channel): removing heads would have to slice it."""
     sizes = {counts.query, counts.key_value, counts.query * counts.head_dim, counts.key_value * counts.head_dim}
-    for arg in node.args:
-        p = b.param(arg)
-        value: Any = getattr(b.g.module(p[0]), p[1], None) if p is not None else None
-        if isinstance(value, torch.Tensor) and any(s in sizes for s in value.shape):
-            return True
-    return False
+    value: Any = getattr(b.g.module(key[0]), key[1], None)
+    return isinstance(value, torch.Tensor) and any(s in sizes for s in value.shape)
