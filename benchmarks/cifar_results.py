@@ -11,6 +11,9 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
 - ``ssl_depth``, ``ssl_width50``, ``ssl_width25``, ``lowrank50``: the regularized configs
   (18 epochs + 2 of fine-tuning; the width and low-rank rows meet their MAC budget through
   the controller, the exact selection and the target block's fine-tuning);
+- ``ssl_width50r8``: ``shrinkage compress`` of the ``ssl_width50`` run's regularized model
+  with the kept widths rounded to multiples of 8 (its own 2 epochs of recovery instead of
+  the run's: 20 in all), to see what aligned widths are worth in speed;
 - ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline (20 epochs, then 2
   epochs of fine-tuning after selection: 22 in all, two more than the regularized rows),
   from the baseline's committed model file with its config, so that these rows can be
@@ -78,6 +81,9 @@ ROWS = (
     Row("ssl_width25", "SSL width, controller to 25% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} --set target.macs=0.25 "
         "--out runs/cifar/{run}", 0.25),
+    Row("ssl_width50r8", "SSL width to 50% MACs, kept widths multiples of 8 (selection from the SSL width run)",
+        "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 8 "
+        "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5),
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
     Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
@@ -179,7 +185,8 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
             "epochs": target["epochs"]["total"],
             "train_time_s": round((trained or 0.0) + recovery, 1),
             "train_time_note": "training of this run plus recovery" if trained is not None
-                               else "recovery only (the dense run's training is the baseline row's)",
+                               else "recovery only (the dense model's training is another row's: the baseline's, "
+                                    "or the SSL width run's for ssl_width50r8)",
         }  # fmt: skip
         model_file = run_dir / "target.safetensors"
         if row.key == "ssl_depth":
