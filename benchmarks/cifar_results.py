@@ -67,6 +67,8 @@ class Row:
     result: str
     command: str
     budget_macs: float | None = None
+    #: for a row compressed from another row's model: that row (whose training it reuses)
+    source_row: str = "baseline"
 
 
 ROWS = (
@@ -83,7 +85,7 @@ ROWS = (
         "--out runs/cifar/{run}", 0.25),
     Row("ssl_width50r8", "SSL width to 50% MACs, kept widths multiples of 8 (selection from the SSL width run)",
         "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 8 "
-        "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5),
+        "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
     Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
@@ -185,8 +187,7 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
             "epochs": target["epochs"]["total"],
             "train_time_s": round((trained or 0.0) + recovery, 1),
             "train_time_note": "training of this run plus recovery" if trained is not None
-                               else "recovery only (the dense model's training is another row's: the baseline's, "
-                                    "or the SSL width run's for ssl_width50r8)",
+                               else f"recovery only (the dense model's training is the {row.source_row} row's)",
         }  # fmt: skip
         model_file = run_dir / "target.safetensors"
         if row.key == "ssl_depth":
