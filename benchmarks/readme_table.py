@@ -122,6 +122,31 @@ def torch_pruning_table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def capture_table(results: Path) -> str:
+    """Capture + plan time by capture, against Torch-Pruning (results/graph/capture_time.json)."""
+    path = results / "graph" / "capture_time.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    cases = (("export_plan", "torch.export plan"), ("export_check", "+ build and check"), ("fx_plan", "torch.fx plan"),
+             ("fx_check", "+ build and check"), ("torch_pruning_plan", "Torch-Pruning plan"),
+             ("torch_pruning_check", "+ prune and check"))  # fmt: skip
+    lines = [
+        "#### Capture + plan time (seconds, median of "
+        f"{d['repeats']} interleaved rounds, {d['threads']} threads, load average {d['load_average_at_start']:.2f} "
+        f"at the start; `{d['command']}`)",
+        "",
+        "| model | " + " | ".join(label for _, label in cases) + " |",
+        "|---|" + "---|" * len(cases),
+    ]
+    for r in d["rows"]:
+        cells = [f"{r['seconds'][k]:.3f}" if k in r["seconds"] else r["errors"].get(k, "–") for k, _ in cases]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    lines += ["", "*Plan*: capture the graph, find the channel spaces and decide what goes; *build and check*: "
+              "also build the compacted model and compare its outputs with the original's.", ""]
+    return "\n".join(lines)
+
+
 def structures_table(results: Path) -> str:
     path = results / "graph" / "structures.json"
     if not path.exists():
@@ -290,7 +315,7 @@ def render(results: Path) -> str:
     cifar = cifar_table(results)
     return ("## Results\n\n" + (cifar + "\n" if cifar else "") + budget_table(results) + "\n" + mnist_table(results) + "\n"
             + speed_table(results) + "\n" + overhead_table(results) + "\n" + torch_pruning_table(results) + "\n"
-            + structures_table(results) + ("\n" + zoo if (zoo := zoo_table(results)) else ""))
+            + capture_table(results) + "\n" + structures_table(results) + ("\n" + zoo if (zoo := zoo_table(results)) else ""))
 
 
 def main() -> int:
