@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import shrinkage
 from shrinkage.compact.attention_types import AttentionType, HeadCounts, attention_type_of, register_attention_type
 
-from support.exactness import assert_compacts_exactly
+from support.exactness import assert_compacts_exactly, saved_and_loaded
 
 VOCAB = 64
 
@@ -27,12 +27,6 @@ def _zero_rows(layer: nn.Module, rows: slice) -> None:
         weight[rows] = 0
         if layer.bias is not None:
             layer.bias[rows] = 0
-
-
-def _round_trip(model: nn.Module, base: nn.Module, example: tuple[object, ...], tmp_path) -> nn.Module:
-    small = shrinkage.compact(model, example)
-    shrinkage.save(small, tmp_path / "small.safetensors")
-    return shrinkage.load(tmp_path / "small.safetensors", base)
 
 
 # -- timm ------------------------------------------------------------------------------
@@ -59,7 +53,8 @@ def test_timm_vit_loses_a_head_with_zero_values_and_one_nobody_reads(tmp_path) -
     assert small.blocks[0].attn.qkv.out_features == 3 * (width - d)
     assert small.blocks[1].attn.proj.in_features == width - d
     assert small.blocks[1].attn.attn_dim == width - d
-    loaded = assert_compacts_exactly(model, (x,), compact=lambda m, ex: _round_trip(m, _vit(seed=1), ex, tmp_path))
+    round_trip = saved_and_loaded(_vit(seed=1), tmp_path / "small.safetensors")
+    loaded = assert_compacts_exactly(model, (x,), compact=round_trip)
     assert loaded.blocks[0].attn.num_heads == attn0.num_heads - 1
 
 
@@ -125,7 +120,8 @@ def test_gpt2_fused_conv1d_loses_a_head_and_generates_the_same_tokens(tmp_path) 
     model = _gpt2()
     _zero_rows(model.transformer.h[1].attn.c_attn, slice(64 + 8, 64 + 16))  # value rows of head 1
     _zero_rows(model.transformer.h[0].mlp.c_fc, slice(0, 5))
-    loaded = assert_compacts_exactly(model, (_ids(),), compact=lambda m, ex: _round_trip(m, _gpt2(1), ex, tmp_path))
+    round_trip = saved_and_loaded(_gpt2(1), tmp_path / "small.safetensors")
+    loaded = assert_compacts_exactly(model, (_ids(),), compact=round_trip)
     assert loaded.transformer.h[1].attn.num_heads == 3 and loaded.transformer.h[0].mlp.c_fc.nf == 128 - 5
     small = assert_compacts_exactly(model, (_ids(),))
     attn = small.transformer.h[1].attn
@@ -155,7 +151,7 @@ def test_llama_grouped_query_attention_loses_a_key_value_head_with_its_query_hea
     assert (a0.q_proj.out_features, a0.k_proj.out_features, a0.v_proj.out_features) == (16, 8, 8)
     assert a0.o_proj.in_features == 16
     assert a1.q_proj.out_features == 32  # half a group unread is not a group
-    assert_compacts_exactly(model, (_ids(),), compact=lambda m, ex: _round_trip(m, _llama(seed=1), ex, tmp_path))
+    assert_compacts_exactly(model, (_ids(),), compact=saved_and_loaded(_llama(seed=1), tmp_path / "small.safetensors"))
 
 
 def test_hf_vit_loses_a_head() -> None:

@@ -24,12 +24,16 @@ class Residual(nn.Module):
         return self.relu(out)
 
 
-class Chained(nn.Module):
-    """Two writes to one tensor, and a view taken after them (reads the new value)."""
+class _Conv(nn.Module):
+    """A 1x1 convolution whose output the subclasses' forwards write into."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 1)
+
+
+class Chained(_Conv):
+    """Two writes to one tensor, and a view taken after them (reads the new value)."""
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
@@ -39,12 +43,8 @@ class Chained(nn.Module):
         return y.flatten(1).sum(1) + before.sum((1, 2, 3))
 
 
-class ViewReadAfter(nn.Module):
+class ViewReadAfter(_Conv):
     """A view taken before the write and read after it sees the write."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
@@ -53,12 +53,8 @@ class ViewReadAfter(nn.Module):
         return v * 2
 
 
-class SliceFill(nn.Module):
+class SliceFill(_Conv):
     """A write into a slice changes its base, which is read afterwards (Swin's mask)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)

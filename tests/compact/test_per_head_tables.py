@@ -8,16 +8,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import shrinkage
 from shrinkage.compact.attention_types import AttentionType, HeadCounts, register_attention_type
 
-from support.exactness import assert_compacts_exactly
-
-
-def _round_trip(model: nn.Module, base: nn.Module, example: tuple[object, ...], tmp_path) -> nn.Module:
-    small = shrinkage.compact(model, example)
-    shrinkage.save(small, tmp_path / "small.safetensors")
-    return shrinkage.load(tmp_path / "small.safetensors", base)
+from support.exactness import assert_compacts_exactly, saved_and_loaded
 
 
 def _timm_swin(seed: int = 0) -> nn.Module:
@@ -44,7 +37,7 @@ def test_timm_swin_shifted_window_attention_loses_heads_with_their_bias_columns(
     assert small.layers[1].blocks[0].attn.num_heads == 3
     torch.testing.assert_close(small.layers[1].blocks[0].attn.relative_position_bias_table, table[:, 1:])
     base = _timm_swin(seed=1)
-    loaded = assert_compacts_exactly(model, (x,), compact=lambda m, ex: _round_trip(m, base, ex, tmp_path))
+    loaded = assert_compacts_exactly(model, (x,), compact=saved_and_loaded(base, tmp_path / "small.safetensors"))
     assert loaded.layers[1].blocks[0].attn.relative_position_bias_table.shape == (table.shape[0], 3)
 
 
@@ -69,7 +62,7 @@ def test_hf_swin_loses_a_head_with_its_bias_column(tmp_path) -> None:
     kept = small.swin.encoder.layers[1].blocks[0].attention
     assert kept.q_proj.out_features == 3 * d
     torch.testing.assert_close(kept.relative_position_bias.relative_position_bias_table, table[:, [0, 1, 3]])
-    assert_compacts_exactly(model, (x,), compact=lambda m, ex: _round_trip(m, _hf_swin(seed=1), ex, tmp_path))
+    assert_compacts_exactly(model, (x,), compact=saved_and_loaded(_hf_swin(seed=1), tmp_path / "small.safetensors"))
 
 
 class BiasedHeads(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,3 +91,15 @@ def _scale(y: Any) -> float:
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def saved_and_loaded(base: nn.Module, path: Path) -> Callable[[nn.Module, Inputs], nn.Module]:
+    """``compact=`` for :func:`assert_compacts_exactly`: compact, save to ``path`` and load
+    into ``base`` (a fresh instance with other random weights: everything must come from
+    the file)."""
+
+    def run(model: nn.Module, inputs: Inputs) -> nn.Module:
+        shrinkage.save(shrinkage.compact(model, inputs), path)
+        return shrinkage.load(path, base)
+
+    return run

@@ -193,7 +193,8 @@ def _per_head_tensors(
     not sized by the query heads or what is computed from it is read outside the module."""
     found: dict[tuple[str, str], int] = {}
     for path, dim in at.per_head:
-        tensor = getattr(module.get_submodule(path.rpartition(".")[0]), path.rpartition(".")[2], None)
+        owner, attr = _owner_attr(path)
+        tensor = getattr(module.get_submodule(owner), attr, None)
         if not isinstance(tensor, torch.Tensor) or tensor.dim() <= dim or tensor.shape[dim] != counts.query:
             return None
         key = _owner_attr(f"{name}.{path}")
