@@ -12,6 +12,7 @@ from shrinkage.compact import (
     HeadCounts,
     LayerType,
     WeightUse,
+    channel_multiple,
     compact,
     factorize,
     load,
@@ -39,5 +40,5 @@ __all__ = [
     "AttentionType",
     "HeadCounts",
     "register_attention_type",
-    "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction",
+    "CompactOptions", "ShrinkageError", "channel_multiple", "__version__", "compact", "factorize", "load", "plan_compaction",
     "quantize_int8", "save"]

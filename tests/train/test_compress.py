@@ -265,6 +265,8 @@ def test_compress_command_with_a_baseline(dense_run: Path, tmp_path: Path, capsy
         (["--target", "macs=0.2", "--method", "lowrank"], "error: --method: unknown method 'lowrank'"),
         (["--target", "macs=0.2", "--distill", "2"], "error: --distill: must be in [0, 1], got 2.0"),
         (["--target", "macs=0.2", "--round-to", "0"], "error: --round-to: must be an integer"),
+        (["--target", "macs=0.2", "--round-to", "eight"],
+         "error: --round-to: 'eight' is neither an integer nor 'auto'"),
     ],
 )
 def test_compress_command_errors_are_one_line(args: list[str], expected: str, tmp_path: Path,

@@ -1,5 +1,6 @@
 """Compaction: plan (what to keep) -> surgery (new, smaller modules); factorization."""
 
+from shrinkage.compact.alignment import channel_multiple
 from shrinkage.compact.api import apply_plan, compact, max_output_difference, plan_compaction
 from shrinkage.compact.attention_types import AttentionType, HeadCounts, register_attention_type
 from shrinkage.compact.choice import ByMacs, FormChoice, FormPolicy, Measured, default_policy, set_default_policy
@@ -13,6 +14,7 @@ from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
 
 __all__ = [
+    "channel_multiple",
     "AttentionType",
     "HeadCounts",
     "register_attention_type",
