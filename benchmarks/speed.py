@@ -14,6 +14,9 @@ run would leave) and each thread count, in one process:
 * where the case asks, builds the non-structured baseline: the dense model with its
   smallest weights zeroed to the same per-layer sparsity as the structured zeros,
   run with PyTorch's sparse CSR kernels (``shrinkage.compact.sparse``);
+* for image models, also a channels_last copy of the dense and of the compact model
+  (``model.to(memory_format=torch.channels_last)``: oneDNN then computes in NHWC with no
+  reorder per layer, which changes what odd widths cost);
 * times dense, compact and the baseline side by side at each batch size, in shuffled
   short rounds with a control (the dense model against an identical copy; a ratio
   off by more than 5% marks the row unreliable), and times every layer alone on its
@@ -27,6 +30,7 @@ comparison is recorded beside it.
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import sys
 from datetime import UTC, datetime
@@ -49,6 +53,7 @@ from speed_cases import CASES, Case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "speed"
+DENSE_CL, COMPACT_CL = "dense (channels_last)", "compact (channels_last)"
 
 
 def _forms(zeroed: nn.Module, x: torch.Tensor, policy: Any) -> nn.Module:
@@ -67,7 +72,7 @@ def build(case: Case) -> dict[str, nn.Module]:
     models = {"dense": dense.eval()}
     if zeroed is None:  # factorized: the compact model is an approximation of the dense one
         models["compact"] = compact
-        return models
+        return _with_channels_last(models, case)
     models["compact"] = _forms(zeroed, x, Measured())
     models["compact (fewest MACs)"] = _forms(zeroed, x, ByMacs())
     # the forms timed at the large batch: the fastest form at batch 1 can lose at 16
@@ -76,6 +81,13 @@ def build(case: Case) -> dict[str, nn.Module]:
         models["_l1"] = matched_sparsity(zeroed, dense).eval()
         models["L1 sparse (CSR)"] = sparsify(models["_l1"], min_sparsity=0.05).eval()
     models["_zeroed"] = zeroed.eval()
+    return _with_channels_last(models, case)
+
+
+def _with_channels_last(models: dict[str, nn.Module], case: Case) -> dict[str, nn.Module]:
+    if len(case.input_shape) == 3:  # images: the weights' layout decides the convolutions' (NCHW input or not)
+        models[DENSE_CL] = copy.deepcopy(models["dense"]).to(memory_format=torch.channels_last).eval()
+        models[COMPACT_CL] = copy.deepcopy(models["compact"]).to(memory_format=torch.channels_last).eval()
     return models
 
 
@@ -86,7 +98,7 @@ def measure(case: Case, built: dict[str, nn.Module], threads: int, budget: float
     fresh = torch.randn(2, *case.input_shape)  # not the example compaction saw
     one = fresh[:1]
     exact = {}
-    for name in ("compact", "compact (fewest MACs)", "compact (forms timed at the large batch)"):
+    for name in ("compact", "compact (fewest MACs)", "compact (forms timed at the large batch)", COMPACT_CL):
         if zeroed is not None and name in models:
             exact[name] = max_output_difference(zeroed, models[name], (fresh,))
     if l1_reference is not None:

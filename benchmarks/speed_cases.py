@@ -14,7 +14,8 @@ Where a structure comes from matters, so every case says it:
 * **LeNet** with the filter counts our own SSL runs reached on MNIST (read from
   ``results/mnist/*.json``, not typed here).
 * **ResNet-20, resnet18, mobilenet_v2** pruned to half their MACs with ``shrinkage.prune``
-  (coupled channels; with and without widths rounded to multiples of 8), and ResNet-20
+  (coupled channels; widths as the importance leaves them, or rounded to multiples of 8
+  or of 16, oneDNN's channel block with AVX-512), and ResNet-20
   with one residual branch per stage removed (SSL depth).
 * **Factorized layers**: LeNet and ResNet-20 weights given a geometrically decaying
   spectrum, then ``shrinkage.factorize`` at 80% and 90% energy.
@@ -228,14 +229,22 @@ CASES: dict[str, Case] = {
              pruned(_resnet20, 32, 0.5)),
         Case("resnet20_width_r8", "ResNet-20, 50% MACs, widths multiples of 8", (3, 32, 32), (1, 64),
              pruned(_resnet20, 32, 0.5, round_to=8)),
+        Case("resnet20_width_r16", "ResNet-20, 50% MACs, widths multiples of 16", (3, 32, 32), (1, 64),
+             pruned(_resnet20, 32, 0.5, round_to=16)),
         Case("resnet20_depth", "ResNet-20, one residual branch per stage removed", (3, 32, 32), (1, 64),
              resnet20_depth),
         Case("resnet18_width", "resnet18 (224x224), coupled channels pruned to 50% MACs", (3, 224, 224), (1, 16),
              pruned(torchvision.models.resnet18, 224, 0.5)),
         Case("resnet18_width_r8", "resnet18, 50% MACs, widths multiples of 8", (3, 224, 224), (1, 16),
              pruned(torchvision.models.resnet18, 224, 0.5, round_to=8)),
+        Case("resnet18_width_r16", "resnet18, 50% MACs, widths multiples of 16", (3, 224, 224), (1, 16),
+             pruned(torchvision.models.resnet18, 224, 0.5, round_to=16)),
         Case("mobilenet_v2_width", "mobilenet_v2 (224x224), coupled channels pruned to 50% MACs", (3, 224, 224),
              (1, 16), pruned(torchvision.models.mobilenet_v2, 224, 0.5)),
+        Case("mobilenet_v2_width_r8", "mobilenet_v2, 50% MACs, widths multiples of 8", (3, 224, 224), (1, 16),
+             pruned(torchvision.models.mobilenet_v2, 224, 0.5, round_to=8)),
+        Case("mobilenet_v2_width_r16", "mobilenet_v2, 50% MACs, widths multiples of 16", (3, 224, 224), (1, 16),
+             pruned(torchvision.models.mobilenet_v2, 224, 0.5, round_to=16)),
         Case("lenet_lowrank_90", "LeNet, decaying spectra, factorized at 90% energy", (1, 28, 28), (1, 64),
              factorized(_lenet, (1, 28, 28), {"conv2": 6, "fc1": 24}, 0.9), ("conv2", "fc1")),
         Case("lenet_lowrank_80", "LeNet, decaying spectra, factorized at 80% energy", (1, 28, 28), (1, 64),

@@ -32,11 +32,24 @@ def _conv_layer_mean(row: dict[str, Any], batch: int) -> float | None:
     return None
 
 
+#: the channels_last copies benchmarks/speed.py times beside the NCHW models
+DENSE_CL, COMPACT_CL = "dense (channels_last)", "compact (channels_last)"
+
+
+def _ratio(comparison: dict[str, Any], reference: str, name: str) -> float | None:
+    """How many times faster ``name`` ran than ``reference`` (medians of the same rounds)."""
+    medians = comparison["median_ms"]
+    if reference not in medians or name not in medians or not medians[name]:
+        return None
+    return medians[reference] / medians[name]
+
+
 def summary_table(files: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| case | threads | MACs ÷ | batch | compact (fastest forms) | compact (fewest-MAC forms) | compact (forms timed at the large batch) | L1 sparse, same "
-        "sparsity (CSR linear, COO conv) | speedup ÷ MACs ÷ | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "sparsity (CSR linear, COO conv) | speedup ÷ MACs ÷ | channels_last: compact vs dense | ÷ MACs ÷ "
+        "| channels_last compact vs NCHW dense | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in files:
         for row in d["rows"]:
@@ -44,12 +57,16 @@ def summary_table(files: list[dict[str, Any]]) -> list[str]:
                 fast = c["speedup"].get("compact")
                 follows = "–" if fast is None else f"{fast / row['mac_ratio']:.2f}"
                 load = "–" if c.get("load_average") is None else f"{c['load_average']:.2f}"
+                both = _ratio(c, DENSE_CL, COMPACT_CL)
+                both_follows = "–" if both is None else f"{both / row['mac_ratio']:.2f}"
+                mark = "" if c.get("reliable", True) is not False else " ⚠"
+                both_cell = "–" if both is None else _x(both) + mark
                 lines.append(
                     f"| {row['description']} | {row['threads']} | {_x(row['mac_ratio'])} | {c['batch_size']} "
                     f"| {_speed_cell(c, 'compact')} | {_speed_cell(c, 'compact (fewest MACs)')} "
                     f"| {_speed_cell(c, 'compact (forms timed at the large batch)')} "
                     f"| {_speed_cell(c, 'L1 sparse (CSR)')} "
-                    f"| {follows} | {load} |"
+                    f"| {follows} | {both_cell} | {both_follows} | {_speed_cell(c, COMPACT_CL)} | {load} |"
                 )
     return lines
 
@@ -91,7 +108,11 @@ def table(folder: Path) -> str:
         "comparison whose control was off by more than 5%. *MACs ÷* is the structure's own MAC ratio (every "
         "layer in its fewest-MAC form). *Fastest forms* lets `compact` time each layer's exact forms and keep "
         "the fastest. The L1 row zeroes the smallest weights of the dense model to the same per-layer "
-        "sparsity and runs PyTorch's sparse kernels (the model's key in the JSON is `L1 sparse (CSR)`). No GPU was available: GPU speed is not measured.",
+        "sparsity and runs PyTorch's sparse kernels (the model's key in the JSON is `L1 sparse (CSR)`). "
+        "*channels_last*: the dense and the compact model (fastest forms) converted with "
+        "`model.to(memory_format=torch.channels_last)` and timed in the same rounds, on the same NCHW input; "
+        "the first of those columns compares the two converted models, the last the converted compact model with "
+        "the dense model as it was. No GPU was available: GPU speed is not measured.",
         "",
         *summary_table(files),
         "",
