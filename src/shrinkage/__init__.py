@@ -40,5 +40,6 @@ __all__ = [
     "AttentionType",
     "HeadCounts",
     "register_attention_type",
-    "CompactOptions", "ShrinkageError", "channel_multiple", "__version__", "compact", "factorize", "load", "plan_compaction",
+    "channel_multiple",
+    "CompactOptions", "ShrinkageError", "__version__", "compact", "factorize", "load", "plan_compaction",
     "quantize_int8", "save"]

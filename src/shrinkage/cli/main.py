@@ -216,10 +216,11 @@ def _compress(args: argparse.Namespace, command: str) -> int:
     importances = {i.value: i for i in PruneImportance}
     if args.importance not in importances:
         raise ConfigError(f"--importance: unknown estimate '{args.importance}' (known: {', '.join(importances)})")
+    round_to = _round_to(args.round_to)
     try:
         target = TargetConfig.of_budget(budget, finetune_epochs=args.finetune_epochs, finetune_lr=args.lr,
                                         distill_weight=args.distill, temperature=args.temperature,
-                                        round_to=_round_to(args.round_to), importance=importances[args.importance])  # fmt: skip
+                                        round_to=round_to, importance=importances[args.importance])  # fmt: skip
     except FieldError as error:
         raise ConfigError(f"{_RECOVERY_FLAGS.get(error.field, '--target ' + error.field)}: {error.reason}") from None
     out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command,
