@@ -75,6 +75,24 @@ def test_round_to_keeps_widths_at_multiples() -> None:
     assert widths and all(w % 8 == 0 for w in widths), widths
 
 
+def test_round_to_holds_for_channels_training_already_zeroed() -> None:
+    """A regularized run leaves channels at zero that compaction removes whatever the
+    selection does: the kept widths are still multiples of ``round_to`` (zero channels
+    kept for alignment are exact), and the compact model equals the masked one."""
+    model, x = _model("resnet20")
+    with torch.no_grad():  # odd counts of dead filters, as a group Lasso leaves them
+        model.conv1.weight[:3] = 0
+        model.bn1.weight[:3], model.bn1.bias[:3] = 0, 0
+        model.layer2[0].conv1.weight[:5] = 0
+        model.layer2[0].bn1.weight[:5], model.layer2[0].bn1.bias[:5] = 0, 0
+    result = shrinkage.prune(model, x, Budget(macs=0.6), round_to=8)
+    widths = [m.out_channels for m in result.compact.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert result.achieved.macs <= 0.6
+    small = assert_compacts_exactly(result.model, x, rtol=1e-4, options=shrinkage.CompactOptions(round_to=8))
+    assert [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)] == widths
+
+
 def test_weak_residual_branch_is_removed_whole_first() -> None:
     """A branch a group Lasso has nearly zeroed costs almost nothing to remove: prune takes
     it whole (depth) before touching any live channel."""

@@ -334,3 +334,22 @@ def test_compress_of_a_model_file_names_what_is_wrong(source: str, extra: list[s
     assert main(["compress", str(path), "--target", "macs=0.5", *args, "--out", str(tmp_path / "out")]) == 2
     assert expected in error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_pruning_finishes_at_the_rounded_widths_it_selected() -> None:
+    """Filters a regularized run left at zero are removed by every compaction; after
+    fine-tuning, the shipped model keeps the multiples of ``round_to`` the selection
+    measured (zero channels kept for alignment), with the same MACs."""
+    torch.manual_seed(0)
+    model = LeNet().eval()
+    with torch.no_grad():  # 5 of conv2's 50 filters and 3 of fc1's 500 units dead
+        model.conv2.weight[:5], model.conv2.bias[:5] = 0, 0
+        model.fc1.weight[:3], model.fc1.bias[:3] = 0, 0
+    example = torch.randn(1, 1, 28, 28)
+    selection = Pruning(round_to=8)
+    selected = selection.select(model, example, Budget(macs=0.6))
+    shipped = selection.finish(selected.model, example)
+    widths = [shipped.conv1.out_channels, shipped.conv2.out_channels, shipped.fc1.out_features]
+    # a multiple of 8, or the whole layer when rounding up would pass its width
+    assert all(w % 8 == 0 or w == full for w, full in zip(widths, (20, 50, 500), strict=True)), widths
+    assert count_macs(shipped, example).total / count_macs(model, example).total <= 0.6

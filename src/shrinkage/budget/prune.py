@@ -171,12 +171,13 @@ class _Search:
             step = self.steps[j]
             removed[step.unit][step.groups] = True
         for unit, mask in zip(self.units, removed, strict=True):
-            kept = unit.size - int(mask.sum())
+            # channels training left at zero go too, whatever is chosen here
+            kept = unit.size - int((mask | unit.zero).sum())
             if not unit.is_channels or self.round_to == 1 or kept == 0:
                 continue
             want = min(unit.size, math.ceil(kept / self.round_to) * self.round_to)
-            if want > kept:  # give back the strongest removed channels
-                idx = mask.nonzero().flatten()
+            if want > kept:  # give back the strongest chosen channels (compaction pads with zero ones)
+                idx = (mask & ~unit.zero).nonzero().flatten()
                 back = idx[unit.norms[idx].argsort(descending=True)[: want - kept]]
                 mask[back] = False
         return removed
@@ -318,6 +319,14 @@ def _counting_options(options: CompactOptions | None, budget: Budget) -> Compact
     return options
 
 
+def _rounding_options(options: CompactOptions, round_to: int) -> CompactOptions:
+    """Compaction rounds kept widths too: a space whose zero channels outnumber what the
+    selection can give back keeps some of them (exactly zero, so outputs do not change)."""
+    if round_to == 1 or options.round_to != 1:
+        return options
+    return dataclasses.replace(options, round_to=round_to)
+
+
 def prune(
     model: nn.Module,
     example_inputs: tuple[Any, ...] | Tensor,
@@ -360,8 +369,8 @@ def prune(
         raise ConfigError(f"prune: importance must be a shrinkage.budget.importance.Importance, "
                           f"got {type(importance).__name__}")  # fmt: skip
     importance = importance or GroupNorm()
-    search = _Search(model, example_inputs, budget, _counting_options(options, budget), round_to, min_channels,
-                     depth, importance)  # fmt: skip
+    options = _rounding_options(_counting_options(options, budget), round_to)
+    search = _Search(model, example_inputs, budget, options, round_to, min_channels, depth, importance)
     if not search.units:
         raise BudgetError(f"prune: {type(model).__name__} has no removable channel or head to meet {budget}")
     floor, _ = search.measure(search.selection(range(len(search.steps))))

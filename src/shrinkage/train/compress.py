@@ -75,8 +75,9 @@ class Pruning:
         return Selected(result.model, result.zero_mask(), {"round_to": self.round_to, **result.summary()})
 
     def finish(self, model: nn.Module, example: Tensor) -> nn.Module:
-        # fine-tuned with its zeros held: compact() removes them and checks the outputs are equal
-        return shrinkage.compact(model.eval(), (example,))
+        # fine-tuned with its zeros held: compact() removes them and checks the outputs are equal;
+        # at the widths the selection measured (zero channels kept where rounding needs them)
+        return shrinkage.compact(model.eval(), (example,), shrinkage.CompactOptions(round_to=self.round_to))
 
 
 @dataclass(frozen=True)
