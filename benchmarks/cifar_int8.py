@@ -53,7 +53,7 @@ from shrinkage.config import ModelConfig, load_config
 from shrinkage.data import ImageDataset, batches
 from shrinkage.data.cifar_jpeg import CIFAR10_JPEG_TITLE, load_cifar10_jpeg
 from shrinkage.metrics import compare_latency, count_parameters
-from shrinkage.metrics.timing import load_average
+from shrinkage.metrics.timing import load_average, thread_environment
 from shrinkage.quantization import FrozenCompiled, quantize_int8
 from shrinkage.train.compaction import load_compact
 from shrinkage.train.pipeline import load_run
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         "selection": f"torch.randperm seed {CALIBRATION_SEED}", "batch_size": CALIBRATION_BATCH},
         "test_images": len(test), "size": "state_dict saved as one safetensors file, bytes",
         "reference": entries[0].name, "threads": torch.get_num_threads(), "load_average_at_start": load,
-        "torch": torch.__version__, "torchao": torchao.__version__,
+        "environment": thread_environment(), "torch": torch.__version__, "torchao": torchao.__version__,
         "runs": runs, "rows": rows, "latency": latency,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   the controller, the exact selection and the target block's fine-tuning);
 - ``ssl_width50r8``: ``shrinkage compress`` of the ``ssl_width50`` run's regularized model
   with the kept widths rounded to multiples of 8 (its own 2 epochs of recovery instead of
-  the run's: 20 in all), to see what aligned widths are worth in speed;
+  the run's: 20 in all), to see what aligned widths are worth in speed; ``ssl_width50r16``
+  the same with multiples of 16 (oneDNN's channel block on an AVX-512 CPU);
 - ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline (20 epochs, then 2
   epochs of fine-tuning after selection: 22 in all, two more than the regularized rows),
   from the baseline's committed model file with its config, so that these rows can be
@@ -85,6 +86,9 @@ ROWS = (
         "--out runs/cifar/{run}", 0.25),
     Row("ssl_width50r8", "SSL width to 50% MACs, kept widths multiples of 8 (selection from the SSL width run)",
         "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 8 "
+        "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
+    Row("ssl_width50r16", "SSL width to 50% MACs, kept widths multiples of 16 (selection from the SSL width run)",
+        "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 16 "
         "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
@@ -410,7 +414,7 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Every gathered model against the dense ResNet-20, interleaved, at batch 1 and 64."""
     import shrinkage
     from shrinkage.metrics import compare_latency
-    from shrinkage.metrics.timing import load_average
+    from shrinkage.metrics.timing import load_average, thread_environment
     from shrinkage.zoo.resnet_cifar import resnet20
 
     models: dict[str, torch.nn.Module] = {"dense": resnet20().eval()}
@@ -426,6 +430,7 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         batches.append({"batch_size": batch, **comparison.as_dict()})
     result = {
         "load_average_at_start": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "environment": thread_environment(),
         "note": f"{torch.get_num_threads()} threads, interleaved with the dense model in one run, "
                 + (f"load average {load:.2f} at the start" if load is not None else "load average unknown"),
         "command": "python benchmarks/cifar_results.py --latency", "batches": batches,

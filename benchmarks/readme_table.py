@@ -191,13 +191,23 @@ def speed_table(results: Path) -> str:
 
 
 def overhead_table(results: Path) -> str:
-    """The markdown that ``benchmarks/train_overhead.py`` wrote beside its JSON."""
-    parts = [(results / "overhead" / f"{name}.md") for name in ("lenet", "resnet20", "rank")]
-    found = [p.read_text().strip() for p in parts if p.exists()]
+    """The markdown that ``benchmarks/train_overhead.py`` wrote beside its JSON, each part
+    followed by the command, threads and thread environment its JSON records."""
+    found = []
+    for name in ("lenet", "resnet20", "rank"):
+        md, meta = results / "overhead" / f"{name}.md", results / "overhead" / f"{name}.json"
+        if not md.exists():
+            continue
+        part = md.read_text().strip()
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            env = ", ".join(f"{k}={v}" for k, v in data.get("environment", {}).items()) or "default thread settings"
+            part += (f"\n\n`{data['command']}` ({data.get('threads')} threads, {env}, "
+                     f"load average {data['load_average_at_start'][0]:.2f} at the start, {data['date'][:10]})")
+        found.append(part)
     if not found:
         return ""
-    return ("### Training overhead per regularizer (CPU, `python benchmarks/train_overhead.py --rounds 6`)\n\n"
-            + "\n\n".join(found) + "\n")
+    return "### Training overhead per regularizer (CPU)\n\n" + "\n\n".join(found) + "\n"
 
 
 def zoo_table(results: Path) -> str:

@@ -49,6 +49,7 @@ from shrinkage.compact.sparse import matched_sparsity, sparsify  # noqa: E402
 from shrinkage.io import write_json  # noqa: E402
 from shrinkage.metrics import compare_latency, count_macs, count_parameters  # noqa: E402
 from shrinkage.metrics.layer_latency import layer_latency  # noqa: E402
+from shrinkage.metrics.timing import thread_environment  # noqa: E402
 from speed_cases import CASES, Case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +151,7 @@ def main() -> int:
             + " --threads " + " ".join(map(str, args.threads)) + f" --budget {args.budget:g}",
             "date": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-            "gpu": None, "rows": rows,
+            "gpu": None, "environment": thread_environment(), "rows": rows,
         })  # fmt: skip
     return 0
 

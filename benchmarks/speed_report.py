@@ -71,6 +71,32 @@ def summary_table(files: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: width-pruned cases and their rounded variants (case name suffix -> kept widths)
+ROUNDINGS = {"": "as selected", "_r8": "multiples of 8", "_r16": "multiples of 16"}
+
+
+def alignment_table(files: list[dict[str, Any]]) -> list[str]:
+    """What rounding kept widths is worth: each width-pruned model at its larger batch,
+    speedup over the dense model and its ratio to the MAC ratio, NCHW and channels_last."""
+    by_case = {d["rows"][0]["case"]: d for d in files if d["rows"]}
+    lines = [
+        "| model | kept widths | threads | batch | MACs ÷ | NCHW: speedup | ÷ MACs ÷ | channels_last: speedup | ÷ MACs ÷ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for base in sorted(c for c in by_case if c.endswith("_width")):
+        for suffix, widths in ROUNDINGS.items():
+            if base + suffix not in by_case:
+                continue
+            for row in by_case[base + suffix]["rows"]:
+                c = max(row["latency"], key=lambda c: c["batch_size"])
+                mark = "" if c.get("reliable", True) is not False else " ⚠"
+                nchw, both = c["speedup"].get("compact"), _ratio(c, DENSE_CL, COMPACT_CL)
+                cells = [f"{_x(v)}{mark} | " + ("–" if v is None else f"{v / row['mac_ratio']:.2f}") for v in (nchw, both)]
+                lines.append(f"| {base.removesuffix('_width')} | {widths} | {row['threads']} | {c['batch_size']} "
+                             f"| {_x(row['mac_ratio'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def layer_table(d: dict[str, Any]) -> list[str]:
     """Per layer: MAC ratio, the form chosen and the speedup at every (threads, batch)."""
     columns = [(row["threads"], t["batch_size"]) for row in d["rows"] for t in row["layers"]]
@@ -112,9 +138,16 @@ def table(folder: Path) -> str:
         "*channels_last*: the dense and the compact model (fastest forms) converted with "
         "`model.to(memory_format=torch.channels_last)` and timed in the same rounds, on the same NCHW input; "
         "the first of those columns compares the two converted models, the last the converted compact model with "
-        "the dense model as it was. No GPU was available: GPU speed is not measured.",
+        "the dense model as it was. Timed with the default OpenMP settings (each JSON records the thread "
+        "environment: `OMP_WAIT_POLICY=PASSIVE` slows short parallel regions). No GPU was available: GPU speed is not measured.",
         "",
         *summary_table(files),
+        "",
+        "What rounding the kept widths is worth on this CPU (the width-pruned cases above at their larger batch; "
+        "*channels_last* compares the converted compact model with the converted dense one; "
+        "`shrinkage.channel_multiple()` gives the multiple for the current device):",
+        "",
+        *alignment_table(files),
         "",
     ]
     for d in files:

@@ -17,9 +17,13 @@ as in training, not hidden by a median over mostly prox-free steps. The variants
 rounds, one block each, in an order shuffled every round, so drift of the machine's
 speed (other processes, frequency) reaches all of them alike; one untimed block per
 variant warms up first. Per variant: the median over rounds, its spread (25th-75th
-percentile), the overhead ratio ``median / median of plain SGD``, and the median time
+percentile), the overhead ratio (the median over rounds of its block time divided by
+plain SGD's block of the same round), and the median time
 of the optimizer step alone (the gradient update plus the prox), whose difference to
-plain SGD's is the prox's cost with the forward/backward noise left out.
+plain SGD's is the prox's cost with the forward/backward noise left out. A control
+variant runs plain SGD again in a second, identical copy: its ratio shows how far two
+identical runners differ on this machine, and a control off by more than 5% marks the
+table unreliable.
 
 Nuclear-norm variants start from weights truncated to 10% of their rank (as after the
 first epochs of compression-aware training, when the randomized SVD pays off; the
@@ -61,6 +65,7 @@ from shrinkage.data import batches, load_mnist
 from shrinkage.groups import Channels, CoupledChannels, Depth, Filters, Matrix, Shapes
 from shrinkage.io import write_json, write_text
 from shrinkage.metrics import evaluate
+from shrinkage.metrics.timing import thread_environment
 from shrinkage.optim import AllOf, ModuleType, NamePattern, Predicate, ProximalOptimizer, Regularizer, Rule, Selector
 from shrinkage.penalties import GroupLasso, NuclearNorm, SparseGroupLasso, SvdMethod
 from shrinkage.zoo import BasicBlock, LeNet, resnet20
@@ -69,6 +74,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LR, MOMENTUM = 0.01, 0.9
 #: overhead targets checked in the tables (ratio of median step times)
 TARGETS = {"group_lasso": 1.10, "nuclear_norm": 1.25}
+CONTROL = "plain SGD again, an identical copy (control)"
+#: a control further than this from 1.0 marks the model's table unreliable
+CONTROL_TOLERANCE = 0.05
 #: nuclear-norm layers of each model (LeNet: as in the compression-aware results)
 NUCLEAR_LAYERS = {"lenet": ("conv2", "fc1"), "resnet20": ("layer*",)}
 #: from weights at 10% rank, this strength keeps LeNet's mean rank near 10% over the run
@@ -121,6 +129,8 @@ def variants(setup: ModelSetup) -> list[Variant]:
     gl = GroupLasso(1e-4, scale_by_size=True)
     out = [
         Variant("plain SGD", ()),
+        # the same work as plain SGD in its own copy: how far two identical runners differ here
+        Variant(CONTROL, (), "control"),
         Variant("group Lasso, filters", (Rule(weighted, Filters(), gl),), "group_lasso"),
         Variant("group Lasso, channels", (Rule(weighted, Channels(), gl),), "group_lasso"),
         Variant("group Lasso, shapes", (Rule(convs, Shapes(), gl),), "group_lasso"),
@@ -239,7 +249,8 @@ def time_model(setup: ModelSetup, rounds: int, steps: int, batch_size: int, seed
     for r in runners:
         median = statistics.median(r.total)
         update = statistics.median(r.update)
-        ratio = median / plain_median
+        # per round against plain SGD's block of the same round: drift of the machine cancels
+        ratio = statistics.median(t / p for t, p in zip(r.total, plain.total, strict=True))
         target = TARGETS.get(r.variant.family)
         rows.append({
             "variant": r.variant.name,
@@ -253,13 +264,16 @@ def time_model(setup: ModelSetup, rounds: int, steps: int, batch_size: int, seed
             "optimizer_step_median_ms": 1e3 * update,
             "prox_added_ms": 1e3 * (update - plain_update),
             "overhead_ratio": ratio,
+            "ratio_of_medians": median / plain_median,
             "prox_overhead_fraction": (update - plain_update) / plain_median,
             "target_ratio": target,
             "target_met": None if target is None else ratio <= target,
             "mean_rank_at_end": r.mean_rank(),
         })  # fmt: skip
+    control = next(row["overhead_ratio"] for row in rows if row["family"] == "control")
     return {"model": setup.name, "batch_size": batch_size, "input_shape": list(shape),
-            "rounds": rounds, "warmup_blocks": int(warmup), "steps_per_block": steps, "rows": rows}  # fmt: skip
+            "rounds": rounds, "warmup_blocks": int(warmup), "steps_per_block": steps,
+            "control_ratio": control, "reliable": abs(control - 1) <= CONTROL_TOLERANCE, "rows": rows}  # fmt: skip
 
 
 def overhead_table(result: dict[str, Any]) -> str:
@@ -271,6 +285,7 @@ def overhead_table(result: dict[str, Any]) -> str:
         "| variant | terms | step median (p25-p75) ms | overhead vs plain | prox added (ms) | target | met |",
         "|---|---|---|---|---|---|---|",
     ]
+    control = result.get("control_ratio")
     for row in result["rows"]:
         target = f"<= {row['target_ratio']:.2f}x" if row["target_ratio"] else "–"
         met = "–" if row["target_met"] is None else ("yes" if row["target_met"] else "**no**")
@@ -279,6 +294,12 @@ def overhead_table(result: dict[str, Any]) -> str:
             f"| {row['variant']}{rank} | {row['terms']} | {row['median_ms']:.2f} ({row['p25_ms']:.2f}-"
             f"{row['p75_ms']:.2f}) | {row['overhead_ratio']:.3f}x | {row['prox_added_ms']:+.2f} | {target} | {met} |"
         )
+    if control is not None:
+        verdict = ("within" if result["reliable"] else "**outside**") + f" {CONTROL_TOLERANCE:.0%} of 1.0"
+        lines += ["", f"*Overhead vs plain*: the median over rounds of the variant's block time divided by plain "
+                  f"SGD's block of the same round. The control (plain SGD in a second, identical copy) came out "
+                  f"{control:.3f}x, {verdict}" + ("" if result["reliable"] else ": differences of that size are "
+                                                    "noise, not overhead") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -378,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_at_start": list(os.getloadavg()),
+        "environment": thread_environment(),
         "cpu_count": os.cpu_count(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
         "quick": args.quick,

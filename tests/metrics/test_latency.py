@@ -299,3 +299,13 @@ def test_compare_latency_logs_the_rounds_it_ran_when_the_time_budget_decides(cap
     # the result line only: on a loaded machine an "is unreliable" warning comes before it
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and r.msg.startswith("latency batch=")]
     assert lines == [lines[0]] and f"({row.stats['a'].rounds} rounds x " in lines[0]
+
+
+def test_thread_environment_records_what_changes_thread_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shrinkage.metrics.timing import THREAD_ENVIRONMENT, thread_environment
+
+    for key in THREAD_ENVIRONMENT:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("UNRELATED_SETTING", "1")
+    assert thread_environment() == {"OMP_WAIT_POLICY": "PASSIVE"}

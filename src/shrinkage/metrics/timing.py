@@ -131,6 +131,17 @@ def load_average() -> float | None:
         return None
 
 
+#: environment variables that change how the CPU thread pools behave: a timing records them
+THREAD_ENVIRONMENT = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "ONEDNN_MAX_CPU_ISA")
+
+
+def thread_environment() -> dict[str, str]:
+    """The :data:`THREAD_ENVIRONMENT` variables set in this process. ``OMP_WAIT_POLICY=PASSIVE``
+    (idle threads sleep instead of spinning) slows multi-threaded LAPACK calls and short
+    parallel regions, so timings taken with and without it are not comparable."""
+    return {key: os.environ[key] for key in THREAD_ENVIRONMENT if key in os.environ}
+
+
 def cpu_cores() -> int | None:
     """CPU cores this process may run on (its affinity mask where the platform has one)."""
     try:
