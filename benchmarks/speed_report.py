@@ -144,6 +144,7 @@ def table(folder: Path) -> str:
         *summary_table(files),
         "",
         "What rounding the kept widths is worth on this CPU (the width-pruned cases above at their larger batch; "
+        "each rounding is its own `prune` selection, so the structures differ beyond the padding; "
         "*channels_last* compares the converted compact model with the converted dense one; "
         "`shrinkage.channel_multiple()` gives the multiple for the current device):",
         "",
