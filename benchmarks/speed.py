@@ -51,10 +51,10 @@ from shrinkage.metrics import compare_latency, count_macs, count_parameters  # n
 from shrinkage.metrics.layer_latency import layer_latency  # noqa: E402
 from shrinkage.metrics.timing import thread_environment  # noqa: E402
 from speed_cases import CASES, Case  # noqa: E402
+from speed_report import COMPACT_CL, DENSE_CL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "speed"
-DENSE_CL, COMPACT_CL = "dense (channels_last)", "compact (channels_last)"
 
 
 def _forms(zeroed: nn.Module, x: torch.Tensor, policy: Any) -> nn.Module:
