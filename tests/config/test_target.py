@@ -9,6 +9,7 @@ import pytest
 
 from shrinkage import Budget
 from shrinkage.config import (
+    PenalizedGroups,
     SelectionMethod,
     TargetConfig,
     default_selection,
@@ -117,3 +118,12 @@ def test_of_budget_keeps_the_budget_and_takes_recovery_settings() -> None:
 )
 def test_selection_follows_the_regularization(config: str, method: SelectionMethod) -> None:
     assert default_selection(load_config(REPO / "configs" / config).regularization) is method
+
+
+def test_target_penalize_selects_which_groups_the_controller_penalizes() -> None:
+    config = parse_config(BASE, "run.yaml", ["target.macs=0.5", "target.penalize=weakest"])
+    assert config.target is not None and config.target.penalize is PenalizedGroups.WEAKEST
+    default = parse_config(BASE, "run.yaml", ["target.macs=0.5"]).target
+    assert default is not None and default.penalize is PenalizedGroups.ALL
+    message = config_error(BASE, ("target.macs=0.5", "target.penalize=some"))
+    assert "target.penalize" in message and "weakest" in message

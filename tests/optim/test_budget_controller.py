@@ -230,6 +230,24 @@ def test_controller_lands_on_the_budget(kind: str, start: str) -> None:
     assert moved > 10 if factor < 1 else moved < 0.1
 
 
+@pytest.mark.parametrize("start", ["100x too small", "100x too large"])
+@pytest.mark.parametrize("kind", ["filters", "channels", "coupled", "depth", "heads"])
+def test_with_focus_the_controller_lands_on_the_budget_penalizing_only_what_it_removes(kind: str, start: str) -> None:
+    factor = 0.01 if start == "100x too small" else 100.0
+    run = _start(kind, CASES[kind].nominal * factor, config=dataclasses.replace(CONFIG, focus=True))
+    _train(run, STEPS)
+    exact = ExactMacEstimator(run.regularizer, run.model, (run.example,)).estimate(run.model)
+    assert exact == pytest.approx(run.budget, abs=0.02)
+    controller = run.regularizer.controller
+    assert controller is not None and controller.focus is not None
+    # the penalty acts on part of the groups only, and on every group that went
+    penalized = controller.stats()["penalized_groups"]
+    assert 0 < penalized < 1
+    for index, term in enumerate(run.regularizer.terms):
+        zero = term.grouping.gather().detach().abs().amax(dim=1) == 0
+        assert bool(run.regularizer.group_weights[index][zero].eq(1).all()), term.label
+
+
 def test_with_prox_every_k_steps_the_controller_reads_the_weights_right_after_a_prox() -> None:
     """Between two prox steps of a term with ``every = k`` the gradient steps revive every
     singular value (or group) the last prox zeroed, slightly above zero: read there, the

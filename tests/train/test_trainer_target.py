@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from shrinkage.config import Mode, TargetConfig
+from shrinkage.config import Mode, PenalizedGroups, TargetConfig
 from shrinkage.train import Trainer
 
 from train.helpers import tiny_config, tiny_data, tiny_model
@@ -18,6 +18,16 @@ def test_target_macs_attaches_a_controller_and_logs_its_estimate(tmp_path) -> No
     rows = trainer.fit().rows
     assert all("estimated_macs" in row for row in rows)
     assert 0.0 <= rows[-1]["estimated_macs"] <= 1.0
+
+
+def test_target_penalize_weakest_trains_with_focus_and_logs_the_penalized_share(tmp_path) -> None:
+    target = TargetConfig(macs=0.5, penalize=PenalizedGroups.WEAKEST)
+    trainer = Trainer(dataclasses.replace(tiny_config(epochs=3, finetune=0), target=target),
+                      tiny_model(), tiny_data(96, 1), tiny_data(60, 2), tmp_path)  # fmt: skip
+    assert trainer.controller is not None and trainer.controller.focus is not None
+    rows = trainer.fit().rows
+    assert all(0.0 < row["penalized_groups"] < 1.0 for row in rows)  # the warm-up ends in epoch 1
+    assert trainer.regularizer is not None and trainer.regularizer.group_weights
 
 
 def test_no_controller_without_a_mac_target_or_in_subgradient_mode(tmp_path) -> None:

@@ -28,7 +28,13 @@ from shrinkage.config.schema import (
     ScheduleConfig,
     StepSchedule,
 )
-from shrinkage.config.target import PruneImportance, SelectionMethod, TargetConfig, default_selection
+from shrinkage.config.target import (
+    PenalizedGroups,
+    PruneImportance,
+    SelectionMethod,
+    TargetConfig,
+    default_selection,
+)
 
 __all__ = [
     "GROUP_KINDS",
@@ -55,6 +61,7 @@ __all__ = [
     "SparseGroupLassoConfig",
     "StepSchedule",
     "TargetConfig",
+    "PenalizedGroups",
     "PruneImportance",
     "default_selection",
     "load_config",

@@ -7,6 +7,7 @@ parameters and/or latency relative to the dense model) and fine-tuned::
       macs: 0.25            # at most a quarter of the dense model's multiply-accumulates
       round_to: 8           # kept channel counts are multiples of 8 (pruning only)
       importance: taylor    # pruning ranks groups by loss change measured on training batches
+      penalize: weakest     # the budget controller's group Lasso acts on the groups it will remove only
       finetune_epochs: 3
       distill_weight: 0.5   # half of the loss from the dense model as teacher
       temperature: 4.0
@@ -45,6 +46,16 @@ class PruneImportance(Enum):
     NORM = "norm"
 
 
+class PenalizedGroups(Enum):
+    """Which groups the budget controller's group Lasso acts on (:mod:`shrinkage.optim.focus`)."""
+
+    #: every group, as in SSL: the kept groups shrink too
+    ALL = "all"
+    #: the weakest groups per MAC that removal to the budget needs (plus a margin), chosen
+    #: again every few steps; the others train unpenalized
+    WEAKEST = "weakest"
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """A budget (fractions of the dense model; every given one must hold) plus recovery.
@@ -53,8 +64,9 @@ class TargetConfig:
     milliseconds per forward pass of ``batch_size`` images on the run's device.
     ``round_to``: kept channel counts are rounded up to a multiple of it (pruning only;
     factorization ranks are not rounded). ``importance``: how pruning estimates the damage
-    of removing a group (:class:`PruneImportance`). Recovery: ``finetune_epochs`` of SGD at
-    ``finetune_lr`` (default: the run's fine-tuning, else training, learning rate), with
+    of removing a group (:class:`PruneImportance`). ``penalize``: which groups the budget
+    controller's group Lasso acts on while training (:class:`PenalizedGroups`). Recovery:
+    ``finetune_epochs`` of SGD at ``finetune_lr`` (default: the run's fine-tuning, else training, learning rate), with
     ``distill_weight`` of the loss taken from the dense model as a teacher at
     ``temperature``.
     """
@@ -65,6 +77,7 @@ class TargetConfig:
     batch_size: int = 1
     round_to: int = 1
     importance: PruneImportance = PruneImportance.TAYLOR
+    penalize: PenalizedGroups = PenalizedGroups.ALL
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     distill_weight: float = 0.0

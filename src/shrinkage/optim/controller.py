@@ -53,6 +53,10 @@ while the controller runs, and a step may add zeros (or drop ranks) only down to
 current target less ``slack`` of it (relative). The forecast steers; the gate keeps the
 estimate from overshooting.
 
+**Focus** (``focus``, :mod:`shrinkage.optim.focus`): the penalty acts only on the
+weakest groups per MAC whose removal reaches the budget (less ``focus_margin`` of it),
+chosen again at every update; the others train unpenalized. Group Lasso terms only.
+
 **Exact recalibration** (every ``exact_every`` updates): a copy of the model is
 compacted and the removed fraction the controller uses is rescaled by
 ``(1 - exact) / (1 - estimated)``, for what the cheap estimate cannot see.
@@ -71,6 +75,7 @@ from torch import Tensor, nn
 from shrinkage.budget.spec import Budget
 from shrinkage.errors import ConfigError, ShrinkageError
 from shrinkage.optim.estimators import ExactMacEstimator, StructureMacEstimator
+from shrinkage.optim.focus import Focus
 from shrinkage.optim.forecast import Forecast, choose_step
 from shrinkage.optim.gate import ZeroGate
 from shrinkage.optim.regularizer import Regularizer
@@ -109,7 +114,9 @@ class ControllerConfig:
     how far below the current target a step's new zeros may take the estimate, as a
     fraction of the target.
     ``exact_every``: updates between exact recalibrations (0: never). ``cost_weighted``:
-    scale each rule's strength by the mean MACs its groups save.
+    scale each rule's strength by the mean MACs its groups save. ``focus``: penalize only
+    the groups chosen for removal (see :mod:`shrinkage.optim.focus`), chosen to leave
+    ``budget * (1 - focus_margin)`` of the MACs.
     """
 
     warmup: float = 0.1
@@ -122,6 +129,8 @@ class ControllerConfig:
     slack: float = 0.01
     exact_every: int = 5
     cost_weighted: bool = True
+    focus: bool = False
+    focus_margin: float = 0.1
 
     def __post_init__(self) -> None:
         _number("warmup", self.warmup, 0.0, 1.0)
@@ -137,6 +146,9 @@ class ControllerConfig:
         _integer("exact_every", self.exact_every, 0)
         if not isinstance(self.cost_weighted, bool):
             raise ConfigError(f"controller.cost_weighted must be true or false, got {self.cost_weighted!r}")
+        if not isinstance(self.focus, bool):
+            raise ConfigError(f"controller.focus must be true or false, got {self.focus!r}")
+        _number("focus_margin", self.focus_margin, 0.0, 1.0)
 
 
 class BudgetController:
@@ -176,6 +188,7 @@ class BudgetController:
         self.correction = 1.0  # exact recalibration of the removed fraction
         self.bias = 0.0  # running average of (estimate when due - forecast)
         self.gate = ZeroGate(regularizer, estimator)
+        self.focus = Focus(regularizer, estimator, config.focus_margin) if config.focus else None
         self._due: dict[int, float] = {}  # step -> the (unbiased) forecast made for it
         self._previous: list[Tensor] = estimator.summaries()
         self._previous_step = 0
@@ -248,7 +261,11 @@ class BudgetController:
         if self.steps in self._due:
             error = self.last_estimate - self._due.pop(self.steps)
             self.bias = min(0.5, max(-0.5, (1 - _BIAS_WEIGHT) * self.bias + _BIAS_WEIGHT * error))
-        forecast = Forecast(now, pace, self.estimator.unit_shrink(lrs), in_effect)
+        unit = self.estimator.unit_shrink(lrs)
+        if self.focus is not None:
+            self.focus.choose(now, unit, self.budget)
+            unit = self.focus.weighted(unit)
+        forecast = Forecast(now, pace, unit, in_effect)
         horizon = max(1, min(self.horizon, self.total_steps - self.steps))
         base = [math.exp(self.log_scales[t.rule]) for t in self.regularizer.terms]
 
@@ -297,6 +314,8 @@ class BudgetController:
         out.update(
             estimated_macs=self.last_estimate, forecast_macs=self.last_forecast, target_macs=self.target(self.steps)
         )
+        if self.focus is not None:
+            out["penalized_groups"] = self.focus.fraction_chosen()
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -306,6 +325,7 @@ class BudgetController:
             "last_estimate": self.last_estimate, "last_forecast": self.last_forecast, "exact": self.exact is not None,
             "previous": list(self._previous), "previous_step": self._previous_step,
             "gate": self.gate.state_dict(), "pending": self._pending,
+            "focus": list(self.focus.chosen) if self.focus is not None else [],
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -319,6 +339,8 @@ class BudgetController:
         self._previous, self._previous_step = list(state["previous"]), int(state["previous_step"])
         self.gate.load_state_dict(state["gate"])
         self._pending = bool(state.get("pending", False))  # absent from checkpoints written before it existed
+        if self.focus is not None:
+            self.focus.chosen = list(state.get("focus", []))
         self._apply(off=not self.active)
 
 

@@ -83,6 +83,10 @@ class Regularizer:
         self.scales: dict[int, float] = {i: 1.0 for i in range(len(rules))}
         #: set by ``attach_controller``; ProximalOptimizer calls it around each prox
         self.controller: StrengthController | None = None
+        #: per term index, one weight per group multiplying its threshold and its value (a
+        #: group Lasso term without an entry weighs every group 1): a controller that
+        #: penalizes only the groups selection will remove sets them (``focus``)
+        self.group_weights: dict[int, Tensor] = {}
         #: for terms proxed every k > 1 steps: their matrix as the last prox left it, with the
         #: prox call it came from (see ``structure_of``)
         self._after_prox: dict[int, tuple[Tensor, int]] = {}
@@ -102,11 +106,34 @@ class Regularizer:
             raise ConfigError(f"strength scale of rule {rule} must be a finite number >= 0, got {scale!r}")
         self.scales[rule] = float(scale)
 
+    def set_group_weights(self, index: int, weights: Tensor | None) -> None:
+        """Weigh the groups of term ``index`` (group Lasso only; ``None``: every group 1)."""
+        if not 0 <= index < len(self.terms):
+            raise ConfigError(f"regularizer has no term {index} (terms 0..{len(self.terms) - 1})")
+        term = self.terms[index]
+        if weights is None:
+            self.group_weights.pop(index, None)
+            return
+        if not isinstance(term.penalty, GroupLasso):
+            raise ConfigError(f"term {term.label}: group weights need a group_lasso penalty")
+        if weights.shape != (term.grouping.shape[0],) or not bool(torch.isfinite(weights).all() & (weights >= 0).all()):
+            raise ConfigError(
+                f"term {term.label}: group weights must be {term.grouping.shape[0]} finite numbers >= 0, "
+                f"got shape {tuple(weights.shape)}"
+            )
+        self.group_weights[index] = weights.detach().clone()
+
+    def _penalty_value(self, index: int, matrix: Tensor) -> Tensor:
+        term, weights = self.terms[index], self.group_weights.get(index)
+        if weights is not None and isinstance(term.penalty, GroupLasso):
+            return term.penalty.value(matrix, weights)
+        return term.penalty.value(matrix)
+
     def value(self) -> Tensor:
         """Differentiable total penalty (add it to the loss in the subgradient mode)."""
         total: Tensor | None = None
-        for term in self.terms:
-            v = self.scale_of(term) * term.penalty.value(term.grouping.gather())
+        for index, term in enumerate(self.terms):
+            v = self.scale_of(term) * self._penalty_value(index, term.grouping.gather())
             total = v if total is None else total + v
         return total if total is not None else torch.zeros(())
 
@@ -138,7 +165,8 @@ class Regularizer:
                 self._after_prox.pop(index, None)
                 continue  # the identity map (a rule switched off by its scale)
             if isinstance(term.penalty, GroupLasso):
-                term.penalty.prox_grouping_(term.grouping, step)  # skips gather/scatter where it can
+                # skips gather/scatter where it can
+                term.penalty.prox_grouping_(term.grouping, step, self.group_weights.get(index))
                 if term.every > 1:
                     self._after_prox[index] = (term.grouping.gather().clone(), step_count)
                 continue
@@ -161,7 +189,7 @@ class Regularizer:
         structures (groups or singular values) removed.
         """
         removed = 0
-        for term in self.terms:
+        for index, term in enumerate(self.terms):
             step = self.step_for(term, step_of)
             if step == 0:
                 continue
@@ -170,7 +198,10 @@ class Regularizer:
                 removed += _truncate_singular_values_(matrix, step * term.penalty.strength)
             elif term.penalty.induces_zeros:
                 probe = matrix.clone()
-                term.penalty.prox_(probe, step)
+                if isinstance(term.penalty, GroupLasso):
+                    term.penalty.prox_(probe, step, self.group_weights.get(index))
+                else:
+                    term.penalty.prox_(probe, step)
                 alive = matrix.abs().amax(dim=1) > 0
                 matrix[probe == 0] = 0
                 removed += int((alive & (matrix.abs().amax(dim=1) == 0)).sum())
@@ -181,7 +212,7 @@ class Regularizer:
 
     def state_dict(self) -> dict[str, Any]:
         """The strength multipliers and the attached controller's state."""
-        state: dict[str, Any] = {"scales": dict(self.scales)}
+        state: dict[str, Any] = {"scales": dict(self.scales), "group_weights": dict(self.group_weights)}
         if self.controller is not None:
             state["controller"] = self.controller.state_dict()
         return state
@@ -189,6 +220,9 @@ class Regularizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for rule, scale in state.get("scales", {}).items():
             self.set_scale(int(rule), scale)
+        self.group_weights = {}
+        for index, weights in state.get("group_weights", {}).items():  # absent from older checkpoints
+            self.set_group_weights(int(index), weights)
         if self.controller is not None and "controller" in state:
             self.controller.load_state_dict(state["controller"])
 

@@ -50,8 +50,11 @@ def soft_threshold_(x: Tensor, t: float) -> None:
     x.sub_(x.clamp(-t, t))
 
 
-def block_soft_threshold_(matrix: Tensor, t: float) -> None:
-    """Row-wise ``w_g <- max(1 - t/||w_g||, 0) * w_g`` in place."""
+def block_soft_threshold_(matrix: Tensor, t: float | Tensor) -> None:
+    """Row-wise ``w_g <- max(1 - t/||w_g||, 0) * w_g`` in place; ``t`` is one threshold,
+    or one per row."""
+    if isinstance(t, Tensor):
+        t = t.to(matrix.device, matrix.dtype).reshape(-1, 1)
     # the clamp avoids 0/0 for rows already zero
     norms = matrix.norm(dim=1, keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny)  # (n_groups, 1)
     # rows with norm <= t become exactly zero: ``(norm - t) / norm`` is exactly 0 at norm == t,

@@ -35,16 +35,25 @@ class GroupLasso(Penalty):
     def _weight_of(self, group_size: int) -> float:
         return math.sqrt(group_size) if self.scale_by_size else 1.0
 
-    def value(self, matrix: Tensor) -> Tensor:
-        value: Tensor = self.strength * self._weight(matrix) * matrix.norm(dim=1).sum()
+    def value(self, matrix: Tensor, group_weights: Tensor | None = None) -> Tensor:
+        """The penalty; ``group_weights`` (one per group) multiply each group's norm."""
+        norms = matrix.norm(dim=1)
+        if group_weights is not None:
+            norms = norms * group_weights.to(norms.device, norms.dtype)
+        value: Tensor = self.strength * self._weight(matrix) * norms.sum()
         return value
 
-    def prox_(self, matrix: Tensor, step: float) -> None:
-        """Block soft-thresholding: ``w_g <- max(1 - t/||w_g||, 0) w_g``, ``t = step*strength*c``."""
-        block_soft_threshold_(matrix, step * self.strength * self._weight(matrix))
+    def prox_(self, matrix: Tensor, step: float, group_weights: Tensor | None = None) -> None:
+        """Block soft-thresholding: ``w_g <- max(1 - t_g/||w_g||, 0) w_g``, ``t_g = step*strength*c*a_g``
+        with ``a_g`` the group's weight (1 without ``group_weights``; 0: the group is left alone)."""
+        block_soft_threshold_(matrix, self._threshold(step, matrix.shape[1], group_weights))
+
+    def _threshold(self, step: float, group_size: int, group_weights: Tensor | None) -> float | Tensor:
+        t = step * self.strength * self._weight_of(group_size)
+        return t if group_weights is None else t * group_weights
 
     @torch.no_grad()
-    def prox_grouping_(self, grouping: Grouping, step: float) -> None:
+    def prox_grouping_(self, grouping: Grouping, step: float, group_weights: Tensor | None = None) -> None:
         """:meth:`prox_` on ``grouping``'s matrix, written back into its parameters.
 
         The map multiplies each row by a factor of its norm alone, so where the grouping
@@ -54,14 +63,17 @@ class GroupLasso(Penalty):
         """
         if not grouping.scales_rows_in_place:
             matrix = grouping.gather()
-            self.prox_(matrix, step)
+            self.prox_(matrix, step, group_weights)
             grouping.scatter_(matrix)
             return
-        t = step * self.strength * self._weight_of(grouping.shape[1])
-        grouping.scale_rows_(_shrink_factors(grouping.row_norms(), t))
+        norms = grouping.row_norms()
+        t = self._threshold(step, grouping.shape[1], group_weights)
+        if isinstance(t, Tensor):
+            t = t.to(norms.device, norms.dtype)
+        grouping.scale_rows_(_shrink_factors(norms, t))
 
 
-def _shrink_factors(norms: Tensor, t: float) -> Tensor:
+def _shrink_factors(norms: Tensor, t: float | Tensor) -> Tensor:
     """``max(1 - t/norm, 0)`` per group, computed exactly as :func:`block_soft_threshold_` does:
     zero-norm groups get a finite factor and groups with ``norm <= t`` exactly 0."""
     norms = norms.clamp_min(torch.finfo(norms.dtype).tiny)

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from shrinkage.config import Mode, RunConfig, resolve_rule, resolve_rules, to_dict
+from shrinkage.config import Mode, PenalizedGroups, RunConfig, resolve_rule, resolve_rules, to_dict
 from shrinkage.data import ImageDataset, batches, get_dataset_spec
 from shrinkage.errors import ConfigError, TrainingError
 from shrinkage.io import load_checkpoint, reporting_write_errors, save_checkpoint
 from shrinkage.metrics import evaluate
 from shrinkage.optim import Regularizer, ThresholdPolicy
-from shrinkage.optim.controller import BudgetController, attach_controller
+from shrinkage.optim.controller import BudgetController, ControllerConfig, attach_controller
 from shrinkage.train import distributed
 from shrinkage.train.history import structure_stats, term_labels, write_metrics
 from shrinkage.train.phases import Phase, PhaseRuntime, plan_phases
@@ -153,7 +153,8 @@ class Trainer:
             return None
         steps = config.train.epochs * math.ceil(len(train_set) / config.data.batch_size)
         example = train_set.images[:1].clone()
-        return attach_controller(self.regularizer, model, (example,), target.macs, total_steps=steps)
+        control = ControllerConfig(focus=target.penalize is PenalizedGroups.WEAKEST)
+        return attach_controller(self.regularizer, model, (example,), target.macs, control, total_steps=steps)
 
     @property
     def checkpoint_path(self) -> Path:
