@@ -17,7 +17,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
-METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl")
+METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus")
 LABELS = {
     "baseline": "baseline (plain, E+F epochs)",
     "plain+svd": "plain + SVD (ranks under the budget)",
@@ -26,6 +26,7 @@ LABELS = {
     "nuclear+sgl": "compression-aware: nuclear + sparse group Lasso",
     "plain+prune": "plain + pruning (coupled channels)",
     "ssl": "SSL, coupled group Lasso, strength by the budget controller",
+    "ssl+focus": "SSL, group Lasso on the weakest groups only (focus), strength by the budget controller",
 }
 
 
@@ -159,7 +160,7 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
         reference = at.get("plain+svd")
         if reference is None:
             continue
-        for method in ("nuclear", "nuclear+sgl", "ssl"):
+        for method in ("nuclear", "nuclear+sgl", "ssl", "ssl+focus"):
             r = at.get(method)
             if r is None:
                 continue

@@ -17,7 +17,9 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   (compression-aware training, Alvarez & Salzmann, then the same rank selection),
   ``plain+svd@nuclear-ranks`` (the plain model cut to the ranks the nuclear run chose),
   and ``ssl`` (coupled group Lasso whose strength a controller drives to the budget
-  during training, then the exact selection); each reported right after selection and
+  during training, then the exact selection), ``ssl+focus`` (the same, the group Lasso
+  acting only on the weakest groups the budget needs: ``target.penalize: weakest``); each
+  reported right after selection and
   after ``F`` epochs of fine-tuning (the removed structures held at zero).
 
 MACs are whole-model (conv MACs are reported beside them), accuracy is on the full test
@@ -75,6 +77,7 @@ ROWS_OF = {
     "nuclear": ("nuclear", "plain+svd@nuclear-ranks"),
     "nuclear+sgl": ("nuclear+sgl",),
     "ssl": ("ssl",),
+    "ssl-focus": ("ssl+focus",),
 }
 TRAININGS = frozenset(ROWS_OF)
 log = logging.getLogger("budget_results")
@@ -233,12 +236,14 @@ class Bench:
                 pruned = shrinkage.prune(plain, self.example, Budget(macs=budget))
                 self.select_and_recover("plain+prune", budget, pruned.compact, t_plain, pruned.model,
                                         pruned.zero_mask())  # fmt: skip
-            if "ssl" in trainings:
-                ssl, t_ssl = self.train(f"ssl-{budget}", _SSL.format(layers=layers), self.epochs,
-                                        (f"target.macs={budget}",))  # fmt: skip
+            for training, method, penalize in (("ssl", "ssl", "all"), ("ssl-focus", "ssl+focus", "weakest")):
+                if training not in trainings:
+                    continue
+                ssl, t_ssl = self.train(f"{training}-{budget}", _SSL.format(layers=layers), self.epochs,
+                                        (f"target.macs={budget}", f"target.penalize={penalize}"))  # fmt: skip
                 zeroed = _zero_fraction(ssl, self.example, self.dense_macs)
                 pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget))
-                self.select_and_recover("ssl", budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
+                self.select_and_recover(method, budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
                                         macs_zeroed_by_training=zeroed)  # fmt: skip
         return {"dataset": self.dataset, "model": self.model_name, "seed": self.seed, "rows": self.rows}
 

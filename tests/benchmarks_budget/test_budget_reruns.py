@@ -70,6 +70,23 @@ def test_rerun_redoes_only_the_named_training_and_dates_its_rows(tmp_path: Path)
     assert result["reruns"][0]["command"].endswith("--limit-train 128 --rerun ssl")
 
 
+def test_an_ssl_focus_rerun_adds_its_rows_after_the_recorded_ones(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    kept = [_row("baseline", None, 0.99), _row("ssl", 0.1, 0.9), _row("ssl", 0.05, 0.8)]
+    path.write_text(json.dumps({**_file(kept), "limit_train": 128}))
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["ssl-focus"]))
+    result = json.loads(path.read_text())
+    assert result["rows"][:3] == kept
+    focus = result["rows"][3:]
+    assert [(r["method"], r["budget_macs"]) for r in focus] == [("ssl+focus", 0.1), ("ssl+focus", 0.05)]
+    assert all(r["macs"] <= r["budget_macs"] * 1.0001 for r in focus)
+    log = (tmp_path / "runs" / "mnist-lenet-0" / "ssl-focus-0.1" / "metrics.csv").read_text()
+    assert "penalized_groups" in log.splitlines()[0]  # the run trained with focus
+    r = load_benchmark("budget_report")
+    assert "SSL, group Lasso on the weakest groups only (focus)" in r.table(r.aggregate([result]))
+
+
 def test_the_ssl_mark_follows_each_rows_own_date() -> None:
     r = load_benchmark("budget_report")
     old = [_row("baseline", None, 0.99), _row("ssl", 0.1, 0.9), _row("nuclear", 0.1, 0.9)]
