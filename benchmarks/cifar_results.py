@@ -11,6 +11,8 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
 - ``ssl_depth``, ``ssl_width50``, ``ssl_width25``, ``lowrank50``: the regularized configs
   (18 epochs + 2 of fine-tuning; the width and low-rank rows meet their MAC budget through
   the controller, the exact selection and the target block's fine-tuning);
+  ``ssl_width50focus`` the same with the group Lasso on the weakest groups only
+  (``target.penalize: weakest``);
 - ``ssl_width50r8``: ``shrinkage compress`` of the ``ssl_width50`` run's regularized model
   with the kept widths rounded to multiples of 8 (its own 2 epochs of recovery instead of
   the run's: 20 in all), to see what aligned widths are worth in speed; ``ssl_width50r16``
@@ -84,6 +86,9 @@ ROWS = (
     Row("ssl_width25", "SSL width, controller to 25% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} --set target.macs=0.25 "
         "--out runs/cifar/{run}", 0.25),
+    Row("ssl_width50focus", "SSL width, controller to 50% MACs, group Lasso on the weakest groups only (focus)",
+        "target", "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} "
+        "--set target.penalize=weakest --out runs/cifar/{run}", 0.5),
     Row("ssl_width50r8", "SSL width to 50% MACs, kept widths multiples of 8 (selection from the SSL width run)",
         "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 8 "
         "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
