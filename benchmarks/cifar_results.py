@@ -17,7 +17,7 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   with the kept widths rounded to multiples of 8 (its own 2 epochs of recovery instead of
   the run's: 20 in all), to see what aligned widths are worth in speed; ``ssl_width50r16``
   the same with multiples of 16 (oneDNN's channel block on an AVX-512 CPU);
-  ``ssl_width50lr3`` / ``ssl_width25lr3``: the same selection with its 2 recovery epochs
+  ``ssl_width50lr3`` / ``ssl_width25lr3`` / ``ssl_width50focuslr3``: the same selection with its 2 recovery epochs
   at lr 0.001 instead of 0.01 (the regularized run ends annealed to lr 0.00076; at 0.01
   the recovery raised the training loss and lost 1-2 points);
 - ``prune50`` / ``svd50``: ``shrinkage compress`` of a baseline (20 epochs, then 2
@@ -101,6 +101,9 @@ ROWS = (
     Row("ssl_width50lr3", "SSL width to 50% MACs, recovery at lr 0.001 (selection from the SSL width run)",
         "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 "
         "--finetune-epochs 2 --lr 0.001 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
+    Row("ssl_width50focuslr3", "SSL width to 50% MACs, focus, recovery at lr 0.001 (selection from the focus run)",
+        "target", "shrinkage compress runs/cifar/ssl_width50focus-s{seed} --target macs=0.5 "
+        "--finetune-epochs 2 --lr 0.001 --out runs/cifar/{run}", 0.5, source_row="ssl_width50focus"),
     Row("ssl_width25lr3", "SSL width to 25% MACs, recovery at lr 0.001 (selection from the SSL width run)",
         "target", "shrinkage compress runs/cifar/ssl_width25-s{seed} --target macs=0.25 "
         "--finetune-epochs 2 --lr 0.001 --out runs/cifar/{run}", 0.25, source_row="ssl_width25"),
