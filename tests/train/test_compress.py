@@ -353,3 +353,42 @@ def test_pruning_finishes_at_the_rounded_widths_it_selected() -> None:
     # a multiple of 8, or the whole layer when rounding up would pass its width
     assert all(w % 8 == 0 or w == full for w, full in zip(widths, (20, 50, 500), strict=True)), widths
     assert count_macs(shipped, example).total / count_macs(model, example).total <= 0.6
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("batches", [0, 3])
+def test_batchnorm_statistics_are_re_estimated_after_selection(batches: int, data_source: None,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    from shrinkage.train.compress import compress
+
+    config = load_config(REPO / "configs" / "lenet_baseline.yaml", [*QUICK, "target.macs=0.5",
+                         f"target.recalibrate_batches={batches}"])  # fmt: skip
+    dense = _bn_net()
+    with torch.no_grad():  # statistics of another input distribution, as a pruned model's are
+        for m in dense.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(3.0)
+                m.running_var.fill_(0.01)
+    train, test = synthetic("train"), synthetic("test")
+    result = compress(config, copy.deepcopy(dense), train, test, tmp_path / "out", method=SelectionMethod.PRUNE)
+    saved = shrinkage.load(tmp_path / "out" / "target.safetensors", _bn_net())
+    bn = [m for m in saved.modules() if isinstance(m, nn.BatchNorm2d)]
+    if batches == 0:
+        assert "batchnorm_recalibrated" not in result["accuracy"]
+        assert all(bool((m.running_var == 0.01).all()) for m in bn)  # the dense model's, kept
+    else:
+        assert result["accuracy"]["batchnorm_recalibrated"] == {"layers": 2, "batches": 3}
+        assert all(bool((m.running_var != 0.01).all()) for m in bn)
+        assert "BatchNorm statistics re-estimated on 3 training batches" in (tmp_path / "out" / "target.md").read_text()
+
+
+def test_compress_command_takes_the_recalibration_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compress", str(tmp_path / "run"), "--target", "macs=0.2", "--recalibrate-batches", "-1"]) == 2
+    assert error_line(capsys).startswith("error: --recalibrate-batches: must be an integer")

@@ -87,6 +87,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                      "kernels compute in (16 with AVX-512, 8 with AVX2)")
     cmd.add_argument("--importance", metavar="taylor|norm", default="taylor",
                      help="pruning's damage estimate: loss change on training batches (default) or group norms")
+    cmd.add_argument("--recalibrate-batches", type=int, default=None, metavar="N",
+                     help="training batches on which BatchNorm statistics are re-estimated after selection "
+                     "(default: the target block's, 32; 0: keep the dense model's)")
     cmd.add_argument("--method", metavar="prune|factorize",
                      help="how to select (default: factorize after a nuclear-norm run, else prune)")
     cmd.add_argument("--baseline", type=Path, metavar="RUN_DIR", help="an unregularized run to compare accuracy with")
@@ -160,7 +163,13 @@ def _report(args: argparse.Namespace, command: str) -> int:
 _BUDGET_KEYS: dict[str, type] = {"macs": float, "params": float, "latency_ms": float, "batch_size": int}
 #: TargetConfig fields set by compress flags, for errors that name the flag
 _RECOVERY_FLAGS = {"finetune_epochs": "--finetune-epochs", "finetune_lr": "--lr", "distill_weight": "--distill",
-                   "temperature": "--temperature", "round_to": "--round-to"}
+                   "temperature": "--temperature", "round_to": "--round-to",
+                   "recalibrate_batches": "--recalibrate-batches"}
+
+
+def _given(**flags: object) -> dict[str, object]:
+    """The flags the user gave (not None): the others keep the target block's defaults."""
+    return {key: value for key, value in flags.items() if value is not None}
 
 
 def parse_budget(items: Sequence[str]) -> Budget:
@@ -220,7 +229,8 @@ def _compress(args: argparse.Namespace, command: str) -> int:
     try:
         target = TargetConfig.of_budget(budget, finetune_epochs=args.finetune_epochs, finetune_lr=args.lr,
                                         distill_weight=args.distill, temperature=args.temperature,
-                                        round_to=round_to, importance=importances[args.importance])  # fmt: skip
+                                        round_to=round_to, importance=importances[args.importance],
+                                        **_given(recalibrate_batches=args.recalibrate_batches))  # fmt: skip
     except FieldError as error:
         raise ConfigError(f"{_RECOVERY_FLAGS.get(error.field, '--target ' + error.field)}: {error.reason}") from None
     out, _ = compress_run(args.run_dir, target, args.out, method=method, baseline=args.baseline, command=command,

@@ -8,6 +8,7 @@ parameters and/or latency relative to the dense model) and fine-tuned::
       round_to: 8           # kept channel counts are multiples of 8 (pruning only)
       importance: taylor    # pruning ranks groups by loss change measured on training batches
       penalize: weakest     # the budget controller's group Lasso acts on the groups it will remove only
+      recalibrate_batches: 32   # BatchNorm statistics re-estimated on 32 training batches after selection
       finetune_epochs: 3
       distill_weight: 0.5   # half of the loss from the dense model as teacher
       temperature: 4.0
@@ -35,6 +36,8 @@ from shrinkage.config.regularization import NuclearNormConfig, RegularizationCon
 
 #: a channel multiple beyond this is no hardware width anyone asks for: a typo
 MAX_ROUND_TO = 4096
+#: more batches than this only average the same statistics longer: a typo
+MAX_RECALIBRATE_BATCHES = 100_000
 
 
 class PruneImportance(Enum):
@@ -65,7 +68,9 @@ class TargetConfig:
     ``round_to``: kept channel counts are rounded up to a multiple of it (pruning only;
     factorization ranks are not rounded). ``importance``: how pruning estimates the damage
     of removing a group (:class:`PruneImportance`). ``penalize``: which groups the budget
-    controller's group Lasso acts on while training (:class:`PenalizedGroups`). Recovery:
+    controller's group Lasso acts on while training (:class:`PenalizedGroups`).
+    ``recalibrate_batches``: training batches (no augmentation) on which BatchNorm
+    statistics are re-estimated right after selection (0: keep the dense model's). Recovery:
     ``finetune_epochs`` of SGD at ``finetune_lr`` (default: the run's fine-tuning, else training, learning rate), with
     ``distill_weight`` of the loss taken from the dense model as a teacher at
     ``temperature``.
@@ -78,6 +83,7 @@ class TargetConfig:
     round_to: int = 1
     importance: PruneImportance = PruneImportance.TAYLOR
     penalize: PenalizedGroups = PenalizedGroups.ALL
+    recalibrate_batches: int = 32
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     distill_weight: float = 0.0
@@ -93,6 +99,7 @@ class TargetConfig:
             raise FieldError("macs", "a target needs at least one of macs, params, latency_ms")
         count("batch_size", self.batch_size, minimum=1, maximum=MAX_LATENCY_BATCH_SIZE)
         count("round_to", self.round_to, minimum=1, maximum=MAX_ROUND_TO)
+        count("recalibrate_batches", self.recalibrate_batches, maximum=MAX_RECALIBRATE_BATCHES)
         count("finetune_epochs", self.finetune_epochs, maximum=MAX_EPOCHS)
         if self.finetune_lr is not None:
             positive("finetune_lr", self.finetune_lr)

@@ -45,6 +45,7 @@ from shrinkage.metrics import count_macs, count_parameters, evaluate, measure_la
 from shrinkage.optim import ZeroMask
 from shrinkage.train.compaction import example_inputs
 from shrinkage.train.pipeline import CONFIG, RERUN_MAY_CHANGE, load_run, load_source, source_config
+from shrinkage.train.recalibrate import recalibrate_batchnorm
 from shrinkage.train.recover import finetune
 from shrinkage.train.report import TARGET_JSON, TARGET_MD, TARGET_WEIGHTS, target_markdown
 from shrinkage.train.setup import load_datasets
@@ -115,11 +116,14 @@ def _rescaled(budget: Budget, dense: nn.Module, compact: nn.Module, example: Ten
     return Budget(macs=macs, params=params, latency_ms=budget.latency_ms, batch_size=budget.batch_size)
 
 
-def calibration_batches(train: ImageDataset, batch_size: int, seed: int) -> list[tuple[Tensor, Tensor]]:
-    """The first :data:`~shrinkage.budget.importance.DEFAULT_BATCHES` batches of a seeded
-    shuffle of ``train``, without augmentation: what the Taylor importance measures the loss on."""
+def calibration_batches(
+    train: ImageDataset, batch_size: int, seed: int, count: int = DEFAULT_BATCHES
+) -> list[tuple[Tensor, Tensor]]:
+    """The first ``count`` (default :data:`~shrinkage.budget.importance.DEFAULT_BATCHES`) batches
+    of a seeded shuffle of ``train``, without augmentation: what the Taylor importance
+    measures the loss on, and what BatchNorm statistics are re-estimated from."""
     generator = torch.Generator().manual_seed(seed)
-    return list(itertools.islice(batches(train, batch_size, shuffle=True, generator=generator), DEFAULT_BATCHES))
+    return list(itertools.islice(batches(train, batch_size, shuffle=True, generator=generator), count))
 
 
 def selection_for(config: RunConfig, dense: nn.Module, method: SelectionMethod, image_shape: tuple[int, ...],
@@ -289,6 +293,11 @@ def compress(
     log.info("compressing %s to %s by %s", config.name, budget, chosen.value)
     accuracy: dict[str, Any] = {"n": len(test), "dense": _accuracy(dense, test, config)}
     selected = selector.select(dense, example, budget)
+    if target.recalibrate_batches:
+        calibration = calibration_batches(train, config.data.batch_size, config.train.seed, target.recalibrate_batches)
+        layers = recalibrate_batchnorm(selected.model, (x for x, _ in calibration))
+        if layers:
+            accuracy["batchnorm_recalibrated"] = {"layers": layers, "batches": len(calibration)}
     accuracy["selected"] = _accuracy(selected.model, test, config)
     lr = target.finetune_lr or config.finetune.lr or config.train.lr
     rows = finetune(

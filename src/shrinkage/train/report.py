@@ -225,6 +225,10 @@ def target_markdown(result: dict[str, Any], level: int = 2) -> str:
     if base:
         lines.append(f"| baseline `{base['run']}` | {_percent(base['accuracy'])} "
                      f"(final is {100 * base['drop']:.2f} points lower) |")
+    recalibrated = acc.get("batchnorm_recalibrated")
+    if recalibrated:
+        lines += ["", f"After selection, BatchNorm statistics re-estimated on {recalibrated['batches']} training "
+                  f"batches ({recalibrated['layers']} layers; no weight changed)."]
     dense = epochs.get("dense_run", {})
     text = (f"Epochs: dense run {dense.get('train', '?')} training + {dense.get('finetune', '?')} fine-tuning, "
             f"then {epochs.get('recovery', 0)} recovery: {epochs.get('total', '?')} in all")
