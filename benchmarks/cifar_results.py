@@ -25,7 +25,9 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   from the baseline's committed model file with its config, so that these rows can be
   redone without retraining the baseline (seed-0 rows were made from the run directory
   itself, the same model: their JSON keeps that command);
-  ``prune50norm`` the same pruning ranked by group norms instead of the Taylor estimate
+  ``prune50bn`` the same with the BatchNorm statistics re-estimated on 32 training
+  batches right after selection (``compress``'s default since it exists; the ``prune50``
+  rows were recorded before it); ``prune50norm`` the same pruning ranked by group norms instead of the Taylor estimate
   (an ablation of the damage estimate); ``prune50kd`` the same pruning with its 2 epochs
   of recovery distilled from the dense baseline (weight 0.5, temperature 4);
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
@@ -110,6 +112,11 @@ ROWS = (
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
     Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
+        "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
+        "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
+        "--method prune --out runs/cifar/{run}", 0.5),
+    Row("prune50bn", "plain + shrinkage prune (Taylor) to 50% MACs, BatchNorm re-estimated + 2 epochs", "target",
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
