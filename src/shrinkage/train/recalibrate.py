@@ -2,9 +2,10 @@
 
 Zeroing channels changes what every later layer receives, but a BatchNorm layer in eval
 mode still normalizes with the running mean and variance of the dense model: a ResNet-20
-pruned to half its MACs from a trained baseline scored 10-17% right after selection
-(CIFAR-10), and one whose chosen groups a budget controller had shrunk towards zero
-60.6%, although the training loss said the network was fine. Re-estimating the
+pruned to half its MACs from a trained baseline scored 13.3% right after selection
+(CIFAR-10, dense 84.6%) and 52.4% once the statistics were re-estimated; one whose
+chosen groups a budget controller had shrunk towards zero scored 60.6% at the end of
+training although its training loss was the lowest of its kind. Re-estimating the
 statistics on a few training batches, with no weight changing, is the remedy of
 Li et al., "EagleEye: Fast Sub-net Evaluation for Efficient Neural Network Pruning"
 (ECCV 2020, "adaptive BatchNorm").
