@@ -491,21 +491,32 @@ def test_a_controlled_run_logs_its_strengths_and_resumes_exactly(tmp_path: Path)
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
-@pytest.mark.parametrize("every", [1, 3])  # with every = 3 the rank is checked on prox steps only
-def test_controller_state_survives_the_checkpoint_encoding(every: int) -> None:
-    run = _start("nuclear", CASES["nuclear"].nominal, steps=60, every=every)
-    _train(run, 31)
+def resumed_twin(kind: str, steps: int, config: ControllerConfig = CONFIG, every: int = 1) -> tuple[Run, Run]:
+    """A run trained ``steps // 2 + 1`` steps, and a fresh one given its model, data position
+    and optimizer state through the checkpoint encoding."""
+    run = _start(kind, CASES[kind].nominal, steps=steps, config=config, every=every)
+    _train(run, steps // 2 + 1)
     tensors: dict[str, torch.Tensor] = {}
     state = decode(encode(run.optimizer.state_dict(), "state", tensors), tensors)
-    twin = _start("nuclear", CASES["nuclear"].nominal, steps=60, every=every)
+    twin = _start(kind, CASES[kind].nominal, steps=steps, config=config, every=every)
     twin.model.load_state_dict(run.model.state_dict())
     twin.optimizer.load_state_dict(state)
     twin.data.set_state(run.data.get_state())
-    _train(run, 30)
-    _train(twin, 30)
+    return run, twin
+
+
+def assert_trains_alike(run: Run, twin: Run, steps: int) -> None:
+    _train(run, steps)
+    _train(twin, steps)
     assert run.regularizer.scales == twin.regularizer.scales
     for a, b in zip(run.model.parameters(), twin.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("every", [1, 3])  # with every = 3 the rank is checked on prox steps only
+def test_controller_state_survives_the_checkpoint_encoding(every: int) -> None:
+    run, twin = resumed_twin("nuclear", 60, every=every)
+    assert_trains_alike(run, twin, 30)
 
 
 def test_plan_phases_checks_the_controller() -> None:

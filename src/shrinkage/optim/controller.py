@@ -325,7 +325,6 @@ class BudgetController:
             "last_estimate": self.last_estimate, "last_forecast": self.last_forecast, "exact": self.exact is not None,
             "previous": list(self._previous), "previous_step": self._previous_step,
             "gate": self.gate.state_dict(), "pending": self._pending,
-            "focus": list(self.focus.chosen) if self.focus is not None else [],
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -339,8 +338,6 @@ class BudgetController:
         self._previous, self._previous_step = list(state["previous"]), int(state["previous_step"])
         self.gate.load_state_dict(state["gate"])
         self._pending = bool(state.get("pending", False))  # absent from checkpoints written before it existed
-        if self.focus is not None:
-            self.focus.chosen = list(state.get("focus", []))
         self._apply(off=not self.active)
 
 

@@ -47,8 +47,6 @@ class Focus:
                 )
         self.regularizer, self.estimator, self.margin = regularizer, estimator, margin
         self.costs = [max(c, 1e-12) for c in estimator.group_costs()]
-        #: per term, the groups chosen at the last update
-        self.chosen: list[Tensor] = []
 
     @torch.no_grad()
     def choose(self, summaries: Sequence[Tensor], unit_shrink: Sequence[Tensor], budget: float) -> list[Tensor]:
@@ -85,17 +83,26 @@ class Focus:
             weights[i][g] = 1.0
         for i, w in enumerate(weights):
             self.regularizer.set_group_weights(i, w)
-        self.chosen = weights
         return weights
+
+    def _weights(self) -> list[Tensor] | None:
+        """The regularizer's group weights (the choice, kept in one place: they travel in its
+        state), or None before the first choice."""
+        weights = self.regularizer.group_weights
+        if len(weights) != len(self.regularizer.terms):
+            return None
+        return [weights[i] for i in range(len(self.regularizer.terms))]
 
     def weighted(self, unit_shrink: Sequence[Tensor]) -> list[Tensor]:
         """``unit_shrink`` as the penalty now applies it: zero on the groups not chosen."""
-        if not self.chosen:
+        chosen = self._weights()
+        if chosen is None:
             return list(unit_shrink)
-        return [u * w.to(u.device, u.dtype) for u, w in zip(unit_shrink, self.chosen, strict=True)]
+        return [u * w.to(u.device, u.dtype) for u, w in zip(unit_shrink, chosen, strict=True)]
 
     def fraction_chosen(self) -> float:
         """The fraction of all groups the penalty acts on (1 before the first choice)."""
-        if not self.chosen:
+        chosen = self._weights()
+        if chosen is None:
             return 1.0
-        return float(sum(float(w.sum()) for w in self.chosen) / max(1, sum(w.numel() for w in self.chosen)))
+        return float(sum(float(w.sum()) for w in chosen) / max(1, sum(w.numel() for w in chosen)))
