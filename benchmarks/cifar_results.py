@@ -33,6 +33,11 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
   ``results/cifar10/torch_pruning-*.json`` and read from there.
 
+A run recorded before ``compress`` re-estimated BatchNorm statistics after selection (its
+default since then) keeps its behaviour in the command its JSON gives: ``--recalibrate-batches
+0`` (``compress``) or ``--set target.recalibrate_batches=0`` (``train``) is appended, as its
+``target.json`` records no re-estimation.
+
 Gathering writes ``results/cifar10/<row>-s<seed>.json`` (accuracy on all 10,000 test
 images, parameters and MACs against the dense ResNet-20, training time, the commands)
 and copies the final model to ``results/cifar10/models/<row>-s<seed>.safetensors``
@@ -79,6 +84,14 @@ class Row:
     source_row: str = "baseline"
 
 
+def _reselected(key: str, label: str, source: str, macs: float, flags: str) -> Row:
+    """A row selected again, with other settings, from another row's regularized run."""
+    origin = "the focus run" if source.endswith("focus") else "the SSL width run"
+    return Row(key, f"{label} (selection from {origin})", "target",
+               f"shrinkage compress runs/cifar/{source}-s{{seed}} --target macs={macs:g} {flags} "
+               "--out runs/cifar/{run}", macs, source_row=source)  # fmt: skip
+
+
 ROWS = (
     Row("baseline", "baseline (plain SGD, 20 epochs)", "compact",
         "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} --out runs/cifar/{run}"),
@@ -94,21 +107,16 @@ ROWS = (
     Row("ssl_width50focus", "SSL width, controller to 50% MACs, group Lasso on the weakest groups only (focus)",
         "target", "shrinkage train configs/cifar10_resnet20_ssl_width.yaml --set train.seed={seed} "
         "--set target.penalize=weakest --out runs/cifar/{run}", 0.5),
-    Row("ssl_width50r8", "SSL width to 50% MACs, kept widths multiples of 8 (selection from the SSL width run)",
-        "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 8 "
-        "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
-    Row("ssl_width50r16", "SSL width to 50% MACs, kept widths multiples of 16 (selection from the SSL width run)",
-        "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 --round-to 16 "
-        "--finetune-epochs 2 --lr 0.01 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
-    Row("ssl_width50lr3", "SSL width to 50% MACs, recovery at lr 0.001 (selection from the SSL width run)",
-        "target", "shrinkage compress runs/cifar/ssl_width50-s{seed} --target macs=0.5 "
-        "--finetune-epochs 2 --lr 0.001 --out runs/cifar/{run}", 0.5, source_row="ssl_width50"),
-    Row("ssl_width50focuslr3", "SSL width to 50% MACs, focus, recovery at lr 0.001 (selection from the focus run)",
-        "target", "shrinkage compress runs/cifar/ssl_width50focus-s{seed} --target macs=0.5 "
-        "--finetune-epochs 2 --lr 0.001 --out runs/cifar/{run}", 0.5, source_row="ssl_width50focus"),
-    Row("ssl_width25lr3", "SSL width to 25% MACs, recovery at lr 0.001 (selection from the SSL width run)",
-        "target", "shrinkage compress runs/cifar/ssl_width25-s{seed} --target macs=0.25 "
-        "--finetune-epochs 2 --lr 0.001 --out runs/cifar/{run}", 0.25, source_row="ssl_width25"),
+    _reselected("ssl_width50r8", "SSL width to 50% MACs, kept widths multiples of 8", "ssl_width50", 0.5,
+                "--round-to 8 --finetune-epochs 2 --lr 0.01"),
+    _reselected("ssl_width50r16", "SSL width to 50% MACs, kept widths multiples of 16", "ssl_width50", 0.5,
+                "--round-to 16 --finetune-epochs 2 --lr 0.01"),
+    _reselected("ssl_width50lr3", "SSL width to 50% MACs, recovery at lr 0.001", "ssl_width50", 0.5,
+                "--finetune-epochs 2 --lr 0.001"),
+    _reselected("ssl_width50focuslr3", "SSL width to 50% MACs, focus, recovery at lr 0.001", "ssl_width50focus", 0.5,
+                "--finetune-epochs 2 --lr 0.001"),
+    _reselected("ssl_width25lr3", "SSL width to 25% MACs, recovery at lr 0.001", "ssl_width25", 0.25,
+                "--finetune-epochs 2 --lr 0.001"),
     Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
         "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
     Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
@@ -137,6 +145,11 @@ ROWS = (
         "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method factorize --out runs/cifar/{run}", 0.5),
 )  # fmt: skip
+
+
+#: what a command appends to reproduce a run recorded before ``compress`` re-estimated the
+#: BatchNorm statistics after selection (its default since then), by CLI subcommand
+_WITHOUT_RECALIBRATION = {"compress": " --recalibrate-batches 0", "train": " --set target.recalibrate_batches=0"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -220,6 +233,9 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
         model_file = run_dir / "target.safetensors"
         if row.key == "ssl_depth":
             result["residual_branches_removed"] = branches_removed(model_file)
+    command = row.command.format(seed=seed, run=run_dir.name)
+    if row.result == "target" and "batchnorm_recalibrated" not in target["accuracy"]:
+        command += _WITHOUT_RECALIBRATION[command.split()[1]]  # recorded before selection re-estimated BatchNorm
     models = out / MODEL_DIR
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, models / f"{name}.safetensors")
@@ -228,7 +244,7 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
         "params_fraction": result["params"] / result["dense_params"],
         "macs_fraction": result["macs"] / result["dense_macs"],
         "dataset": TITLE, "model": "resnet20",
-        "command": row.command.format(seed=seed, run=run_dir.name),
+        "command": command,
         "model_file": f"results/cifar10/{MODEL_DIR}/{name}.safetensors",
         "evaluate": f"shrinkage evaluate results/cifar10/{MODEL_DIR}/{name}.safetensors --model resnet20 "
                     "--data cifar10-jpeg",
