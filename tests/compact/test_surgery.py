@@ -112,3 +112,23 @@ def test_a_conv_reading_no_channels_outputs_its_bias_over_the_right_positions() 
         got = small(x[:, :0])
         got += 1  # callers add into it in place (out += identity): it must own its memory
     torch.testing.assert_close(got - 1, expected)
+
+
+@pytest.mark.parametrize(
+    "cls", sorted((cls for cls, _ in registered_layer_types()), key=lambda c: c.__name__), ids=lambda c: c.__name__
+)
+def test_a_shrunk_layer_owns_its_tensors_in_the_original_dtype(cls: type[nn.Module]) -> None:
+    """Nothing of the shrunk layer is shared with the original (training one must not move
+    the other), nothing is left unset (surgery builds layers without initializing them),
+    and a float64 layer stays float64."""
+    module, x = _example(cls)
+    module = module.double()
+    keep = {0: torch.tensor([i % 2 == 0 for i in range(6)])}  # every example has 6 outputs / channels
+    small = shrink("layer", module, keep)
+    originals = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()] if t.numel()}
+    for name, t in [*small.named_parameters(), *small.named_buffers()]:
+        assert not t.is_meta, name
+        assert not t.numel() or t.untyped_storage().data_ptr() not in originals, name
+        if t.is_floating_point():
+            assert t.dtype == torch.float64, name
+    assert all(p.requires_grad for p in small.parameters())

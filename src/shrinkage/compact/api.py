@@ -20,6 +20,7 @@ from shrinkage.errors import ShrinkageError, UnsupportedModuleError
 from shrinkage.graph.builder import ChannelGraph
 from shrinkage.graph.capture import capture_channel_graph, capture_used
 from shrinkage.graph.export_graph import ExportChannelGraph, called_as_module, node_owner, recorded_again
+from shrinkage.graph.outputs import output_tensors
 from shrinkage.integrations.huggingface import sync_config_if_possible
 from shrinkage.layers import HeadPrunedAttention
 
@@ -49,6 +50,7 @@ def plan_compaction(
         )  # fmt: skip
     plan = decide(cg, options.round_to, free_tensors=True)
     plan.capture = capture_used(cg)
+    plan.model_outputs = cg.model_outputs
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     _plan_forms(model, cg, plan, options, torch.device(device))
@@ -178,7 +180,7 @@ def _outputs(model: nn.Module, example_inputs: tuple[Any, ...]) -> list[Tensor]:
     try:
         model.eval()
         with torch.no_grad():
-            return _leaves(model(*example_inputs))
+            return output_tensors(model(*example_inputs))
     finally:
         for m, flag in flags:
             m.training = flag
@@ -204,7 +206,7 @@ def _check_train_mode(model: nn.Module, new: nn.Module, example_inputs: tuple[An
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                return _leaves(m(*example_inputs))
+                return output_tensors(m(*example_inputs))
         finally:
             with torch.no_grad():
                 for b, value in saved:
@@ -228,16 +230,6 @@ def _largest_difference(la: list[Tensor], lb: list[Tensor]) -> float:
     if len(la) != len(lb) or any(x.shape != y.shape for x, y in zip(la, lb, strict=True)):
         return float("inf")
     return max(((float((x - y).abs().max()) if x.numel() else 0.0) for x, y in zip(la, lb, strict=True)), default=0.0)
-
-
-def _leaves(y: Any) -> list[Tensor]:
-    if isinstance(y, Tensor):
-        return [y]
-    if isinstance(y, dict):
-        return [t for v in y.values() for t in _leaves(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _leaves(v)]
-    return []
 
 
 def compact(
@@ -287,7 +279,9 @@ def _compact(
     _refuse_hooks(model)
     plan = plan_compaction(model, example_inputs, options, device=device, graph=graph)
     new = apply_plan(model, plan)
-    reference, got = _outputs(model, example_inputs), _outputs(new, example_inputs)
+    # the capture may have run the model on these inputs already (torch.fx checks its trace)
+    reference = plan.model_outputs if plan.model_outputs is not None else _outputs(model, example_inputs)
+    got = _outputs(new, example_inputs)
     scale = max([float(t.abs().max()) for t in reference if t.numel()] + [1.0])
     diff = _largest_difference(reference, got)
     if not diff <= atol * scale:

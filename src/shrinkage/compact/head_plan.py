@@ -24,6 +24,7 @@ from shrinkage.compact.layer_types import canonical_param
 from shrinkage.graph.attention_heads import HeadUnit
 from shrinkage.graph.builder import ChannelGraph
 from shrinkage.graph.spaces import Space, Use
+from shrinkage.nonzero import used_along
 
 ZeroChannels = Callable[[ChannelGraph, Use, int, int], Tensor]
 
@@ -58,7 +59,7 @@ def decide_heads(cg: ChannelGraph, unit: HeadUnit, zero_channels: ZeroChannels) 
     zero_value = torch.ones(c.key_value * d, dtype=torch.bool)
     for s in table.get(value_root).producers:
         rows = canonical_param(cg.module(s.module), s.attr).movedim(s.dim, 0)[offset : offset + c.key_value * d]
-        zero_value &= ~rows.reshape(rows.shape[0], -1).ne(0).any(dim=1)
+        zero_value &= ~used_along(rows, 0)
     unread = torch.ones(unit.merged_width, dtype=torch.bool)
     for use in merged.consumers:
         unread &= zero_channels(cg, use, merged_root, unit.merged_width)

@@ -25,6 +25,7 @@ from shrinkage.compact.forms import FormContext, LayerForm, register_form
 from shrinkage.compact.module_attrs import tensor_attr
 from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
+from shrinkage.nonzero import used_along
 
 
 def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
@@ -36,10 +37,7 @@ def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
 
 def _used_inputs(m: nn.Module) -> Tensor:
     """Bool ``(inputs,)``: which input channels / features some weight reads."""
-    used = tensor_attr(m, "weight").detach().ne(0)
-    if used.dim() > 2:
-        used = used.flatten(2).any(dim=2)
-    return used.any(dim=0)
+    return used_along(tensor_attr(m, "weight"), 1)
 
 
 def _rounded(used: Tensor, round_to: int) -> Tensor:
@@ -114,7 +112,8 @@ class CroppedKernel(LayerForm):
     def build(self, subject: nn.Module, ctx: FormContext) -> nn.Module | None:
         if not _plain_conv(subject):
             return None
-        taps = subject.weight.detach().ne(0).any(dim=0).any(dim=0)  # (kh, kw): used by some filter and input
+        w = subject.weight
+        taps = used_along(w.flatten(2), 2).reshape(w.shape[2:])  # (kh, kw): used by some filter and input
         if not taps.any():
             return None
         rows, cols = _border(taps.any(dim=1)), _border(taps.any(dim=0))
@@ -138,7 +137,7 @@ class LoweredGemm(LayerForm):
         if not _plain_conv(subject):
             return None
         w = subject.weight.detach()
-        cols_used = w.reshape(w.shape[0], -1).ne(0).any(dim=0)
+        cols_used = used_along(w.reshape(w.shape[0], -1), 1)
         per_channel = cols_used.reshape(w.shape[1], -1)
         whole_channels_only = bool((per_channel.all(dim=1) | ~per_channel.any(dim=1)).all())
         if not cols_used.any() or whole_channels_only or (~cols_used).float().mean() < ctx.lower_min_fraction:

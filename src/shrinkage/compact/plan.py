@@ -40,6 +40,7 @@ from shrinkage.graph.capture import Capture
 from shrinkage.graph.export_graph import layer_input, node_owner
 from shrinkage.graph.spaces import Axis, Space, Use
 from shrinkage.layers import HeadPrunedAttention, removable_heads
+from shrinkage.nonzero import used_along, used_rows_and_columns
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class CompactionPlan:
     #: (module, attr) of a free tensor (a layer scale, a position embedding, a class token
     #: of a module without layer type) -> (dim, bool mask of its kept positions along it)
     free_tensors: dict[tuple[str, str], tuple[int, Tensor]] = field(default_factory=dict)
+    #: the model's output tensors on the example inputs (eval mode) when the capture ran the
+    #: model itself; compaction checks its result against them instead of running it again
+    model_outputs: list[Tensor] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable description (indices as lists)."""
@@ -127,17 +131,32 @@ def _param(cg: ChannelGraph, module: str, attr: str) -> Tensor:
     return canonical_param(cg.module(module), attr)
 
 
-def _zero_channels(cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
-    """Bool ``(n,)``: channel's slice of ``use``'s parameter is entirely zero."""
-    p = _param(cg, use.slice.module, use.slice.attr)
-    dim = use.slice.dim % p.dim()
-    others = tuple(d for d in range(p.dim()) if d != dim)
-    # one pass over the tensor, no copy of it: which positions along ``dim`` hold a non-zero
-    used = p.ne(0).any(dim=others) if others else p.ne(0)
-    zero = torch.ones(n, dtype=torch.bool)
-    for ch, pos in channel_positions(cg, use, root):
-        zero[ch] &= ~used[pos].any(dim=1)
-    return zero
+class _Scans:
+    """Which positions along a parameter's dims hold a non-zero, scanned once per parameter
+    per decision: a conv weight is asked about its filters by one space, about its input
+    channels by the next, and about its filters again for constant channels. Dims 0 and 1
+    come from one pass over the weight (:func:`used_rows_and_columns`)."""
+
+    def __init__(self, cg: ChannelGraph) -> None:
+        self.cg = cg
+        self._pairs: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+
+    def used(self, module: str, attr: str, dim: int) -> Tensor:
+        p = _param(self.cg, module, attr)
+        dim = dim % p.dim() if p.dim() else 0
+        if p.dim() < 2 or dim > 1:
+            return used_along(p, dim)
+        if (module, attr) not in self._pairs:
+            self._pairs[module, attr] = used_rows_and_columns(p)
+        return self._pairs[module, attr][dim]
+
+    def zero_channels(self, cg: ChannelGraph, use: Use, root: int, n: int) -> Tensor:
+        """Bool ``(n,)``: channel's slice of ``use``'s parameter is entirely zero."""
+        used = self.used(use.slice.module, use.slice.attr, use.slice.dim)
+        zero = torch.ones(n, dtype=torch.bool)
+        for ch, pos in channel_positions(cg, use, root):
+            zero[ch] &= ~used[pos].any(dim=1)
+        return zero
 
 
 def _present(cg: ChannelGraph, axis: Axis, root: int, n: int) -> Tensor:
@@ -149,7 +168,9 @@ def _present(cg: ChannelGraph, axis: Axis, root: int, n: int) -> Tensor:
     return present
 
 
-def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list[fx.Node | None]) -> dict[str, Tensor]:
+def _constant_channels(
+    cg: ChannelGraph, scans: _Scans, root: int, space: Space, carriers: list[fx.Node | None]
+) -> dict[str, Tensor]:
     """Node name -> bool ``(n,)``: channels of ``root`` that node outputs as an input-independent
     constant, *by construction* (never judged from recorded values, which can look constant
     by chance: a ReLU that happened to see only negatives).
@@ -176,7 +197,7 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
         if owner is not None and owner in weights:
             s = weights[owner]
             w = _param(cg, s.module, s.attr).movedim(s.dim, 0)
-            c = ~w.reshape(w.shape[0], -1).ne(0).any(dim=1) if w.numel() else torch.ones(n, dtype=torch.bool)
+            c = ~scans.used(s.module, s.attr, s.dim) if w.numel() else torch.ones(n, dtype=torch.bool)
             z = c.clone()
             if owner in biases:
                 z &= _param(cg, owner, "bias").movedim(biases[owner].dim, 0).eq(0)
@@ -189,7 +210,7 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
                 c &= (zero[a.name] if padded else const[a.name]) | ~_present(cg, cg.axes[a.name], root, n)
             z = _zero_out(cg, node, inputs, zero, root, n)
             if node.name in cg.free_operands:
-                z = _zero_with_free(cg, cg.free_operands[node.name], inputs, zero, root, n)
+                z = _zero_with_free(cg, scans, cg.free_operands[node.name], inputs, zero, root, n)
             if getattr(_rule(cg, node), "zero_bias_keeps_zero", False):
                 # a per-channel scale plus bias (a depthwise conv): zero in, zero bias, zero out
                 z = torch.zeros(n, dtype=torch.bool)
@@ -199,10 +220,10 @@ def _constant_channels(cg: ChannelGraph, root: int, space: Space, carriers: list
                         z &= zero[a.name] | ~_present(cg, cg.axes[a.name], root, n)
                     for use in space.passthrough:
                         if use.node == node.name and use.slice.attr == "bias":
-                            z &= _zero_channels(cg, use, root, n) | ~_present(cg, use.axis, root, n)
+                            z &= scans.zero_channels(cg, use, root, n) | ~_present(cg, use.axis, root, n)
             c |= z
         for use in kills.get(node.name, []):
-            c |= _zero_channels(cg, use, root, n) & _present(cg, use.axis, root, n)
+            c |= scans.zero_channels(cg, use, root, n) & _present(cg, use.axis, root, n)
         const[node.name] = c & carried
         zero[node.name] = z & carried
     return const
@@ -253,7 +274,13 @@ def _zero_out(
 
 
 def _zero_with_free(
-    cg: ChannelGraph, free: list[FreeOperand], inputs: list[fx.Node], zero: dict[str, Tensor], root: int, n: int
+    cg: ChannelGraph,
+    scans: _Scans,
+    free: list[FreeOperand],
+    inputs: list[fx.Node],
+    zero: dict[str, Tensor],
+    root: int,
+    n: int,
 ) -> Tensor:
     """Channels an op meeting free tensors (a layer scale, a position embedding) outputs as
     exactly zero: its channel operands' zeros combined with the tensors' zero entries as the
@@ -263,7 +290,7 @@ def _zero_with_free(
         operands &= zero[a.name] | ~_present(cg, cg.axes[a.name], root, n)
     out = operands.clone()
     for f in free:
-        entries = _zero_channels(cg, f.use, root, n) & _present(cg, f.use.axis, root, n)
+        entries = scans.zero_channels(cg, f.use, root, n) & _present(cg, f.use.axis, root, n)
         if f.combine is Combine.SUM:
             out &= entries
         elif f.combine is Combine.PRODUCT:
@@ -386,7 +413,8 @@ def decide(cg: ChannelGraph, round_to: int = 1, *, free_tensors: bool = False) -
     nodes = {n.name: n for n in cg.gm.graph.nodes}
     space_nodes = _nodes_by_space(cg, nodes)
     _decide_heads(cg, plan)
-    head_keep = _decide_attention_heads(cg, plan)
+    scans = _Scans(cg)
+    head_keep = _decide_attention_heads(cg, scans, plan)
     free = _free_uses(cg)
     for root in cg.table.roots():
         space = cg.table.get(root)
@@ -405,8 +433,8 @@ def decide(cg: ChannelGraph, round_to: int = 1, *, free_tensors: bool = False) -
             continue
         unread = torch.ones(n, dtype=torch.bool)
         for use in space.consumers:
-            unread &= _zero_channels(cg, use, root, n)
-        const = _constant_channels(cg, root, space, space_nodes.get(root, []))
+            unread &= scans.zero_channels(cg, use, root, n)
+        const = _constant_channels(cg, scans, root, space, space_nodes.get(root, []))
         dead = torch.ones(n, dtype=torch.bool)
         for use in space.consumers:  # constant where every consumer reads it
             x = layer_input(nodes[use.node])
@@ -418,7 +446,7 @@ def decide(cg: ChannelGraph, round_to: int = 1, *, free_tensors: bool = False) -
             ok, delta = _fold(cg, nodes, use, root, n, candidates)
             # a consumer that does not read a channel absorbs it whatever it holds (a padded
             # conv whose columns for a non-zero constant are zero)
-            foldable &= ok | _zero_channels(cg, use, root, n)
+            foldable &= ok | scans.zero_channels(cg, use, root, n)
             deltas[use.module] = delta
         remove = unread | (candidates & foldable)
         if remove.all() and not _zero_width_ok(cg, space, space_nodes.get(root, [])):
@@ -451,11 +479,11 @@ def _remove(plan: CompactionPlan, cg: ChannelGraph, space: Space, root: int, kee
             mask[pos[~keep_channels[ch]].reshape(-1)] = False
 
 
-def _decide_attention_heads(cg: ChannelGraph, plan: CompactionPlan) -> dict[int, Tensor]:
+def _decide_attention_heads(cg: ChannelGraph, scans: _Scans, plan: CompactionPlan) -> dict[int, Tensor]:
     """The heads of hand-written attention modules that go; returns the kept channels per space root."""
     keep: dict[int, Tensor] = {}
     for unit in cg.head_units:
-        decided = decide_heads(cg, unit, _zero_channels)
+        decided = decide_heads(cg, unit, scans.zero_channels)
         if decided is not None:
             plan.attention_heads[unit.module] = decided.key_value
             keep.update(decided.channels)

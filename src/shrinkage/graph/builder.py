@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from shrinkage.errors import ExampleInputError, UnsupportedModuleError
+from shrinkage.graph.outputs import output_tensors
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
 if TYPE_CHECKING:
@@ -44,7 +45,11 @@ class _Recorder(fx.Interpreter):
     maps a node to the input nodes it mutated, and ``mutated`` lists the nodes whose
     value changed after it was recorded. Values of the nodes in ``snapshot`` are copied
     when recorded, so they hold what the node's readers saw, not what a later in-place
-    op left behind.
+    op left behind. Without a ``snapshot``, the inputs of an op that says it works in
+    place (a method or function ending in ``_``, ``inplace=True``: a ReLU after a
+    BatchNorm) are copied just before it runs, while they still hold what was recorded;
+    ``snapped`` lists them, and only a mutation that this did not foresee needs the graph
+    recorded again (:attr:`unforeseen`).
     """
 
     def __init__(self, gm: fx.GraphModule, snapshot: frozenset[str] = frozenset()) -> None:
@@ -56,10 +61,16 @@ class _Recorder(fx.Interpreter):
         self.live: dict[str, Any] = {}  # the values themselves, as later ops left them
         self.result: Any = None  # what the graph returned
         self._versions: dict[str, tuple[int, ...]] = {}
+        self.snapped: set[str] = set()  # nodes whose value was copied before an in-place op changed it
 
     def run_node(self, n: fx.Node) -> Any:
         inputs = [a for a in n.all_input_nodes if a.name in self._versions]
         before = [_versions(self.live[a.name]) for a in inputs]
+        if not self.snapshot and _works_in_place(self.module, n):
+            for a, v in zip(inputs, before, strict=True):
+                if a.name not in self.snapped and v == self._versions[a.name]:  # still as recorded
+                    self.values[a.name] = _copied(self.live[a.name])
+                    self.snapped.add(a.name)
         try:
             out = super().run_node(n)
         except Exception as exc:  # a wrong shape or dtype of the example: name where it fails
@@ -79,6 +90,29 @@ class _Recorder(fx.Interpreter):
     def mutated(self) -> frozenset[str]:
         """Nodes whose value an op after them changed in place."""
         return frozenset(name for name, v in self._versions.items() if _versions(self.live[name]) != v)
+
+    @property
+    def unforeseen(self) -> frozenset[str]:
+        """Mutated nodes whose value was not copied before the change (a view of a tensor
+        changed in place, an op that does not say it works in place)."""
+        return self.mutated - self.snapped
+
+
+def _works_in_place(gm: nn.Module, n: fx.Node) -> bool:
+    """Does the op say it changes an input (``x.relu_()``, ``nn.ReLU(inplace=True)``,
+    ``F.relu(x, inplace=True)``)? A guess that only saves work: the version counters
+    still catch every mutation."""
+    if n.op == "call_module":
+        return getattr(gm.get_submodule(str(n.target)), "inplace", False) is True
+    if n.op == "call_method":
+        name = str(n.target)
+    elif n.op == "call_function":
+        if n.kwargs.get("inplace") is True:
+            return True
+        name = getattr(n.target, "__name__", "")
+    else:
+        return False
+    return name.endswith("_") and not name.endswith("__")
 
 
 def _tensors(value: Any) -> list[Tensor]:
@@ -145,9 +179,19 @@ class ChannelGraph:
     #: the model itself, where the capture reads its tensors by their names in it (torch.export);
     #: free tensors are sliced only then
     root: nn.Module | None = None
+    #: the model's output tensors on the example inputs in eval mode, where the capture ran
+    #: the model itself (torch.fx, to check its trace); compaction compares its result with them
+    model_outputs: list[Tensor] | None = None
+
+    #: name -> submodule of ``gm``, filled on first use (rules and plans look modules up by
+    #: name thousands of times; ``get_submodule`` walks the dotted path every time)
+    _by_name: dict[str, nn.Module] | None = field(default=None, init=False, repr=False, compare=False)
 
     def module(self, name: str) -> nn.Module:
-        return self.gm.get_submodule(name)
+        if self._by_name is None:
+            self._by_name = dict(self.gm.named_modules(remove_duplicate=False))
+        found = self._by_name.get(name)
+        return found if found is not None else self.gm.get_submodule(name)  # get_submodule names what is missing
 
 
 def qualified_name(module: str, attr: str) -> str:
@@ -445,12 +489,14 @@ def build_channel_graph(
         raise UnsupportedModuleError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     recorder = _record(model, gm, example_inputs)
-    _check_trace(model, example_inputs, recorder.result)
+    outputs = _check_trace(model, example_inputs, recorder.result)
     if recorder.mutations:
         resolve_in_place(gm, recorder)
-        if recorder.mutated:  # record again, keeping what each reader saw before the mutation
+        if recorder.unforeseen:  # record again, keeping what each reader saw before the mutation
             recorder = _record(model, gm, example_inputs, recorder.mutated)
-    return _find_spaces(gm, recorder.values, rules, allow_unknown, model)
+    cg = _find_spaces(gm, recorder.values, rules, allow_unknown, model)
+    cg.model_outputs = outputs
+    return cg
 
 
 def _record(
@@ -469,8 +515,9 @@ def _record(
     return recorder
 
 
-def _check_trace(model: nn.Module, example_inputs: tuple[Any, ...], traced: Any) -> None:
-    """Refuse a trace that computes something else than the model.
+def _check_trace(model: nn.Module, example_inputs: tuple[Any, ...], traced: Any) -> list[Tensor]:
+    """Refuse a trace that computes something else than the model; return the model's
+    output tensors (eval mode), which compaction compares its result with.
 
     Symbolic tracing can lose an effect: ``x += y`` on a tensor that another name still
     refers to mutates it in eager mode, but fx (whose proxies have no ``__iadd__``) records
@@ -486,7 +533,7 @@ def _check_trace(model: nn.Module, example_inputs: tuple[Any, ...], traced: Any)
     want = [t for t in torch.utils._pytree.tree_leaves(eager) if isinstance(t, Tensor)]
     got = [t for t in torch.utils._pytree.tree_leaves(traced) if isinstance(t, Tensor)]
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=True)):
-        return  # outputs this check cannot line up; the compacted model's own check still runs
+        return output_tensors(eager)  # outputs this check cannot line up; the compacted model's own check still runs
     for a, b in zip(want, got, strict=True):
         if a.numel() and a.is_floating_point():
             scale = max(float(a.abs().max()), 1.0)
@@ -495,6 +542,7 @@ def _check_trace(model: nn.Module, example_inputs: tuple[Any, ...], traced: Any)
                     f"the torch.fx trace of {type(model).__name__} computes other outputs than the model (an in-place "
                     "'x += y' on a tensor another name still refers to is traced out of place); write x.add_(y)"
                 )
+    return output_tensors(eager)
 
 
 def _find_spaces(

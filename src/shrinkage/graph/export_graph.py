@@ -24,6 +24,7 @@ from shrinkage.errors import ConfigError, UnsupportedModuleError
 from shrinkage.graph.attention_heads import find_head_units
 from shrinkage.graph.builder import ChannelGraph, GraphBuilder, RuleSet, _Recorder, node_args
 from shrinkage.graph.out_of_place import is_mutating, rewrite_out_of_place
+from shrinkage.graph.outputs import output_tensors
 from shrinkage.graph.spaces import Axis, Segment, Slice, SpaceTable, Use
 
 
@@ -281,17 +282,7 @@ class _TensorOutputs(nn.Module):
         self.model = model
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(_tensor_leaves(self.model(*args)))
-
-
-def _tensor_leaves(y: Any) -> list[torch.Tensor]:
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, dict):
-        return [t for v in y.values() for t in _tensor_leaves(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _tensor_leaves(v)]
-    return []
+        return tuple(output_tensors(self.model(*args)))
 
 
 def build_export_graph(

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.layers.compacted import uninitialized
+from shrinkage.nonzero import used_along
 
 if TYPE_CHECKING:
     from shrinkage.compact.attention_types import AttentionType
@@ -138,7 +139,7 @@ def _zero_heads(slices: tuple[HeadSlice, ...], heads: int) -> Tensor:
         return zero
     for s in slices:
         block = s.param.detach().index_select(s.dim, s.index.reshape(-1)).movedim(s.dim, 0)
-        zero &= ~block.reshape(heads, -1).ne(0).any(dim=1)
+        zero &= ~used_along(block.reshape(heads, -1), 0)
     return zero
 
 
