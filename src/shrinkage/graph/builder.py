@@ -586,9 +586,11 @@ def resolve_in_place(gm: fx.GraphModule, recorder: _Recorder) -> None:
     """
     nodes = {n.name: n for n in gm.graph.nodes}
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    changed = False
+    by_storage = _storage_index(recorder)
     for node in list(gm.graph.nodes):
         for name in recorder.mutations.get(node.name, []):
-            for alias in _aliases(recorder, nodes, order, nodes[name], node):
+            for alias in _aliases(recorder, nodes, order, nodes[name], node, by_storage):
                 later = [u for u in alias.users if order[u] > order[node]]
                 if not later:
                     continue
@@ -599,22 +601,37 @@ def resolve_in_place(gm: fx.GraphModule, recorder: _Recorder) -> None:
                     )
                 for user in later:
                     user.replace_input_with(alias, node)
-    gm.recompile()
+                    changed = True
+    if changed:  # regenerating the code costs as much as a small model's forward pass
+        gm.recompile()
 
 
 def _aliases(
-    recorder: _Recorder, nodes: dict[str, fx.Node], order: dict[fx.Node, int], target: fx.Node, at: fx.Node
+    recorder: _Recorder,
+    nodes: dict[str, fx.Node],
+    order: dict[fx.Node, int],
+    target: fx.Node,
+    at: fx.Node,
+    by_storage: dict[int, list[str]],
 ) -> list[fx.Node]:
-    """``target`` and every node recorded before ``at`` whose value shares its memory."""
+    """``target`` and every node recorded before ``at`` whose value shares its memory.
+    ``by_storage``: storage address -> the nodes whose values use it (:func:`_storage_index`)."""
     storages = {t.untyped_storage().data_ptr() for t in _tensors(recorder.live[target.name]) if t.numel()}
-    out = [target]
+    sharing = {name for ptr in storages for name in by_storage.get(ptr, [])}
+    return [target] + sorted(
+        (nodes[name] for name in sharing if nodes[name] is not target and order[nodes[name]] < order[at]),
+        key=order.__getitem__,
+    )
+
+
+def _storage_index(recorder: _Recorder) -> dict[int, list[str]]:
+    """Storage address -> the recorded nodes whose values use it (one pass instead of one
+    scan of every value per mutation)."""
+    index: dict[int, list[str]] = {}
     for name, value in recorder.live.items():
-        node = nodes[name]
-        if node is target or order[node] >= order[at]:
-            continue
-        if any(t.numel() and t.untyped_storage().data_ptr() in storages for t in _tensors(value)):
-            out.append(node)
-    return out
+        for ptr in {t.untyped_storage().data_ptr() for t in _tensors(value) if t.numel()}:
+            index.setdefault(ptr, []).append(name)
+    return index
 
 
 def _op_label(gm: fx.GraphModule, node: fx.Node) -> str:
