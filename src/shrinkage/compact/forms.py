@@ -19,7 +19,7 @@ attribute ``form_choice``; :func:`form_choices` collects them from a model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +50,9 @@ class FormContext:
     select_min_fraction: float = 0.05
     lower_min_fraction: float = 0.25
     round_to: int = 1
+    #: what the forms of this layer computed about a weight and may share (every conv
+    #: form asks which weight columns are used): ``(id(weight), version) -> answer``
+    shared: dict[tuple[int, int], Tensor] = field(default_factory=dict, compare=False, repr=False)
 
 
 class LayerForm(ABC):

@@ -25,7 +25,6 @@ from shrinkage.compact.forms import FormContext, LayerForm, register_form
 from shrinkage.compact.module_attrs import tensor_attr
 from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
-from shrinkage.nonzero import used_along
 
 
 def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
@@ -35,9 +34,22 @@ def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     )  # fmt: skip
 
 
-def _used_inputs(m: nn.Module) -> Tensor:
+def _column_use(m: nn.Module, ctx: FormContext) -> Tensor:
+    """Bool ``(inputs, *kernel)``: which columns of the weight some output reads (one pass
+    over the weight, shared by the forms of the layer through ``ctx``; a sum of absolute
+    values is zero exactly when every entry is, see :mod:`shrinkage.nonzero`)."""
+    weight = tensor_attr(m, "weight")  # the parameter itself: alive, so its id names it
+    key = (id(weight), weight._version)
+    if key not in ctx.shared:
+        w = weight.detach()
+        ctx.shared[key] = w.abs().sum(dim=0).ne(0) if w.is_floating_point() else w.ne(0).any(dim=0)
+    return ctx.shared[key]
+
+
+def _used_inputs(m: nn.Module, ctx: FormContext) -> Tensor:
     """Bool ``(inputs,)``: which input channels / features some weight reads."""
-    return used_along(tensor_attr(m, "weight"), 1)
+    columns = _column_use(m, ctx)
+    return columns.flatten(1).any(dim=1) if columns.dim() > 1 else columns
 
 
 def _rounded(used: Tensor, round_to: int) -> Tensor:
@@ -52,7 +64,7 @@ def _rounded(used: Tensor, round_to: int) -> Tensor:
 
 def _selection(m: nn.Module, ctx: FormContext) -> Tensor | None:
     """The inputs to keep when selecting pays (some, not all, unused beyond the threshold)."""
-    used = _used_inputs(m)
+    used = _used_inputs(m, ctx)
     if not used.any() or used.all() or (~used).float().mean() < ctx.select_min_fraction:
         return None
     idx = _rounded(used, ctx.round_to)
@@ -112,8 +124,7 @@ class CroppedKernel(LayerForm):
     def build(self, subject: nn.Module, ctx: FormContext) -> nn.Module | None:
         if not _plain_conv(subject):
             return None
-        w = subject.weight
-        taps = used_along(w.flatten(2), 2).reshape(w.shape[2:])  # (kh, kw): used by some filter and input
+        taps = _column_use(subject, ctx).any(dim=0)  # (kh, kw): used by some filter and input
         if not taps.any():
             return None
         rows, cols = _border(taps.any(dim=1)), _border(taps.any(dim=0))
@@ -137,7 +148,7 @@ class LoweredGemm(LayerForm):
         if not _plain_conv(subject):
             return None
         w = subject.weight.detach()
-        cols_used = used_along(w.reshape(w.shape[0], -1), 1)
+        cols_used = _column_use(subject, ctx).reshape(-1)
         per_channel = cols_used.reshape(w.shape[1], -1)
         whole_channels_only = bool((per_channel.all(dim=1) | ~per_channel.any(dim=1)).all())
         if not cols_used.any() or whole_channels_only or (~cols_used).float().mean() < ctx.lower_min_fraction:
