@@ -56,26 +56,30 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def _built(cls: type[M], tensors: dict[str, Tensor | None], *args: object, **kwargs: object) -> M:
-    """``cls(*args, **kwargs)`` whose parameters are ``tensors`` (new tensors no other module
-    holds; None for an absent bias). Built on the meta device, so nothing is allocated or
-    initialized only to be overwritten: about half the cost of building a layer this size
-    and copying the weights in, which compaction does for every layer."""
+    """``cls(*args, **kwargs)`` whose parameters and buffers are ``tensors`` (new tensors no
+    other module holds; None for an absent bias). Built on the meta device, so nothing is
+    allocated or initialized only to be overwritten: about half the cost of building a
+    layer this size and copying the weights in, which compaction does for every layer."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
         new = cls(*args, device="meta", **kwargs)
     for name, value in tensors.items():
-        old = new._parameters[name]
+        old = new._parameters[name] if name in new._parameters else new._buffers[name]
         if value is None:
             assert old is None, name  # built without it
             continue
         assert old is not None and old.shape == value.shape, name  # the layer was built for this shape
-        new._parameters[name] = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
+        if name in new._parameters:
+            new._parameters[name] = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
+        else:
+            new._buffers[name] = value.to(old.dtype)
     left = [n for n, t in (*new.named_parameters(), *new.named_buffers()) if t.is_meta]
     assert not left, f"{cls.__name__}: {left} not given"  # every tensor of the layer comes from the original
     return new
 
 
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, ZeroWidthConv)
+_PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def shrink_conv(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
@@ -132,10 +136,18 @@ def shrink_batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     idx = _idx(keep, 0, int_attr(m, "num_features"))
     if len(idx) == 0:
         return nn.Identity()  # normalizing no channels is the identity on an empty tensor
+    tensors = {name: t.detach().index_select(0, idx) for name, t in _per_channel(m)}
+    dtypes = {t.dtype for t in tensors.values()}
+    if type(m) in _PLAIN_NORMS and len(dtypes) == 1:  # a new instance: the cheap way for the common case
+        bn = cast(nn.modules.batchnorm._BatchNorm, m)
+        if bn.num_batches_tracked is not None:
+            tensors["num_batches_tracked"] = bn.num_batches_tracked.detach().clone()
+        return _built(type(m), dict(tensors), len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                      track_running_stats=bn.track_running_stats, dtype=dtypes.pop())  # fmt: skip
     # a sliced copy, not a new instance: a subclass (timm's BatchNormAct2d, which also
     # applies an activation) keeps its type, its other attributes and children, and the
     # original's device and dtype (a float64 model stays float64)
-    return sliced_copy(m, {name: t.detach()[idx] for name, t in _per_channel(m)}, num_features=len(idx))
+    return sliced_copy(m, tensors, num_features=len(idx))
 
 
 def _per_channel(m: nn.Module) -> list[tuple[str, Tensor]]:
