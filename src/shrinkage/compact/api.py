@@ -108,11 +108,16 @@ def _plan_forms(
             continue
         layer = _compacted_layer(model, name, plan)
         weight = getattr(layer, "weight", None)
-        if not forms_for(layer) or (isinstance(weight, Tensor) and weight.numel() == 0):
-            continue  # a removed branch's layer (a ZeroWidthConv, a Linear of nothing): one form only
-        chosen = choose_form(layer, x, options.form_context(name), policy, device)
+        chosen = None
+        if forms_for(layer) and not (isinstance(weight, Tensor) and weight.numel() == 0):
+            # (a removed branch's layer, a ZeroWidthConv or a Linear of nothing, has one form only)
+            chosen = choose_form(layer, x, options.form_context(name), policy, device)
         if chosen is not None:
             plan.layers[name], plan.forms[name] = chosen
+        elif any(not bool(mask.all()) for (owner, _), mask in plan.keep.items() if owner == name):
+            # the plain form, shrunk already: apply_plan takes it. (An unshrunk layer is a
+            # deep copy of its own, which would untie a weight shared with another module.)
+            plan.built[name] = layer
 
 
 def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
@@ -121,7 +126,9 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
     for (name, dim), mask in plan.keep.items():
         per_module.setdefault(name, {})[dim] = mask
     shrunk = {name for name, keep in per_module.items() if not all(bool(m.all()) for m in keep.values())}
-    new = _copy_except(model, shrunk | set(plan.heads) | set(plan.layers))
+    # layers built while planning (shrunk, bias folded) go into this model as they are, once
+    built, plan.built = plan.built, {}
+    new = _copy_except(model, shrunk | set(plan.heads) | set(plan.layers) | set(built))
     slice_free_tensors(new, plan.free_tensors)  # their owners are not layer types: copied above, never replaced
     aliases = _other_names(model)
 
@@ -130,10 +137,12 @@ def apply_plan(model: nn.Module, plan: CompactionPlan) -> nn.Module:
         for each in (name, *aliases.get(name, ())):
             _set_submodule(root, each, module)
 
-    for name in shrunk - set(plan.layers):
+    for name, layer in built.items():
+        set_submodule(new, name, layer.train(model.get_submodule(name).training))
+    for name in shrunk - set(plan.layers) - set(built):
         set_submodule(new, name, shrink(name, new.get_submodule(name), per_module[name]))
     for name, delta in plan.bias_delta.items():
-        if name in plan.layers:
+        if name in plan.layers or name in built:
             continue  # its chosen form was built from the layer with the bias folded in
         out_mask = plan.keep.get((name, 0))
         add_bias(new.get_submodule(name), delta[out_mask] if out_mask is not None else delta)

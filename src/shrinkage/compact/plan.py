@@ -99,6 +99,9 @@ class CompactionPlan:
     attention_heads: dict[str, Tensor] = field(default_factory=dict)
     forms: dict[str, FormChoice] = field(default_factory=dict)  # layer -> its form choice
     layers: dict[str, nn.Module] = field(default_factory=dict)  # layer -> the chosen layer
+    #: layer -> its plain compacted form, built while choosing forms (shrunk, bias folded);
+    #: handed to the first :func:`~shrinkage.compact.api.apply_plan`, which builds the others
+    built: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     spaces: list[dict[str, Any]] = field(default_factory=list)
     capture: Capture = Capture.FX  # the capture that produced the graph
     #: (module, attr) of a free tensor (a layer scale, a position embedding, a class token
