@@ -351,31 +351,3 @@ def test_a_registered_form_is_offered_and_checked(monkeypatch) -> None:
     register_form(nn.Linear, _DoubledForm(exact=False))  # same label: replaces the exact one
     with pytest.raises(ShrinkageError, match="form 'doubled' of layer 'fc1'"):
         shrinkage.compact(model, (torch.randn(3, 6),), CompactOptions(choose_by=Prefer("doubled")))
-
-
-@pytest.mark.parametrize(("stride", "dilation", "padding"), [(1, 1, 1), (2, 1, 0), (1, 2, 2), (3, 1, 2)])
-def test_lowered_conv_equals_the_conv_on_every_input_size_layout_and_path(
-    stride: int, dilation: int, padding: int
-) -> None:
-    """Its gather positions are cached for the last input size: another size, a
-    channels_last input, other columns loaded from a state dict and the path for inputs
-    too large to index all give the conv's output."""
-    gen = torch.Generator().manual_seed(3)
-    conv = nn.Conv2d(5, 7, 3, stride=stride, dilation=dilation, padding=padding)
-    columns = torch.randperm(5 * 9, generator=gen)[:17].sort().values
-    with torch.no_grad():
-        flat = conv.weight.view(7, -1)
-        flat[:, [c for c in range(45) if c not in set(columns.tolist())]] = 0
-    lowered = LoweredConv2d(conv, columns)
-    with torch.no_grad():
-        for size in (11, 16, 11):
-            x = torch.randn(3, 5, size, size + 2, generator=gen)
-            torch.testing.assert_close(lowered(x), conv(x), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(lowered(x.to(memory_format=torch.channels_last)), conv(x), atol=1e-5, rtol=1e-5)
-        other = torch.randperm(5 * 9, generator=gen)[:17].sort().values  # as many, other ones
-        conv2 = nn.Conv2d(5, 7, 3, stride=stride, dilation=dilation, padding=padding)
-        conv2.weight.view(7, -1)[:, [c for c in range(45) if c not in set(other.tolist())]] = 0
-        lowered.load_state_dict(LoweredConv2d(conv2, other).state_dict())  # the cached positions must go
-        torch.testing.assert_close(lowered(x), conv2(x), atol=1e-5, rtol=1e-5)
-        lowered.MAX_INDEX = 0  # the element-wise gather over the windows view
-        torch.testing.assert_close(lowered(x), conv2(x), atol=1e-5, rtol=1e-5)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -100,16 +100,7 @@ class LoweredConv2d(nn.Module):
     triples are gathered from it in one pass, so neither the full ``(N, C*kh*kw, L)``
     unfold nor a second copy of its kept rows is made. The GEMM's inner dimension is
     ``k``: exactly the saving SSL's shape-wise sparsity promises.
-
-    The gather is one ``index_select`` of each sample's flattened input at precomputed
-    positions (``k * OH * OW`` of them, cached for the last input size): indexing the
-    windows view with the three index tensors does the same element by element and took
-    about twice as long at batch 16 on AlexNet's conv3 (1 thread). Inputs so large that
-    the index would pass :attr:`MAX_INDEX` entries take that slower path instead.
     """
-
-    #: most gather positions cached (int64 each: 128 MiB)
-    MAX_INDEX = 1 << 24
 
     def __init__(self, conv: nn.Conv2d, columns: Tensor) -> None:
         super().__init__()
@@ -126,7 +117,6 @@ class LoweredConv2d(nn.Module):
         # so not saved, and recomputed when a state dict brings other columns
         for name in ("_channel", "_row", "_col"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
-        self._gather: tuple[tuple[object, ...], Tensor] | None = None  # (input size, device) -> positions
         self._split_columns()
         self.register_load_state_dict_post_hook(_resplit_after_load)
 
@@ -134,26 +124,6 @@ class LoweredConv2d(nn.Module):
         kh, kw = self.kernel_size
         cols = self.columns
         self._channel, self._row, self._col = cols // (kh * kw), (cols // kw) % kh, cols % kw
-        self._gather = None
-
-    def _positions(self, c: int, h: int, w: int, oh: int, ow: int, device: torch.device) -> Tensor:
-        """Where each kept im2col entry sits in a contiguous ``(C, h, w)`` (padded) sample:
-        ``(k * OH * OW,)``, row-major over (kept column, output position)."""
-        key = (c, h, w, device)
-        # no caching while torch.compile / torch.export trace: the tensor would be a fake one
-        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-        if not tracing and self._gather is not None and self._gather[0] == key:
-            return self._gather[1]
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        cols = cast(Tensor, self.columns).to(device)  # a buffer
-        channel, row, col = cols // (kh * kw), (cols // kw) % kh, cols % kw
-        kept = channel * (h * w) + row * (dh * w) + col * dw  # top-left of each column's window
-        out_y = torch.arange(oh, device=device) * (sh * w)
-        out_x = torch.arange(ow, device=device) * sw
-        index = (kept[:, None] + (out_y[:, None] + out_x[None, :]).reshape(1, -1)).reshape(-1)
-        if not tracing:
-            self._gather = (key, index)
-        return index
 
     def forward(self, x: Tensor) -> Tensor:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
@@ -161,15 +131,10 @@ class LoweredConv2d(nn.Module):
             x = F.pad(x, (pw, pw, ph, ph))
         n, c, h, w = x.shape
         oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-        k = self.columns.numel()
-        if k * oh * ow <= self.MAX_INDEX:
-            index = self._positions(c, h, w, oh, ow, x.device)
-            cols = x.contiguous().reshape(n, c * h * w).index_select(1, index)  # (N, k * L): kept im2col rows
-        else:
-            s_n, s_c, s_h, s_w = x.stride()
-            windows = x.as_strided((n, c, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
-            cols = windows[:, self._channel, self._row, self._col]  # (N, k, OH, OW)
-        out = torch.matmul(self.weight, cols.reshape(n, k, oh * ow))  # (N, out, L)
+        s_n, s_c, s_h, s_w = x.stride()
+        windows = x.as_strided((n, c, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+        cols = windows[:, self._channel, self._row, self._col]  # (N, k, OH, OW): the kept rows of im2col
+        out = torch.matmul(self.weight, cols.reshape(n, -1, oh * ow))  # (N, out, L)
         if self.bias is not None:
             out = out + self.bias.unsqueeze(1)
         return out.reshape(n, self.out_channels, oh, ow)
