@@ -284,7 +284,7 @@ def from_torch_pruning(data: dict[str, Any], stem: str) -> dict[str, Any]:
         "params": data["size"]["pruned"]["params"], "dense_params": data["size"]["dense"]["params"],
         "macs": data["size"]["pruned"]["macs_per_image"], "dense_macs": data["size"]["dense"]["macs_per_image"],
         "params_fraction": data["achieved"]["params"], "macs_fraction": data["achieved"]["macs"],
-        "epochs": (data["sparse_training"]["epochs"] if sparse else 20) + fine["epochs"],
+        "epochs": (data["sparse_training"]["recipe"]["epochs"] if sparse else 20) + fine["epochs"],
         "train_time_s": round(sum(v for k, v in data["time_s"].items() if k != "total"), 1),
         "train_time_note": "pruning and recovery" + (" after sparse training" if sparse else ""),
         "dataset": TITLE, "model": "resnet20", "command": data["command"], "source": f"{stem}.json",

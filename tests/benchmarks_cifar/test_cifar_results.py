@@ -40,3 +40,16 @@ def test_a_rerun_row_loses_its_old_timing(tmp_path: Path) -> None:
     # a timing file from before digests were kept times nothing
     old = {k: v for k, v in latency.items() if k != "models"}
     assert all(r["speedup"]["1"] is None for r in b.summarize(rows, b.timed_now(rows, old, tmp_path))["rows"])
+
+
+def test_torch_pruning_rows_count_the_epochs_of_their_own_recipe() -> None:
+    """Read from the files benchmarks/cifar_torch_pruning.py wrote (committed results): the
+    sparse-training row trained for its recipe's epochs, the others start from the 20-epoch
+    baseline; both add their recovery epochs."""
+    b = bench()
+    results = Path(__file__).resolve().parents[2] / "results" / "cifar10"
+    rows = {r["method"]: r for r in b.load_rows(results) if str(r["method"]).startswith("tp_")}
+    sparse, plain = rows["tp_group_norm_sl50"], rows["tp_group_norm50"]
+    assert sparse["epochs"] == 18 + 2 and plain["epochs"] == 20 + 2
+    assert "after its sparse training" in sparse["label"] and "sparse" not in plain["label"]
+    assert sparse["accuracy_selected"] > 0.5 and 0 < sparse["macs_fraction"] <= 0.5
