@@ -68,6 +68,7 @@ from zoo_models import (  # next to this script
 import shrinkage
 from shrinkage.compact import ByMacs, CompactOptions, max_output_difference
 from shrinkage.errors import ShrinkageError
+from shrinkage.graph.outputs import output_tensors
 from shrinkage.io import write_json
 
 try:  # the capture compaction itself uses (torch.export or torch.fx), where this version has it
@@ -125,18 +126,8 @@ def scale_of(model: nn.Module, inputs: tuple[Any, ...]) -> float:
     """Largest output magnitude (random BatchNorm statistics make logits of any size)."""
     with torch.no_grad():
         out = model(*inputs)
-    leaves = [t for t in _leaves(out) if t.is_floating_point() and t.numel()]
+    leaves = [t for t in output_tensors(out) if t.is_floating_point() and t.numel()]
     return max([float(t.abs().max()) for t in leaves] + [1.0])
-
-
-def _leaves(y: Any) -> list[torch.Tensor]:
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, dict):
-        return [t for v in y.values() for t in _leaves(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _leaves(v)]
-    return []
 
 
 class _CaptureNote(logging.Handler):
