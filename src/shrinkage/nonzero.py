@@ -15,17 +15,20 @@ from __future__ import annotations
 from torch import Tensor
 
 
+def any_nonzero(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Bool, ``t`` reduced over ``dims``: whether any entry there is non-zero."""
+    t = t.detach()
+    if not dims:
+        return t.ne(0)
+    if not t.is_floating_point() and not t.is_complex():
+        return t.ne(0).any(dim=dims)  # integer or bool tensors: rare and small
+    return t.abs().sum(dim=dims).ne(0)
+
+
 def used_along(t: Tensor, dim: int) -> Tensor:
     """Bool ``(t.shape[dim],)``: the positions along ``dim`` whose slice of ``t`` has a non-zero."""
     dim = dim % t.dim() if t.dim() else 0
-    others = tuple(d for d in range(t.dim()) if d != dim)
-    t = t.detach()
-    if not others:
-        return t.ne(0)
-    if not t.is_floating_point() and not t.is_complex():
-        return t.ne(0).any(dim=others)  # integer or bool tensors: rare and small
-    return t.abs().sum(dim=others).ne(0)
-
+    return any_nonzero(t, tuple(d for d in range(t.dim()) if d != dim))
 
 
 def used_rows_and_columns(t: Tensor) -> tuple[Tensor, Tensor]:

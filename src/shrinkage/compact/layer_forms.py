@@ -25,6 +25,7 @@ from shrinkage.compact.forms import FormContext, LayerForm, register_form
 from shrinkage.compact.module_attrs import tensor_attr
 from shrinkage.compact.surgery import shrink
 from shrinkage.layers import CroppedConv2d, LoweredConv2d, SelectInputs
+from shrinkage.nonzero import any_nonzero
 
 
 def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
@@ -36,13 +37,11 @@ def _plain_conv(m: nn.Module) -> TypeGuard[nn.Conv2d]:
 
 def _column_use(m: nn.Module, ctx: FormContext) -> Tensor:
     """Bool ``(inputs, *kernel)``: which columns of the weight some output reads (one pass
-    over the weight, shared by the forms of the layer through ``ctx``; a sum of absolute
-    values is zero exactly when every entry is, see :mod:`shrinkage.nonzero`)."""
+    over the weight, shared by the forms of the layer through ``ctx``)."""
     weight = tensor_attr(m, "weight")  # the parameter itself: alive, so its id names it
     key = (id(weight), weight._version)
     if key not in ctx.shared:
-        w = weight.detach()
-        ctx.shared[key] = w.abs().sum(dim=0).ne(0) if w.is_floating_point() else w.ne(0).any(dim=0)
+        ctx.shared[key] = any_nonzero(weight, (0,))
     return ctx.shared[key]
 
 
