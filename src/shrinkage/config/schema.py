@@ -248,3 +248,15 @@ class RunConfig:
         non_empty("out_dir", self.out_dir)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise FieldError("device", f"must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.target is not None and self.target.select_after_epochs is not None:
+            self._check_early_selection(self.target.select_after_epochs)
+
+    def _check_early_selection(self, epoch: int) -> None:
+        key = "target.select_after_epochs"
+        if epoch >= self.train.epochs:
+            raise FieldError(key, f"must be below train.epochs ({self.train.epochs}) to leave epochs "
+                                  f"to train the pruned model, got {epoch}")  # fmt: skip
+        if self.regularization.rules:
+            # a penalty would fight the mask on the groups it holds, and a nuclear-norm run selects by factorizing
+            raise FieldError(key, "early selection prunes a plainly trained model; "
+                                  "remove regularization.rules or this key")  # fmt: skip

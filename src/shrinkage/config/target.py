@@ -8,6 +8,7 @@ parameters and/or latency relative to the dense model) and fine-tuned::
       round_to: 8           # kept channel counts are multiples of 8 (pruning only)
       importance: taylor    # pruning ranks groups by loss change measured on training batches
       penalize: weakest     # the budget controller's group Lasso acts on the groups it will remove only
+      select_after_epochs: 4   # prune after 4 training epochs, train the rest with the removed weights at zero
       recalibrate_batches: 32   # BatchNorm statistics re-estimated on 32 training batches after selection
       finetune_epochs: 3
       distill_weight: 0.5   # half of the loss from the dense model as teacher
@@ -69,6 +70,9 @@ class TargetConfig:
     factorization ranks are not rounded). ``importance``: how pruning estimates the damage
     of removing a group (:class:`PruneImportance`). ``penalize``: which groups the budget
     controller's group Lasso acts on while training (:class:`PenalizedGroups`).
+    ``select_after_epochs``: prune to the budget after this many epochs of the training
+    phase and train the remaining ones with the removed weights held at zero
+    (:mod:`shrinkage.train.early`; plain training only, None: select after training).
     ``recalibrate_batches``: training batches (no augmentation) on which BatchNorm
     statistics are re-estimated right after selection (0: keep the dense model's). Recovery:
     ``finetune_epochs`` of SGD at ``finetune_lr`` (default: the run's fine-tuning, else training, learning rate), with
@@ -83,6 +87,7 @@ class TargetConfig:
     round_to: int = 1
     importance: PruneImportance = PruneImportance.TAYLOR
     penalize: PenalizedGroups = PenalizedGroups.ALL
+    select_after_epochs: int | None = None
     recalibrate_batches: int = 32
     finetune_epochs: int = 0
     finetune_lr: float | None = None
@@ -99,6 +104,8 @@ class TargetConfig:
             raise FieldError("macs", "a target needs at least one of macs, params, latency_ms")
         count("batch_size", self.batch_size, minimum=1, maximum=MAX_LATENCY_BATCH_SIZE)
         count("round_to", self.round_to, minimum=1, maximum=MAX_ROUND_TO)
+        if self.select_after_epochs is not None:
+            count("select_after_epochs", self.select_after_epochs, minimum=1, maximum=MAX_EPOCHS)
         count("recalibrate_batches", self.recalibrate_batches, maximum=MAX_RECALIBRATE_BATCHES)
         count("finetune_epochs", self.finetune_epochs, maximum=MAX_EPOCHS)
         if self.finetune_lr is not None:

@@ -253,8 +253,11 @@ def _baseline(run_dir: Path, config: RunConfig) -> dict[str, Any]:
 
 def _epochs(config: RunConfig, target: TargetConfig) -> dict[str, Any]:
     dense = {"train": config.train.epochs, "finetune": config.finetune.epochs}
-    return {"dense_run": dense, "recovery": target.finetune_epochs,
-            "total": dense["train"] + dense["finetune"] + target.finetune_epochs}  # fmt: skip
+    epochs = {"dense_run": dense, "recovery": target.finetune_epochs,
+              "total": dense["train"] + dense["finetune"] + target.finetune_epochs}  # fmt: skip
+    if target.select_after_epochs is not None:  # the "dense" model was pruned during training
+        epochs["selected_after"] = target.select_after_epochs
+    return epochs
 
 
 def compress(

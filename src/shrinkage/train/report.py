@@ -218,8 +218,10 @@ def target_markdown(result: dict[str, Any], level: int = 2) -> str:
         lines.append(f"| {_metric_name(key, budget)} | {target} | {'–' if got is None else f'{got:.4g}'} | {met} |")
     acc = result.get("accuracy", {})
     epochs = result.get("epochs", {})
+    early = epochs.get("selected_after")
+    trained = "dense" if early is None else f"trained (pruned to the budget after epoch {early})"
     lines += ["", f"| accuracy (full test set, {acc.get('n', '?')} images) | |", "|---|---|",
-              f"| dense | {_percent(acc.get('dense'))} |", f"| after selection | {_percent(acc.get('selected'))} |",
+              f"| {trained} | {_percent(acc.get('dense'))} |", f"| after selection | {_percent(acc.get('selected'))} |",
               f"| after fine-tuning ({epochs.get('recovery', 0)} epochs) | {_percent(acc.get('finetuned'))} |"]
     base = result.get("baseline")
     if base:

@@ -34,6 +34,8 @@ from shrinkage.metrics import evaluate
 from shrinkage.optim import Regularizer, ThresholdPolicy
 from shrinkage.optim.controller import BudgetController, ControllerConfig, attach_controller
 from shrinkage.train import distributed
+from shrinkage.train.compaction import example_inputs
+from shrinkage.train.early import EarlySelection
 from shrinkage.train.history import structure_stats, term_labels, write_metrics
 from shrinkage.train.phases import Phase, PhaseRuntime, plan_phases
 
@@ -137,6 +139,7 @@ class Trainer:
         reg = config.regularization
         threshold = ThresholdPolicy(reg.min_lr_fraction, reg.truncate_at_end)
         self.phases = plan_phases(config, model, self.regularizer, self.controller, threshold)
+        self.early = self._early_selection(config, model, train_set, test_set)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.rows: list[dict[str, Any]] = []
         self._last_good: str | None = None
@@ -155,6 +158,13 @@ class Trainer:
         example = train_set.images[:1].clone()
         control = ControllerConfig(focus=target.penalize is PenalizedGroups.WEAKEST)
         return attach_controller(self.regularizer, model, (example,), target.macs, control, total_steps=steps)
+
+    @staticmethod
+    def _early_selection(config: RunConfig, model: nn.Module, train_set: ImageDataset,
+                         test_set: ImageDataset) -> EarlySelection | None:  # fmt: skip
+        if config.target is None or config.target.select_after_epochs is None:
+            return None
+        return EarlySelection(config, model, train_set, example_inputs(test_set.images))
 
     @property
     def checkpoint_path(self) -> Path:
@@ -201,6 +211,8 @@ class Trainer:
         train_loss = self._train_epoch(network, phase, runtime, epoch)
         if epoch == phase.epochs and runtime.at_end is not None:
             runtime.at_end()
+        if self.early is not None and self.early.due(index, epoch):
+            self.early.select_()
         if runtime.scheduler is not None:
             runtime.scheduler.step()
         self._check_replicas(phase.name, epoch)
@@ -220,6 +232,8 @@ class Trainer:
             "time_s": round(time.perf_counter() - started, 3),
             **structure_stats(self.regularizer, self.labels),
         }
+        if self.early is not None:
+            row["held_at_zero"] = self.early.mask.zero_count if self.early.mask is not None else 0
         self.rows.append(row)
         if self.world.is_main:
             log.info(
@@ -262,6 +276,8 @@ class Trainer:
                 runtime.optimizer.step()
                 if runtime.after_step is not None:
                     runtime.after_step()
+                if self.early is not None:
+                    self.early.after_step()
                 loss_sum += global_loss * labels.shape[0]
                 seen += labels.shape[0]
                 bar.update()
@@ -301,6 +317,7 @@ class Trainer:
             "runtime": runtime.state_dict() if runtime is not None else None,
             "rng": rng,
             "rows": self.rows,
+            "early_selection": self.early.state() if self.early is not None else None,
         }
         # a full disk or a directory gone read-only mid-run: one line, and the last checkpoint stays intact
         with reporting_write_errors("checkpoint", self.checkpoint_path):
@@ -330,6 +347,8 @@ class Trainer:
         self.generator.set_state(state["rng"]["generator"])
         self._restore_rng(state["rng"])
         self.rows = list(state["rows"])
+        if self.early is not None:
+            self.early.restore(state.get("early_selection"))
         self._last_good = f"phase '{state['phase']}', epoch {state['epoch']}"
         if state["finished"]:
             log.info("%s: training already complete (%d epochs)", self.run_dir, len(self.rows))
