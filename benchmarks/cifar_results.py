@@ -30,6 +30,9 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   rows were recorded before it); ``prune50norm`` the same pruning ranked by group norms instead of the Taylor estimate
   (an ablation of the damage estimate); ``prune50kd`` the same pruning with its 2 epochs
   of recovery distilled from the dense baseline (weight 0.5, temperature 4);
+- ``prune50early``: the baseline's config and schedule with the pruning of ``prune50``
+  done after epoch 4 of the 20 (``target.select_after_epochs``), the removed weights held
+  at zero for the other 16: the same 20 epochs as the baseline, no recovery epochs;
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
   ``results/cifar10/torch_pruning-*.json`` and read from there.
 
@@ -139,6 +142,10 @@ ROWS = (
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method prune --importance norm --out runs/cifar/{run}", 0.5),
+    Row("prune50early", "plain training, shrinkage prune (Taylor) to 50% MACs after epoch 4, zeros held to epoch 20",
+        "target", "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--set target.macs=0.5 --set target.select_after_epochs=4 --set target.recalibrate_batches=0 "
+        "--out runs/cifar/{run}", 0.5),
     Row("svd50", "plain + SVD to 50% MACs + 2 epochs", "target",
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
