@@ -17,7 +17,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
-METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus")
+METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus",
+                "ssl@conv", "ssl+focus@conv")
 LABELS = {
     "baseline": "baseline (plain, E+F epochs)",
     "plain+svd": "plain + SVD (ranks under the budget)",
@@ -27,6 +28,8 @@ LABELS = {
     "plain+prune": "plain + pruning (coupled channels)",
     "ssl": "SSL, coupled group Lasso, strength by the budget controller",
     "ssl+focus": "SSL, group Lasso on the weakest groups only (focus), strength by the budget controller",
+    "ssl@conv": "SSL, coupled group Lasso, controller to a budget of the **conv** MACs",
+    "ssl+focus@conv": "SSL, focus, controller to a budget of the **conv** MACs",
 }
 
 

@@ -18,11 +18,14 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   ``plain+svd@nuclear-ranks`` (the plain model cut to the ranks the nuclear run chose),
   and ``ssl`` (coupled group Lasso whose strength a controller drives to the budget
   during training, then the exact selection), ``ssl+focus`` (the same, the group Lasso
-  acting only on the weakest groups the budget needs: ``target.penalize: weakest``); each
+  acting only on the weakest groups the budget needs: ``target.penalize: weakest``);
+  ``ssl@conv`` and ``ssl+focus@conv`` the same two with the budget counting the conv
+  layers' MACs only (``target.macs_of: [Conv2d]``, as the SSL paper reports LeNet) and
+  the group Lasso on the conv layers only; each
   reported right after selection and
   after ``F`` epochs of fine-tuning (the removed structures held at zero).
 
-MACs are whole-model (conv MACs are reported beside them), accuracy is on the full test
+MACs are whole-model (conv MACs are reported beside them; the ``@conv`` rows' budget is the conv MACs), accuracy is on the full test
 set; every row carries the date it was recorded, and a file its reruns' commands. One JSON per (dataset, model, seed) goes to results/budget/; run
 ``python benchmarks/budget_report.py`` to aggregate seeds (mean ± std), draw the charts
 and refresh the README table.
@@ -78,6 +81,8 @@ ROWS_OF = {
     "nuclear+sgl": ("nuclear+sgl",),
     "ssl": ("ssl",),
     "ssl-focus": ("ssl+focus",),
+    "ssl-conv": ("ssl@conv",),
+    "ssl-focus-conv": ("ssl+focus@conv",),
 }
 TRAININGS = frozenset(ROWS_OF)
 log = logging.getLogger("budget_results")
@@ -212,6 +217,9 @@ class Bench:
         count = count_macs(baseline, self.example)
         self.dense_macs, self.dense_params = count.total, count_parameters(baseline)
         self.dense_conv_macs = sum(v for k, v in count.per_operator.items() if "convolution" in k)
+        # a conv-MAC budget penalizes the convolutions only, as the SSL paper's LeNet runs do: a
+        # fully connected neuron saves no conv MAC, and its penalty would only cost accuracy
+        convs = ", ".join(n for n in self.layers if isinstance(baseline.get_submodule(n), nn.Conv2d))
         if "baseline" in trainings:
             self.record("baseline", None, self.accuracy(baseline), baseline, t_base, 0.0)
         # the plain model is the start of the after-the-fact rows and of the nuclear run's ranks
@@ -236,13 +244,19 @@ class Bench:
                 pruned = shrinkage.prune(plain, self.example, Budget(macs=budget))
                 self.select_and_recover("plain+prune", budget, pruned.compact, t_plain, pruned.model,
                                         pruned.zero_mask())  # fmt: skip
-            for training, method, penalize in (("ssl", "ssl", "all"), ("ssl-focus", "ssl+focus", "weakest")):
+            for training, method, penalize, conv_only in (
+                ("ssl", "ssl", "all", False), ("ssl-focus", "ssl+focus", "weakest", False),
+                ("ssl-conv", "ssl@conv", "all", True), ("ssl-focus-conv", "ssl+focus@conv", "weakest", True),
+            ):  # fmt: skip
                 if training not in trainings:
                     continue
-                ssl, t_ssl = self.train(f"{training}-{budget}", _SSL.format(layers=layers), self.epochs,
-                                        (f"target.macs={budget}", f"target.penalize={penalize}"))  # fmt: skip
+                scope = ("target.macs_of=[Conv2d]",) if conv_only else ()
+                ssl, t_ssl = self.train(f"{training}-{budget}", _SSL.format(layers=convs if conv_only else layers),
+                                        self.epochs,
+                                        (f"target.macs={budget}", f"target.penalize={penalize}", *scope))  # fmt: skip
                 zeroed = _zero_fraction(ssl, self.example, self.dense_macs)
-                pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget))
+                macs_of = (nn.Conv2d,) if conv_only else None
+                pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget, macs_of=macs_of))
                 self.select_and_recover(method, budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
                                         macs_zeroed_by_training=zeroed)  # fmt: skip
         return {"dataset": self.dataset, "model": self.model_name, "seed": self.seed, "rows": self.rows}

@@ -185,7 +185,8 @@ class Run:
 
 
 def _start(
-    kind: str, strength: float, steps: int = STEPS, config: ControllerConfig = CONFIG, seed: int = 0, every: int = 1
+    kind: str, strength: float, steps: int = STEPS, config: ControllerConfig = CONFIG, seed: int = 0, every: int = 1,
+    macs_of: tuple[type[nn.Module], ...] | None = None, budget_override: float | None = None,
 ) -> Run:
     case = CASES[kind]
     teacher = Teacher(case.build, case.shape, seed)
@@ -193,9 +194,10 @@ def _start(
     model = case.build()
     example = torch.randn((1, *case.shape), generator=torch.Generator().manual_seed(seed + 300))
     budget = case.budget if isinstance(case.budget, float) else case.budget(model, example)
+    budget = budget_override if budget_override is not None else budget
     regularizer = Regularizer(model, [dataclasses.replace(rule, every=every) for rule in case.rules(strength)])
     optimizer = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), regularizer)
-    attach_controller(regularizer, model, example, Budget(macs=budget), config, steps)
+    attach_controller(regularizer, model, example, Budget(macs=budget, macs_of=macs_of), config, steps)
     return Run(model, regularizer, optimizer, example, budget, teacher, torch.Generator().manual_seed(seed + 1))
 
 
@@ -331,6 +333,49 @@ def test_zero_groups_stay_zero_when_the_strength_drops_and_grow_back_without_the
 
 
 # ------------------------------------------------------------------ the cheap estimate
+
+
+@pytest.mark.parametrize("start", ["100x too small", "100x too large"])
+@pytest.mark.parametrize("kind", ["filters", "coupled", "nuclear"])
+def test_controller_lands_on_a_budget_of_the_conv_layers_macs(kind: str, start: str) -> None:
+    # a quarter of the convolutions' MACs, whatever the fully connected layers cost
+    factor = 0.01 if start == "100x too small" else 100.0
+    run = _start(kind, CASES[kind].nominal * factor, macs_of=(nn.Conv2d,), budget_override=0.25)
+    _train(run, STEPS)
+    convs = ("conv1", "conv2")
+    exact = ExactMacEstimator(run.regularizer, run.model, (run.example,), convs).estimate(run.model)
+    assert exact == pytest.approx(0.25, abs=0.02)
+    controller = run.regularizer.controller
+    assert controller is not None and controller.estimate() == pytest.approx(exact, abs=0.02)
+    dense = count_macs(conv_net(), run.example).per_module
+    assert controller.estimator.dense == dense["conv1"] + dense["conv2"] < dense[""]  # the scope reached it
+
+
+@pytest.mark.parametrize("kind", ["filters", "channels", "shapes", "coupled", "nuclear"])
+def test_structure_estimate_of_the_conv_layers_macs_matches_compaction(kind: str) -> None:
+    case = CASES[kind]
+    torch.manual_seed(0)
+    model = case.build().eval()
+    regularizer = Regularizer(model, case.rules(0.1))
+    example = torch.randn((1, *case.shape))
+    convs = ("conv1", "conv2")
+    cheap = StructureMacEstimator(regularizer, model, (example,), convs)
+    exact = ExactMacEstimator(regularizer, model, (example,), convs)
+    dense = count_macs(model, example).per_module
+    assert cheap.dense == dense["conv1"] + dense["conv2"]
+    g = torch.Generator().manual_seed(1)
+    for fraction in (0.2, 0.5, 0.8):
+        with torch.no_grad():
+            for term in regularizer.terms:
+                m = term.grouping.gather().clone()
+                if kind == "nuclear":
+                    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+                    s[round(len(s) * (1 - fraction)) :] = 0
+                    m = (u * s) @ vh
+                else:
+                    m[torch.rand(m.shape[0], generator=g) < fraction] = 0
+                term.grouping.scatter_(m)
+        assert cheap.estimate() == pytest.approx(exact.estimate(model), abs=0.01)
 
 
 @pytest.mark.parametrize("kind", list(CASES))

@@ -257,7 +257,8 @@ def test_compress_command_with_a_baseline(dense_run: Path, tmp_path: Path, capsy
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--target", "mac=0.25"], "error: --target: unknown key 'mac' (known: macs, params, latency_ms, batch_size)"),
+        (["--target", "mac=0.25"],
+         "error: --target: unknown key 'mac' (known: macs, macs_of, params, latency_ms, batch_size)"),
         (["--target", "macs=abc"], "error: --target macs=abc: 'abc' is not a number"),
         (["--target", "macs=1.5"], "error: --target: budget macs must be a fraction in (0, 1]"),
         (["--target", "batch_size=2.5"], "error: --target batch_size=2.5: '2.5' is not an integer"),

@@ -50,9 +50,10 @@ def ranks_under_budget(
     found = candidate_layers(model, layers)
     if not found:
         raise BudgetError(f"factorize: {type(model).__name__} has no Conv2d/Linear layer to factorize under {budget}")
-    per_module = count_macs(model, example).per_module if example is not None else {}
-    totals = Totals(float(count_macs(model, example).total) if example is not None else 0.0,
-                    float(count_parameters(model)))  # fmt: skip
+    # a scoped budget (Budget.macs_of): layers outside it save nothing that counts, so stay dense
+    counted = count_macs(model, example, budget.mac_layers(model)) if example is not None else None
+    per_module = counted.per_module if counted is not None else {}
+    totals = Totals(float(counted.total) if counted is not None else 0.0, float(count_parameters(model)))
     spectra = []
     for name, m in found.items():
         w = m.weight.detach().reshape(m.weight.shape[0], -1).double()

@@ -83,6 +83,7 @@ class PruneResult:
         """JSON-serializable: target and achieved side by side, what was removed."""
         return {
             "budget": self.budget.targets(),
+            "macs_of": self.budget.scope(),
             "achieved": {"macs": self.achieved.macs, "params": self.achieved.params,
                          "latency_ms": self.achieved.latency_ms},  # fmt: skip
             "side_by_side": self.achieved.side_by_side(self.budget),
@@ -110,8 +111,13 @@ class _Search:
         self.options = options
         self.round_to = round_to
         self.original = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
-        self.dense_macs = count_macs(self.work, example_inputs)
+        #: the MACs a scoped budget counts (``Budget.macs_of``), by the dense model's names
+        self.mac_layers = budget.mac_layers(self.work)
+        self.dense_macs = count_macs(self.work, example_inputs, self.mac_layers)
         self.dense_params = count_parameters(self.work)
+        if self.mac_layers is not None and self.dense_macs.total == 0:
+            raise BudgetError(f"budget macs_of={budget.scope()}: those layers of {type(model).__name__} "
+                              "compute no MACs on the example inputs")  # fmt: skip
         # the capture compact() uses too, so every unit found here is one compaction removes
         self.graph = capture_channel_graph(
             self.work, example_inputs, options.capture, leaf_modules=options.leaf_modules,
@@ -196,7 +202,7 @@ class _Search:
         self.evaluations += 1
         # the capture above, reused: the zero patterns change the weights, not the graph
         small = compact(self.work, self.example, self.options, graph=self.graph)
-        macs = count_macs(small, self.example).total / max(1, self.dense_macs.total)
+        macs = count_macs(small, self.example, self.mac_layers).total / max(1, self.dense_macs.total)
         params = count_parameters(small) / max(1, self.dense_params)
         latency = None
         if self.budget.latency_ms is not None:

@@ -76,7 +76,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                      help="with --config: override a config value, e.g. --set train.seed=1 (repeatable)")
     cmd.add_argument("--target", action="append", required=True, metavar="KEY=VALUE",
                      help="a budget: macs=0.25 or params=0.1 (fractions of the dense model), latency_ms=5 "
-                     "(at batch_size=N, default 1); repeatable, every target must hold")
+                     "(at batch_size=N, default 1), macs_of=Conv2d (macs counts those layers' MACs only); "
+                     "repeatable, every target must hold")
     cmd.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="recovery epochs (default 0)")
     cmd.add_argument("--lr", type=float, help="recovery learning rate (default: the run's fine-tuning, else its lr)")
     cmd.add_argument("--distill", type=float, default=0.0, metavar="W",
@@ -160,7 +161,8 @@ def _report(args: argparse.Namespace, command: str) -> int:
 
 
 #: --target keys and the type of their values (the fields of shrinkage.Budget)
-_BUDGET_KEYS: dict[str, type] = {"macs": float, "params": float, "latency_ms": float, "batch_size": int}
+_BUDGET_KEYS: dict[str, type] = {"macs": float, "macs_of": tuple, "params": float, "latency_ms": float,
+                                 "batch_size": int}
 #: TargetConfig fields set by compress flags, for errors that name the flag
 _RECOVERY_FLAGS = {"finetune_epochs": "--finetune-epochs", "finetune_lr": "--lr", "distill_weight": "--distill",
                    "temperature": "--temperature", "round_to": "--round-to",
@@ -173,10 +175,12 @@ def _given(**flags: object) -> dict[str, object]:
 
 
 def parse_budget(items: Sequence[str]) -> Budget:
-    """``["macs=0.25", "params=0.1"]`` -> ``Budget(macs=0.25, params=0.1)``; one-line errors."""
+    """``["macs=0.25", "params=0.1"]`` -> ``Budget(macs=0.25, params=0.1)``; ``macs_of=Conv2d``
+    counts the MACs of those layer types only; one-line errors."""
     from shrinkage.budget import Budget
+    from shrinkage.config.modules import MODULE_TYPES
 
-    values: dict[str, float | int] = {}
+    values: dict[str, object] = {}
     for item in items:
         key, sep, text = (part.strip() for part in item.partition("="))
         if not sep:
@@ -185,6 +189,14 @@ def parse_budget(items: Sequence[str]) -> Budget:
             raise ConfigError(f"--target: unknown key '{key}' (known: {', '.join(_BUDGET_KEYS)})")
         if key in values:
             raise ConfigError(f"--target: '{key}' is given twice")
+        if key == "macs_of":  # layer type names, e.g. Conv2d or Conv2d,Linear
+            names = [name.strip() for name in text.split(",")]
+            unknown = [name for name in names if name not in MODULE_TYPES]
+            if unknown:
+                raise ConfigError(f"--target {item}: unknown layer type '{unknown[0]}' "
+                                  f"(known: {', '.join(MODULE_TYPES)})")  # fmt: skip
+            values[key] = tuple(MODULE_TYPES[name] for name in names)
+            continue
         kind = _BUDGET_KEYS[key]
         try:
             values[key] = kind(text)

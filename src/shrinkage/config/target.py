@@ -5,6 +5,7 @@ parameters and/or latency relative to the dense model) and fine-tuned::
 
     target:
       macs: 0.25            # at most a quarter of the dense model's multiply-accumulates
+      macs_of: [Conv2d]     # optional: count the MACs of these layer types only (as SSL reports conv MACs)
       round_to: 8           # kept channel counts are multiples of 8 (pruning only)
       importance: taylor    # pruning ranks groups by loss change measured on training batches
       penalize: weakest     # the budget controller's group Lasso acts on the groups it will remove only
@@ -24,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from torch import nn
+
 from shrinkage.budget.spec import Budget
 from shrinkage.config.fields import (
     MAX_EPOCHS,
@@ -33,6 +36,7 @@ from shrinkage.config.fields import (
     in_range,
     positive,
 )
+from shrinkage.config.modules import MODULE_TYPES
 from shrinkage.config.regularization import NuclearNormConfig, RegularizationConfig
 
 #: a channel multiple beyond this is no hardware width anyone asks for: a typo
@@ -64,7 +68,9 @@ class PenalizedGroups(Enum):
 class TargetConfig:
     """A budget (fractions of the dense model; every given one must hold) plus recovery.
 
-    ``macs`` / ``params``: fractions in (0, 1] of the dense model's. ``latency_ms``:
+    ``macs`` / ``params``: fractions in (0, 1] of the dense model's; ``macs_of``: names of
+    layer types (:data:`shrinkage.config.modules.MODULE_TYPES`) whose MACs alone ``macs``
+    counts (empty: every MAC). ``latency_ms``:
     milliseconds per forward pass of ``batch_size`` images on the run's device.
     ``round_to``: kept channel counts are rounded up to a multiple of it (pruning only;
     factorization ranks are not rounded). ``importance``: how pruning estimates the damage
@@ -81,6 +87,7 @@ class TargetConfig:
     """
 
     macs: float | None = None
+    macs_of: tuple[str, ...] = ()
     params: float | None = None
     latency_ms: float | None = None
     batch_size: int = 1
@@ -98,6 +105,12 @@ class TargetConfig:
         for key in ("macs", "params"):
             if getattr(self, key) is not None:
                 in_range(key, getattr(self, key), 0.0, 1.0, low_open=True, high_open=False)
+        if self.macs_of:
+            if self.macs is None:
+                raise FieldError("macs_of", "needs macs (it says which MACs macs counts)")
+            for name in self.macs_of:
+                if name not in MODULE_TYPES:
+                    raise FieldError("macs_of", f"unknown layer type {name!r} (known: {', '.join(MODULE_TYPES)})")
         if self.latency_ms is not None:
             positive("latency_ms", self.latency_ms)
         if self.macs is None and self.params is None and self.latency_ms is None:
@@ -115,12 +128,22 @@ class TargetConfig:
 
     def budget(self) -> Budget:
         """The targets as a :class:`shrinkage.Budget` (what the selection functions take)."""
-        return Budget(macs=self.macs, params=self.params, latency_ms=self.latency_ms, batch_size=self.batch_size)
+        return Budget(macs=self.macs, params=self.params, latency_ms=self.latency_ms, batch_size=self.batch_size,
+                      macs_of=self.mac_types())  # fmt: skip
+
+    def mac_types(self) -> tuple[type[nn.Module], ...] | None:
+        """The ``macs_of`` classes (None: every MAC counts)."""
+        return tuple(MODULE_TYPES[name] for name in self.macs_of) or None
 
     @classmethod
     def of_budget(cls, budget: Budget, **recovery: object) -> TargetConfig:
         """A target with ``budget``'s values and the given recovery settings (the CLI's way in)."""
-        return cls(macs=budget.macs, params=budget.params, latency_ms=budget.latency_ms,
+        macs_of = tuple(t.__name__ for t in budget.macs_of or ())
+        unknown = [name for name, t in zip(macs_of, budget.macs_of or (), strict=True)
+                   if MODULE_TYPES.get(name) is not t]  # fmt: skip
+        if unknown:
+            raise FieldError("macs_of", f"a target names layer types a config can name, not {unknown[0]!r}")
+        return cls(macs=budget.macs, macs_of=macs_of, params=budget.params, latency_ms=budget.latency_ms,
                    batch_size=budget.batch_size, **recovery)  # type: ignore[arg-type]
 
 

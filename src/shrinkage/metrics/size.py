@@ -8,6 +8,7 @@ grouped convs, plain matmuls) is counted by the same rules as the dense model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +79,21 @@ def _cpu_attention_flops(query: Any, key: Any, value: Any, *args: Any, out_shape
 _ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
-def count_macs(model: nn.Module, example_inputs: tuple[object, ...] | Tensor) -> MacCount:
+def count_macs(
+    model: nn.Module, example_inputs: tuple[object, ...] | Tensor, layers: Collection[str] | None = None
+) -> MacCount:
     """Count the MACs of ``model(*example_inputs)``.
 
     The pass runs under ``torch.no_grad()`` in eval mode (so BatchNorm/Dropout take
     their inference path); each submodule's training flag is restored afterwards.
     A lone tensor is accepted as a one-element tuple. The counts depend on the input
     shape, batch size included.
+
+    ``layers``: count only the MACs computed inside the modules of these names (and their
+    submodules); a name the model no longer has counts 0. Containers then hold the sum of
+    the named modules inside them, the root the scoped total. Names, not types, so that a
+    layer compaction replaced (a conv lowered to a GEMM, factorized into two) still
+    counts under the name the dense model gave it (:meth:`shrinkage.Budget.mac_layers`).
     """
     require_module(model, "count_macs")
     if isinstance(example_inputs, Tensor):
@@ -106,7 +115,7 @@ def count_macs(model: nn.Module, example_inputs: tuple[object, ...] | Tensor) ->
     flops = counter.get_flop_counts()
     # The flop counter names the root module after its class; named_modules() calls it "".
     root = type(model).__name__
-    per_module: dict[str, int] = {}
+    by_module: dict[str, dict[Any, int]] = {}
     for name, by_op in flops.items():
         if name == "Global":
             continue
@@ -114,10 +123,40 @@ def count_macs(model: nn.Module, example_inputs: tuple[object, ...] | Tensor) ->
         if stripped is None:
             log.debug("count_macs: skipping flop entry %r outside the model", name)
             continue
-        per_module[stripped] = sum(by_op.values()) // _FLOPS_PER_MAC
+        by_module[stripped] = dict(by_op)
+    if layers is not None:
+        return _scoped(by_module, layers)
+    per_module = {name: sum(by_op.values()) // _FLOPS_PER_MAC for name, by_op in by_module.items()}
     per_operator = {
         str(op): value // _FLOPS_PER_MAC for op, value in flops.get("Global", {}).items()
     }
     total = counter.get_total_flops() // _FLOPS_PER_MAC
     log.debug("count_macs: %s -> %d MACs", root, total)
+    return MacCount(total=total, per_module=per_module, per_operator=per_operator)
+
+
+def _inside(name: str, scope: str) -> bool:
+    """``name`` is the module ``scope`` or one of its submodules (``""`` is the root)."""
+    return scope == "" or name == scope or name.startswith(scope + ".")
+
+
+def _scoped(by_module: dict[str, dict[Any, int]], layers: Collection[str]) -> MacCount:
+    """The counts of :func:`count_macs` restricted to the modules named in ``layers``."""
+    names = set(layers)
+    # a named module inside another named one is already in that one's inclusive count
+    outer = sorted(n for n in names if not any(o != n and _inside(n, o) for o in names))
+    counted = [n for n in outer if n in by_module]
+    per_module: dict[str, int] = {}
+    for name, by_op in by_module.items():
+        if any(_inside(name, s) for s in counted):  # inside the scope: all of it counts
+            per_module[name] = sum(by_op.values()) // _FLOPS_PER_MAC
+        else:  # a container of scoped modules (or of none): their sum
+            inner = sum(sum(by_module[s].values()) for s in counted if _inside(s, name))
+            if inner:
+                per_module[name] = inner // _FLOPS_PER_MAC
+    per_operator: dict[str, int] = {}
+    for scope in counted:
+        for op, value in by_module[scope].items():
+            per_operator[str(op)] = per_operator.get(str(op), 0) + value // _FLOPS_PER_MAC
+    total = sum(sum(by_module[s].values()) for s in counted) // _FLOPS_PER_MAC
     return MacCount(total=total, per_module=per_module, per_operator=per_operator)

@@ -342,13 +342,21 @@ class BudgetController:
 
 
 def _cost_weights(regularizer: Regularizer, estimator: StructureMacEstimator) -> dict[int, float]:
-    """Per rule, the mean MACs of its groups over the geometric mean across rules."""
+    """Per rule, the mean MACs of its groups over the geometric mean across rules.
+
+    A rule whose groups save no MAC the budget counts (a fully connected layer under a
+    budget of the conv layers' MACs) keeps its configured strength (weight 1) and stays out
+    of the mean: a near-zero cost there would inflate every other rule's weight without bound.
+    """
     per_rule: dict[int, list[float]] = {}
     for term, cost in zip(regularizer.terms, estimator.group_costs(), strict=True):
         per_rule.setdefault(term.rule, []).append(cost)
-    means = {r: max(sum(c) / len(c), 1e-12) for r, c in per_rule.items()}
-    center = math.exp(sum(math.log(m) for m in means.values()) / len(means))
-    return {r: m / center for r, m in means.items()}
+    means = {r: sum(c) / len(c) for r, c in per_rule.items()}
+    costed = [m for m in means.values() if m > 0]
+    if not costed:
+        return dict.fromkeys(means, 1.0)
+    center = math.exp(sum(math.log(m) for m in costed) / len(costed))
+    return {r: m / center if m > 0 else 1.0 for r, m in means.items()}
 
 
 def attach_controller(
@@ -359,8 +367,9 @@ def attach_controller(
     config: ControllerConfig | None = None,
     total_steps: int = 1,
 ) -> BudgetController:
-    """Build a controller that trains ``model`` towards ``budget`` (its ``macs``, or a
-    fraction) in ``total_steps`` optimizer steps, and attach it to ``regularizer``: a
+    """Build a controller that trains ``model`` towards ``budget`` (its ``macs``, counted on
+    its ``macs_of`` layers if it has a scope; or a fraction of every MAC) in ``total_steps``
+    optimizer steps, and attach it to ``regularizer``: a
     :class:`ProximalOptimizer` over that regularizer then runs it at every step.
 
     Every term needs a MAC estimate (the SSL group kinds, coupled channels, heads, or a
@@ -372,11 +381,13 @@ def attach_controller(
     if not regularizer.terms:
         raise ConfigError("controller: the regularizer has no terms to adapt")
     example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    estimator = StructureMacEstimator(regularizer, model, example)
-    exact = ExactMacEstimator(regularizer, model, example) if config.exact_every else None
+    layers = budget.mac_layers(model) if isinstance(budget, Budget) else None  # a scoped budget's MACs
+    estimator = StructureMacEstimator(regularizer, model, example, layers)
+    exact = ExactMacEstimator(regularizer, model, example, layers) if config.exact_every else None
     controller = BudgetController(regularizer, model, fraction, config, total_steps, estimator, exact)
     regularizer.controller = controller
-    log.info("budget controller: MACs to %.3g of dense over %d steps (%s)", fraction, total_steps, config)
+    scope = f" (the {budget.scope()} layers')" if isinstance(budget, Budget) and budget.scope() else ""
+    log.info("budget controller: MACs%s to %.3g of dense over %d steps (%s)", scope, fraction, total_steps, config)
     return controller
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 import torch
@@ -70,8 +70,11 @@ class StructureMacEstimator(MacEstimator):
     summaries can be extrapolated (:class:`shrinkage.optim.forecast.Forecast`).
     """
 
-    def __init__(self, regularizer: Regularizer, model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
-        counted = count_macs(model, example_inputs)
+    def __init__(self, regularizer: Regularizer, model: nn.Module, example_inputs: tuple[Any, ...],
+                 layers: Collection[str] | None = None) -> None:  # fmt: skip
+        # layers: only these modules' MACs count (a scoped budget); every layer's cost is
+        # then its MACs inside them, so a saving elsewhere estimates as none
+        counted = count_macs(model, example_inputs, layers)
         if counted.total <= 0:
             raise ConfigError("the model performs no counted MACs on the example inputs; nothing to budget")
         self.dense = float(counted.total)
@@ -208,9 +211,11 @@ class ExactMacEstimator(MacEstimator):
     """Compacts a copy of the model, factorizes its nuclear-norm layers at their current
     rank and counts its MACs against the dense count (what compaction would really give)."""
 
-    def __init__(self, regularizer: Regularizer, model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    def __init__(self, regularizer: Regularizer, model: nn.Module, example_inputs: tuple[Any, ...],
+                 layers: Collection[str] | None = None) -> None:  # fmt: skip
         self.example_inputs = example_inputs
-        self.dense = float(count_macs(model, example_inputs).total)
+        self.layers = layers  # counted by the dense model's names: compaction keeps them
+        self.dense = float(count_macs(model, example_inputs, layers).total)
         self.low_rank = sorted({t.grouping.label for t in regularizer.terms if isinstance(t.penalty, NuclearNorm)})
 
     @torch.no_grad()
@@ -226,7 +231,7 @@ class ExactMacEstimator(MacEstimator):
                 energy[layer] = _energy_for_rank(cast(Tensor, small.get_submodule(layer).weight))
         if energy:
             small = factorize(small, energy, layers=sorted(energy))
-        return count_macs(small, self.example_inputs).total / self.dense
+        return count_macs(small, self.example_inputs, self.layers).total / self.dense
 
 
 def _factorable(model: nn.Module, name: str) -> str | None:

@@ -104,7 +104,10 @@ class Factorization:
 
 def _rescaled(budget: Budget, dense: nn.Module, compact: nn.Module, example: Tensor) -> Budget | None:
     """``budget`` (fractions of ``dense``) as fractions of ``compact``; None if ``compact`` meets it."""
-    dense_macs, compact_macs = count_macs(dense, (example,)).total, count_macs(compact, (example,)).total
+    budget = budget.pinned_to(dense)
+    layers = budget.mac_layers(dense)
+    dense_macs = count_macs(dense, (example,), layers).total
+    compact_macs = count_macs(compact, (example,), layers).total
 
     def part(target: float | None, of_dense: float, of_compact: float) -> float | None:
         return None if target is None or target * of_dense >= of_compact else target * of_dense / of_compact
@@ -113,7 +116,8 @@ def _rescaled(budget: Budget, dense: nn.Module, compact: nn.Module, example: Ten
     params = part(budget.params, count_parameters(dense), count_parameters(compact))
     if macs is None and params is None and budget.latency_ms is None:
         return None
-    return Budget(macs=macs, params=params, latency_ms=budget.latency_ms, batch_size=budget.batch_size)
+    return Budget(macs=macs, params=params, latency_ms=budget.latency_ms, batch_size=budget.batch_size,
+                  macs_in=budget.macs_in if macs is not None else None)  # fmt: skip
 
 
 def calibration_batches(
@@ -158,6 +162,8 @@ def default_out_dir(run_dir: str | Path, budget: Budget) -> Path:
     if not run.name:  # "." or "/": name the directory after where it really is
         run = run.resolve()
     parts = [f"{key}{value:g}" for key, value in budget.targets().items()]
+    if budget.macs_of is not None:  # runs/x-macs0.1-of-Conv2d: another budget than runs/x-macs0.1
+        parts.insert(1, "of-" + "+".join(t.__name__ for t in budget.macs_of))
     if budget.latency_ms is not None and budget.batch_size != 1:
         parts.append(f"batch{budget.batch_size}")
     return run.with_name(f"{run.name}-{'-'.join(parts)}")
@@ -215,8 +221,9 @@ def _accuracy(model: nn.Module, test: ImageDataset, config: RunConfig) -> float:
 
 
 def measure(final: nn.Module, dense: nn.Module, example: Tensor, budget: Budget) -> tuple[Achieved, dict[str, Any]]:
-    """``final`` against ``dense``: MAC and parameter fractions (exact), latency when the
-    budget has one (timed at its batch size); plus the absolute counts per image."""
+    """``final`` against ``dense``: MAC and parameter fractions (exact; the MACs of the
+    budget's layers when it has a scope), latency when the budget has one (timed at its
+    batch size); plus the absolute counts per image (all MACs, and the scoped ones)."""
     n = example.shape[0]
     dense_macs, final_macs = count_macs(dense, (example,)).total, count_macs(final, (example,)).total
     dense_params, final_params = count_parameters(dense), count_parameters(final)
@@ -224,6 +231,12 @@ def measure(final: nn.Module, dense: nn.Module, example: Tensor, budget: Budget)
         "dense": {"macs_per_image": dense_macs // n, "params": dense_params},
         "final": {"macs_per_image": final_macs // n, "params": final_params},
     }
+    layers = budget.pinned_to(dense).mac_layers(dense)
+    if layers is not None:
+        dense_macs = count_macs(dense, (example,), layers).total
+        final_macs = count_macs(final, (example,), layers).total
+        sizes["dense"]["scoped_macs_per_image"] = dense_macs // n
+        sizes["final"]["scoped_macs_per_image"] = final_macs // n
     if budget.latency_ms is not None:
         x = torch.zeros((budget.batch_size, *example.shape[1:]), dtype=example.dtype, device=example.device)
         latency = measure_latency(final, x).median_ms
@@ -289,8 +302,8 @@ def compress(
     base = _baseline(Path(baseline), config) if baseline is not None else None
     if target.distill_weight > 0 and target.finetune_epochs == 0:
         log.warning("distill_weight %g has no effect without finetune_epochs", target.distill_weight)
-    budget = target.budget()
     dense.eval()
+    budget = target.budget().pinned_to(dense)  # a scoped budget counts the dense model's layers by name
     example = example_inputs(test.images)
     selector = selection_for(config, dense, chosen, tuple(example.shape[1:]), train)
     log.info("compressing %s to %s by %s", config.name, budget, chosen.value)
@@ -321,7 +334,7 @@ def compress(
     result: dict[str, Any] = {
         "name": config.name,
         "settings": settings,
-        "budget": {**budget.targets(), "batch_size": budget.batch_size},
+        "budget": {**budget.targets(), "batch_size": budget.batch_size, "macs_of": budget.scope()},
         "side_by_side": achieved.side_by_side(budget),
         "achieved": {"macs": achieved.macs, "params": achieved.params, "latency_ms": achieved.latency_ms},
         "met": achieved.meets(budget),

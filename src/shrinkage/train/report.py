@@ -196,6 +196,8 @@ def _percent(value: Any) -> str:
 def _metric_name(key: str, budget: dict[str, Any]) -> str:
     if key == "latency_ms":
         return f"latency, batch {budget.get('batch_size', 1)} (ms)"
+    if key == "macs" and budget.get("macs_of"):
+        return f"MACs of the {budget['macs_of']} layers (fraction of dense)"
     return _METRICS.get(key, key)
 
 

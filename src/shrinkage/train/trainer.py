@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from shrinkage.budget import Budget
 from shrinkage.config import Mode, PenalizedGroups, RunConfig, resolve_rule, resolve_rules, to_dict
 from shrinkage.data import ImageDataset, batches, get_dataset_spec
 from shrinkage.errors import ConfigError, TrainingError
@@ -157,7 +158,8 @@ class Trainer:
         steps = config.train.epochs * math.ceil(len(train_set) / config.data.batch_size)
         example = train_set.images[:1].clone()
         control = ControllerConfig(focus=target.penalize is PenalizedGroups.WEAKEST)
-        return attach_controller(self.regularizer, model, (example,), target.macs, control, total_steps=steps)
+        budget = Budget(macs=target.macs, macs_of=target.mac_types())  # the controller drives MACs only
+        return attach_controller(self.regularizer, model, (example,), budget, control, total_steps=steps)
 
     @staticmethod
     def _early_selection(config: RunConfig, model: nn.Module, train_set: ImageDataset,
