@@ -18,7 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
 METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus",
-                "ssl@conv", "ssl+focus@conv")
+                "ssl@conv", "ssl+focus@conv", "plain+svd@params", "plain+prune@params", "nuclear@params",
+                "nuclear+sgl@params")
 LABELS = {
     "baseline": "baseline (plain, E+F epochs)",
     "plain+svd": "plain + SVD (ranks under the budget)",
@@ -30,6 +31,10 @@ LABELS = {
     "ssl+focus": "SSL, group Lasso on the weakest groups only (focus), strength by the budget controller",
     "ssl@conv": "SSL, coupled group Lasso, controller to a budget of the **conv** MACs",
     "ssl+focus@conv": "SSL, focus, controller to a budget of the **conv** MACs",
+    "plain+svd@params": "plain + SVD to a **parameter** budget",
+    "plain+prune@params": "plain + pruning to a **parameter** budget",
+    "nuclear@params": "compression-aware: nuclear norm, factorized to a **parameter** budget",
+    "nuclear+sgl@params": "compression-aware: nuclear + sparse group Lasso, factorized to a **parameter** budget",
 }
 
 
@@ -57,7 +62,8 @@ def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
         rows = []
         for (method, budget), rs in groups.items():
             rows.append({
-                "method": method, "label": LABELS.get(method, method), "budget_macs": budget, "seeds": sorted(r["seed"] for r in rs),
+                "method": method, "label": LABELS.get(method, method), "budget_macs": budget,
+                "budget_params": rs[0].get("budget_params"), "seeds": sorted(r["seed"] for r in rs),
                 "error": _stats([1 - r["accuracy"] for r in rs]),
                 "error_selected": _stats([1 - r["accuracy_selected"] for r in rs]),
                 "drop": _stats([baseline[r["seed"]] - r["accuracy"] for r in rs if r["seed"] in baseline]),
@@ -66,8 +72,10 @@ def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
                 "epochs": rs[0]["epochs"], "finetune_epochs": rs[0]["finetune_epochs"],
                 "dates": sorted(r["date"] for r in rs if r["date"]),
             })  # fmt: skip
-        rows.sort(key=lambda r: (r["budget_macs"] is not None, -(r["budget_macs"] or 0), METHOD_ORDER.index(r["method"])
-                                 if r["method"] in METHOD_ORDER else 99))  # fmt: skip
+        # the baseline, then MAC budgets from the largest, then parameter budgets
+        rows.sort(key=lambda r: (0 if r["method"] == "baseline" else 2 if r.get("budget_params") else 1,
+                                 -(r["budget_macs"] or r.get("budget_params") or 0),
+                                 METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99))  # fmt: skip
         first = runs[0]
         meta = {k: first.get(k) for k in ("machine", "torch", "device", "epochs", "finetune_epochs", "limit_train")}
         meta["commands"] = sorted({f["command"] for f in runs} | {r["command"] for f in runs for r in f.get("reruns", [])})
@@ -135,11 +143,15 @@ def table(summary: dict[str, Any]) -> str:
             f"fine-tuning after selection; the baseline trains E + F; full test set; "
             f"torch {meta['torch']} on {meta['machine'].get('gpu') or 'the CPU'})",
             "",
-            "| method | MAC budget | MACs | params | conv MACs | error after selection | error after fine-tuning | drop vs baseline (points) |",
+            "| method | budget | MACs | params | conv MACs | error after selection | error after fine-tuning | drop vs baseline (points) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in data["rows"]:
-            budget = "–" if r["budget_macs"] is None else f"{100 * r['budget_macs']:.0f}%"
+            budget = ("–" if r["budget_macs"] is None else f"{100 * r['budget_macs']:.0f}%")
+            if r.get("budget_params"):
+                budget = f"params {100 * r['budget_params']:.0f}%"
+            elif r["method"].endswith("@conv"):
+                budget = f"conv {budget}"
             lines.append(f"| {r['label']} | {budget} | {_pm(r['macs'])}% | {_pm(r['params'])}% | {_pm(r['conv_macs'])}% "
                          f"| {_pm(r['error_selected'])}% | {_pm(r['error'])}% | {_pm(r['drop'])} |")  # fmt: skip
         lines += ["", *_verdicts(data["rows"]), "", "Produced by: " + "; ".join(f"`{c}`" for c in meta["commands"])]
@@ -158,12 +170,15 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """Does training-time compression beat compressing afterwards (plain training + SVD +
     fine-tuning) by more than the spread across seeds? Computed, not written by hand."""
     out = []
-    for budget in sorted({r["budget_macs"] for r in rows if r["budget_macs"] is not None}, reverse=True):
-        at = {r["method"]: r for r in rows if r["budget_macs"] == budget}
-        reference = at.get("plain+svd")
+    groups = [(f"{100 * b:.0f}% MACs", {r["method"]: r for r in rows if r["budget_macs"] == b}, "")
+              for b in sorted({r["budget_macs"] for r in rows if r["budget_macs"] is not None}, reverse=True)]
+    groups += [(f"{100 * b:.0f}% of the parameters", {r["method"]: r for r in rows if r.get("budget_params") == b},
+                "@params") for b in sorted({r["budget_params"] for r in rows if r.get("budget_params")}, reverse=True)]
+    for name, at, suffix in groups:
+        reference = at.get("plain+svd" + suffix)
         if reference is None:
             continue
-        for method in ("nuclear", "nuclear+sgl", "ssl", "ssl+focus"):
+        for method in (m + suffix for m in ("nuclear", "nuclear+sgl", "ssl", "ssl+focus")):
             r = at.get(method)
             if r is None:
                 continue
@@ -176,8 +191,13 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 verdict = ("better by more than the spread across seeds" if diff > spread
                            else "worse by more than the spread across seeds" if -diff > spread
                            else "within the spread across seeds")  # fmt: skip
-            out.append(f"- {100 * budget:.0f}% MACs, {LABELS[method]}: error {_pm(r['error'])}% against "
+            out.append(f"- {name}, {LABELS[method]}: error {_pm(r['error'])}% against "
                        f"{_pm(reference['error'])}% for plain + SVD + fine-tuning ({diff:+.2f} points): {verdict}.")  # fmt: skip
+    for r in rows:  # how close the conv-MAC rows came to their budget, per seed at worst
+        if r["method"].endswith("@conv") and r["budget_macs"]:
+            off = (r["conv_macs"]["mean"] - r["budget_macs"]) / r["budget_macs"]
+            out.append(f"- {LABELS[r['method']]} at {100 * r['budget_macs']:.0f}%: conv MACs "
+                       f"{_pm(r['conv_macs'])}% ({100 * off:+.1f}% of the target), error {_pm(r['error'])}%.")  # fmt: skip
     return out
 
 

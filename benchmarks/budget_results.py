@@ -21,7 +21,9 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   acting only on the weakest groups the budget needs: ``target.penalize: weakest``);
   ``ssl@conv`` and ``ssl+focus@conv`` the same two with the budget counting the conv
   layers' MACs only (``target.macs_of: [Conv2d]``, as the SSL paper reports LeNet) and
-  the group Lasso on the conv layers only; each
+  the group Lasso on the conv layers only; ``params``: the plain, nuclear and nuclear +
+  sparse group Lasso models factorized (and the plain one pruned) to 5% of the dense
+  model's *parameters* instead of its MACs; each
   reported right after selection and
   after ``F`` epochs of fine-tuning (the removed structures held at zero).
 
@@ -63,6 +65,8 @@ from shrinkage.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
 BUDGETS = (0.10, 0.05)
+#: parameter budgets of the ``params`` training (the compression-aware paper's measure)
+PARAM_BUDGETS = (0.05,)
 #: (dataset, model) pairs and the layers the low-rank methods act on (the classifier stays)
 SETUPS = {
     ("mnist", "lenet"): ("conv1", "conv2", "fc1"),
@@ -83,6 +87,7 @@ ROWS_OF = {
     "ssl-focus": ("ssl+focus",),
     "ssl-conv": ("ssl@conv",),
     "ssl-focus-conv": ("ssl+focus@conv",),
+    "params": ("plain+svd@params", "plain+prune@params", "nuclear@params", "nuclear+sgl@params"),
 }
 TRAININGS = frozenset(ROWS_OF)
 log = logging.getLogger("budget_results")
@@ -182,8 +187,9 @@ class Bench:
 
     def record(self, method: str, budget: float | None, selected_accuracy: float, final: nn.Module,
                train_s: float, tune_s: float, **extra: Any) -> None:  # fmt: skip
+        selected_by_budget = budget is not None or "budget_params" in extra
         row = {"method": method, "budget_macs": budget, "seed": self.seed, "epochs": self.epochs,
-               "finetune_epochs": self.finetune_epochs if budget is not None else 0,
+               "finetune_epochs": self.finetune_epochs if selected_by_budget else 0,
                "accuracy_selected": selected_accuracy, "accuracy": self.accuracy(final), **self.sizes(final),
                "train_s": round(train_s, 1), "finetune_s": round(tune_s, 1),
                "date": datetime.now(UTC).isoformat(timespec="seconds"), **extra}  # fmt: skip
@@ -193,16 +199,34 @@ class Bench:
         if self.on_row is not None:
             self.on_row(self.rows)
 
+    def param_rows(self, plain: nn.Module, t_plain: float, nuclear_rule: str, layers: str) -> None:
+        """Rows at a *parameter* budget: plain + SVD / pruning against the nuclear-norm runs,
+        each factorized (or pruned) to ``PARAM_BUDGETS`` of the dense model's parameters."""
+        nuclear, t_nuclear = self.train("nuclear", nuclear_rule, self.epochs)
+        sgl, t_sgl = self.train("nuclear_sgl", nuclear_rule + _SGL.format(layers=layers), self.epochs)
+        for budget in PARAM_BUDGETS:
+            for method, model, t in (("plain+svd@params", plain, t_plain), ("nuclear@params", nuclear, t_nuclear),
+                                     ("nuclear+sgl@params", sgl, t_sgl)):  # fmt: skip
+                selected, ranks = self.factorized(model, budget, key="params")
+                self.select_and_recover(method, None, selected, t, ranks=ranks, budget_params=budget)
+            pruned = shrinkage.prune(plain, self.example, Budget(params=budget))
+            self.select_and_recover("plain+prune@params", None, pruned.compact, t_plain, pruned.model,
+                                    pruned.zero_mask(), budget_params=budget)  # fmt: skip
+
     # -- methods -------------------------------------------------------------------------
-    def factorized(self, model: nn.Module, budget: float) -> tuple[nn.Module, dict[str, int]]:
+    def factorized(self, model: nn.Module, budget: float, key: str = "macs") -> tuple[nn.Module, dict[str, int]]:
         """Compact first (exact; a sparse group Lasso may have zeroed whole units), then
-        choose ranks so the whole model meets ``budget`` of the *dense* model's MACs."""
+        choose ranks so the whole model meets ``budget`` of the *dense* model's MACs (or,
+        with ``key="params"``, parameters)."""
         small = shrinkage.compact(model, (self.example,))
-        relative = budget * self.dense_macs / count_macs(small, self.example).total
+        if key == "params":
+            relative = budget * self.dense_params / count_parameters(small)
+        else:
+            relative = budget * self.dense_macs / count_macs(small, self.example).total
         if relative >= 1:
             return small, {}
         layers = [n for n in self.layers if any(m == n or m.startswith(n + ".") for m, _ in small.named_modules())]
-        ranks = ranks_under_budget(small, Budget(macs=relative), (self.example,), layers)
+        ranks = ranks_under_budget(small, Budget(**{key: relative}), (self.example,), layers)
         return build_factorized(small, ranks), ranks
 
     def run(self, trainings: frozenset[str] = TRAININGS) -> dict[str, Any]:
@@ -223,7 +247,8 @@ class Bench:
         if "baseline" in trainings:
             self.record("baseline", None, self.accuracy(baseline), baseline, t_base, 0.0)
         # the plain model is the start of the after-the-fact rows and of the nuclear run's ranks
-        plain, t_plain = self.train("plain", "", self.epochs) if trainings & {"plain", "nuclear"} else (None, 0.0)
+        wants_plain = trainings & {"plain", "nuclear", "params"}
+        plain, t_plain = self.train("plain", "", self.epochs) if wants_plain else (None, 0.0)
         nuclear_rule = _NUCLEAR.format(layers=layers, strength="1.0e-2", every=PROX_EVERY)
         trained: list[tuple[str, nn.Module, float]] = []
         if plain is not None and "plain" in trainings:
@@ -233,6 +258,9 @@ class Bench:
         if "nuclear+sgl" in trainings:
             trained.append(("nuclear+sgl", *self.train("nuclear_sgl", nuclear_rule + _SGL.format(layers=layers),
                                                        self.epochs)))  # fmt: skip
+        if "params" in trainings:
+            assert plain is not None
+            self.param_rows(plain, t_plain, nuclear_rule, layers)
         for budget in BUDGETS:
             for method, model, t in trained:
                 selected, ranks = self.factorized(model, budget)

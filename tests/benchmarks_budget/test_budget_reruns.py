@@ -98,3 +98,36 @@ def test_the_ssl_mark_follows_each_rows_own_date() -> None:
     summary = r.aggregate([_file(rerun), _file([{**row, "seed": 1} for row in rerun], seed=1)])
     assert "the SSL rows (coupled group Lasso" not in r.table(summary)
     assert [row["dates"] for row in summary["mnist/lenet"]["rows"] if row["method"] == "ssl"] == [[NEW, NEW]]
+
+
+def test_a_conv_mac_rerun_meets_the_budget_on_the_conv_layers(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    path.write_text(json.dumps({**_file([_row("baseline", None, 0.99)]), "limit_train": 128}))
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["ssl-conv"]))
+    conv = json.loads(path.read_text())["rows"][1:]
+    assert [(r["method"], r["budget_macs"]) for r in conv] == [("ssl@conv", 0.1), ("ssl@conv", 0.05)]
+    assert all(r["conv_macs"] <= r["budget_macs"] * 1.0001 for r in conv)
+    saved = json.loads((tmp_path / "runs" / "mnist-lenet-0" / "ssl-conv-0.1" / "checkpoint.json").read_text())
+    config = saved["config"]  # a conv budget, the conv layers penalized
+    assert config["target"]["macs_of"] == ["Conv2d"]
+    assert config["regularization"]["rules"][0]["select"]["names"] == ["conv1", "conv2"]
+    r = load_benchmark("budget_report")
+    text = r.table(r.aggregate([json.loads(path.read_text())]))
+    assert "| SSL, coupled group Lasso, controller to a budget of the **conv** MACs | conv 10% |" in text
+    assert "of the target), error" in text
+
+
+def test_a_parameter_budget_rerun_records_params_rows_and_their_verdicts(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    path.write_text(json.dumps({**_file([_row("baseline", None, 0.99)]), "limit_train": 128}))
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["params"]))
+    rows = json.loads(path.read_text())["rows"][1:]
+    assert sorted(r["method"] for r in rows) == sorted(b.ROWS_OF["params"])
+    assert all(r["budget_params"] == 0.05 and r["budget_macs"] is None and r["params"] <= 0.0501 for r in rows)
+    assert all(r["finetune_epochs"] == 1 for r in rows)
+    r = load_benchmark("budget_report")
+    text = r.table(r.aggregate([json.loads(path.read_text())]))
+    assert "| plain + SVD to a **parameter** budget | params 5% |" in text
+    assert "- 5% of the parameters, compression-aware: nuclear norm, factorized to a **parameter** budget" in text
