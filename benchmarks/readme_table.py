@@ -317,8 +317,8 @@ def cifar_table(results: Path) -> str:
         "with the same schedule: SGD, lr 0.1, cosine, batch 128, pad-4 crop and flip, weight decay 1e-4). "
         "Regularized rows train 18 epochs and fine-tune 2; the baseline trains 20; rows compressed after the fact "
         "start from the 20-epoch baseline and fine-tune 2 more (22 in all); the early-selection row prunes after "
-        "epoch 4 of the baseline's own 20 (its accuracy right after that pruning was 21.4% on seed 0, 63.2% one "
-        "epoch later) and trains the other 16 with the removed weights at zero, 20 in all. Commands: "
+        "epoch 4 of the baseline's own 20 and trains the other 16 with the removed weights at zero, 20 in all. "
+        "Commands: "
         "`python benchmarks/cifar_results.py` (its docstring lists each run's command), Torch-Pruning rows "
         "`python benchmarks/cifar_torch_pruning.py`.",
         "",
