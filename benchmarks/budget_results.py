@@ -23,9 +23,10 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   layers' MACs only (``target.macs_of: [Conv2d]``, as the SSL paper reports LeNet) and
   the group Lasso on the conv layers only; ``params``: the plain, nuclear and nuclear +
   sparse group Lasso models factorized (and the plain one pruned) to 5% of the dense
-  model's *parameters* instead of its MACs; each
-  reported right after selection and
-  after ``F`` epochs of fine-tuning (the removed structures held at zero).
+  model's *parameters* instead of its MACs; ``params-long``: the same four rows with
+  ``LONG_TRAIN_SHARE`` of the baseline's ``E + F`` epochs spent training and the rest
+  recovering after selection (4 + 6 where the others take 8 + 2); each reported right
+  after selection and after its fine-tuning (the removed structures held at zero).
 
 MACs are whole-model (conv MACs are reported beside them; the ``@conv`` rows' budget is the conv MACs), accuracy is on the full test
 set; every row carries the date it was recorded, and a file its reruns' commands. One JSON per (dataset, model, seed) goes to results/budget/; run
@@ -88,7 +89,13 @@ ROWS_OF = {
     "ssl-conv": ("ssl@conv",),
     "ssl-focus-conv": ("ssl+focus@conv",),
     "params": ("plain+svd@params", "plain+prune@params", "nuclear@params", "nuclear+sgl@params"),
+    "params-long": ("plain+svd@params-long", "plain+prune@params-long", "nuclear@params-long",
+                    "nuclear+sgl@params-long"),
 }
+#: ``params-long`` trains this share of the baseline's ``E + F`` epochs (at least one) and
+#: spends the rest recovering after selection: a factorized model needs more than ``F`` epochs
+#: to relearn what the cut took, and the total stays the baseline's
+LONG_TRAIN_SHARE = 0.4
 TRAININGS = frozenset(ROWS_OF)
 log = logging.getLogger("budget_results")
 
@@ -171,25 +178,30 @@ class Bench:
         return {"macs": macs.total / self.dense_macs, "params": count_parameters(model) / self.dense_params,
                 "conv_macs": conv / self.dense_conv_macs}  # fmt: skip
 
-    def select_and_recover(self, method: str, budget: float, selected: nn.Module, train_s: float,
-                           tune: nn.Module | None = None, mask: Any = None, **extra: Any) -> None:  # fmt: skip
+    def select_and_recover(self, method: str, budget: float | None, selected: nn.Module, train_s: float,
+                           tune: nn.Module | None = None, mask: Any = None, split: tuple[int, int] | None = None,
+                           **extra: Any) -> None:  # fmt: skip
         """Measure ``selected`` (a compact CPU model), fine-tune ``tune`` (``selected`` itself, or the
-        masked model a pruning left) on the training device, and record both."""
+        masked model a pruning left) on the training device, and record both. ``split``: the
+        (training, recovery) epochs of a row that does not use ``E`` and ``F``."""
+        epochs, recover = split or (self.epochs, self.finetune_epochs)
         selected_accuracy = self.accuracy(selected)
         model = (tune if tune is not None else selected).to(self.train_device)
         started = time.perf_counter()
-        finetune(model, self.train_set, self.test_set, self.finetune_epochs, 0.005, batch_size=BATCH_SIZE,
+        finetune(model, self.train_set, self.test_set, recover, 0.005, batch_size=BATCH_SIZE,
                  momentum=0.9, weight_decay=5e-4, mask=mask, seed=self.seed)  # fmt: skip
         tuned = model.cpu().eval()
         if tune is not None:  # a masked model: compact it again (exact, checked) to measure what ships
             tuned = shrinkage.compact(tuned, (self.example,))
-        self.record(method, budget, selected_accuracy, tuned, train_s, time.perf_counter() - started, **extra)
+        self.record(method, budget, selected_accuracy, tuned, train_s, time.perf_counter() - started,
+                    split=(epochs, recover), **extra)  # fmt: skip
 
     def record(self, method: str, budget: float | None, selected_accuracy: float, final: nn.Module,
-               train_s: float, tune_s: float, **extra: Any) -> None:  # fmt: skip
+               train_s: float, tune_s: float, split: tuple[int, int] | None = None, **extra: Any) -> None:  # fmt: skip
         selected_by_budget = budget is not None or "budget_params" in extra
-        row = {"method": method, "budget_macs": budget, "seed": self.seed, "epochs": self.epochs,
-               "finetune_epochs": self.finetune_epochs if selected_by_budget else 0,
+        epochs, recover = split or (self.epochs, self.finetune_epochs)
+        row = {"method": method, "budget_macs": budget, "seed": self.seed, "epochs": epochs,
+               "finetune_epochs": recover if selected_by_budget else 0,
                "accuracy_selected": selected_accuracy, "accuracy": self.accuracy(final), **self.sizes(final),
                "train_s": round(train_s, 1), "finetune_s": round(tune_s, 1),
                "date": datetime.now(UTC).isoformat(timespec="seconds"), **extra}  # fmt: skip
@@ -199,19 +211,32 @@ class Bench:
         if self.on_row is not None:
             self.on_row(self.rows)
 
-    def param_rows(self, plain: nn.Module, t_plain: float, nuclear_rule: str, layers: str) -> None:
+    def param_rows(self, plain: nn.Module, t_plain: float, nuclear_rule: str, layers: str, suffix: str = "",
+                   split: tuple[int, int] | None = None) -> None:  # fmt: skip
         """Rows at a *parameter* budget: plain + SVD / pruning against the nuclear-norm runs,
-        each factorized (or pruned) to ``PARAM_BUDGETS`` of the dense model's parameters."""
-        nuclear, t_nuclear = self.train("nuclear", nuclear_rule, self.epochs)
-        sgl, t_sgl = self.train("nuclear_sgl", nuclear_rule + _SGL.format(layers=layers), self.epochs)
+        each factorized (or pruned) to ``PARAM_BUDGETS`` of the dense model's parameters.
+        ``split``: (training, recovery) epochs of every model here (``plain`` included) when
+        they are not ``E`` and ``F``; ``suffix`` tells these rows apart."""
+        epochs = split[0] if split else self.epochs
+        nuclear, t_nuclear = self.train(f"nuclear{suffix}", nuclear_rule, epochs)
+        sgl, t_sgl = self.train(f"nuclear_sgl{suffix}", nuclear_rule + _SGL.format(layers=layers), epochs)
         for budget in PARAM_BUDGETS:
-            for method, model, t in (("plain+svd@params", plain, t_plain), ("nuclear@params", nuclear, t_nuclear),
-                                     ("nuclear+sgl@params", sgl, t_sgl)):  # fmt: skip
+            for method, model, t in (("plain+svd", plain, t_plain), ("nuclear", nuclear, t_nuclear),
+                                     ("nuclear+sgl", sgl, t_sgl)):  # fmt: skip
                 selected, ranks = self.factorized(model, budget, key="params")
-                self.select_and_recover(method, None, selected, t, ranks=ranks, budget_params=budget)
+                self.select_and_recover(f"{method}@params{suffix}", None, selected, t, split=split, ranks=ranks,
+                                        budget_params=budget)  # fmt: skip
             pruned = shrinkage.prune(plain, self.example, Budget(params=budget))
-            self.select_and_recover("plain+prune@params", None, pruned.compact, t_plain, pruned.model,
-                                    pruned.zero_mask(), budget_params=budget)  # fmt: skip
+            self.select_and_recover(f"plain+prune@params{suffix}", None, pruned.compact, t_plain, pruned.model,
+                                    pruned.zero_mask(), split=split, budget_params=budget)  # fmt: skip
+
+    def long_split(self) -> tuple[int, int]:
+        """(training, recovery) epochs of the ``params-long`` rows: the baseline's total."""
+        total = self.epochs + self.finetune_epochs
+        train = max(1, round(LONG_TRAIN_SHARE * total))
+        if train >= total:
+            raise SystemExit(f"params-long: {total} epochs in all leave none for recovery; use more epochs")
+        return train, total - train
 
     # -- methods -------------------------------------------------------------------------
     def factorized(self, model: nn.Module, budget: float, key: str = "macs") -> tuple[nn.Module, dict[str, int]]:
@@ -261,6 +286,10 @@ class Bench:
         if "params" in trainings:
             assert plain is not None
             self.param_rows(plain, t_plain, nuclear_rule, layers)
+        if "params-long" in trainings:
+            split = self.long_split()
+            short, t_short = self.train("plain-long", "", split[0])
+            self.param_rows(short, t_short, nuclear_rule, layers, "-long", split)
         for budget in BUDGETS:
             for method, model, t in trained:
                 selected, ranks = self.factorized(model, budget)
