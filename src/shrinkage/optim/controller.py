@@ -46,7 +46,9 @@ due, is added to the next ones: without it the estimate stalls above the budget.
 **Cost weighting** (``cost_weighted``): a common strength removes what is cheap to
 remove, not what costs MACs: an MLP head may lose every neuron before a conv loses a
 filter. Each rule's strength is scaled once by the mean MACs its groups save, relative
-to the other rules' (geometric mean 1).
+to the other rules' (geometric mean 1). Under a budget of some layers' MACs
+(``Budget.macs_of``), group Lasso terms whose groups save none of those MACs are not
+penalized at all (group weights 0; the fully connected neurons under a conv budget).
 
 **Zeros are kept and admitted** (:mod:`shrinkage.optim.gate`): a zero group stays zero
 while the controller runs, and a step may add zeros (or drop ranks) only down to the
@@ -79,6 +81,7 @@ from shrinkage.optim.focus import Focus
 from shrinkage.optim.forecast import Forecast, choose_step
 from shrinkage.optim.gate import ZeroGate
 from shrinkage.optim.regularizer import Regularizer
+from shrinkage.penalties.group_lasso import GroupLasso
 
 log = logging.getLogger(__name__)
 
@@ -386,9 +389,26 @@ def attach_controller(
     exact = ExactMacEstimator(regularizer, model, example, layers) if config.exact_every else None
     controller = BudgetController(regularizer, model, fraction, config, total_steps, estimator, exact)
     regularizer.controller = controller
+    if layers is not None and not config.focus:  # focus sets the group weights itself
+        _spare_free_groups(regularizer, estimator)
     scope = f" (the {budget.scope()} layers')" if isinstance(budget, Budget) and budget.scope() else ""
     log.info("budget controller: MACs%s to %.3g of dense over %d steps (%s)", scope, fraction, total_steps, config)
     return controller
+
+
+def _spare_free_groups(regularizer: Regularizer, estimator: StructureMacEstimator) -> None:
+    """Under a scoped budget, a group Lasso term whose groups save none of the budgeted MACs
+    even all but one together (a fully connected layer's neurons under a budget of the conv
+    layers' MACs) gets group
+    weights 0: its penalty would cost accuracy without moving the budget, and the zero gate,
+    which admits zeros by what they save, would let all of them in."""
+    spared = []
+    for index, term in enumerate(regularizer.terms):
+        if isinstance(term.penalty, GroupLasso) and estimator.saves_nothing(index):
+            regularizer.set_group_weights(index, torch.zeros(term.grouping.shape[0]))
+            spared.append(term.label)
+    if spared:
+        log.info("budget controller: not penalized, as they save none of the budgeted MACs: %s", ", ".join(spared))
 
 
 def _budget_fraction(budget: Budget | float) -> float:

@@ -114,6 +114,19 @@ class StructureMacEstimator(MacEstimator):
             saved += layer.macs * (1.0 - kept_rows * kept_cols)
         return min(1.0, max(0.0, 1.0 - saved / self.dense))
 
+    def saves_nothing(self, index: int) -> bool:
+        """Whether term ``index`` could not save a counted MAC even with all its groups but
+        one zero (the neurons of a fully connected layer under a budget of the conv layers'
+        MACs). Not judged one group at a time: one column of a Linear frees nothing, a
+        conv channel's worth of them frees the channel."""
+        cost = self.costs[index]
+        if isinstance(cost, Layer):
+            return cost.macs == 0
+        trial = [torch.ones(_entries(c)) for c in self.costs]
+        trial[index].zero_()
+        trial[index][0] = 1.0
+        return self.from_summaries(trial) >= 1.0
+
     def group_costs(self) -> list[float]:
         """Per term, the mean MACs one of its groups saves when it alone is zero (what
         compaction would then remove, the channels it frees included; sampled over up to
