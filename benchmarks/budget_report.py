@@ -17,10 +17,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
-METHOD_ORDER = ("baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus",
-                "ssl@conv", "ssl+focus@conv", "plain+svd@params", "plain+prune@params", "nuclear@params",
-                "nuclear+sgl@params", "plain+svd@params-long", "plain+prune@params-long", "nuclear@params-long",
-                "nuclear+sgl@params-long")
+METHOD_ORDER = (
+    "baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus",
+    "ssl@conv", "ssl+focus@conv", "plain+svd@params", "plain+prune@params", "nuclear@params",
+    "plain+svd@nuclear-ranks@params", "nuclear+sgl@params", "plain+svd@params-long", "plain+prune@params-long",
+    "nuclear@params-long", "plain+svd@nuclear-ranks@params-long", "nuclear+sgl@params-long",
+)  # fmt: skip
 LABELS = {
     "baseline": "baseline (plain, E+F epochs)",
     "plain+svd": "plain + SVD (ranks under the budget)",
@@ -35,10 +37,12 @@ LABELS = {
     "plain+svd@params": "plain + SVD to a **parameter** budget",
     "plain+prune@params": "plain + pruning to a **parameter** budget",
     "nuclear@params": "compression-aware: nuclear norm, factorized to a **parameter** budget",
+    "plain+svd@nuclear-ranks@params": "plain + SVD at the nuclear run's ranks (parameter budget)",
     "nuclear+sgl@params": "compression-aware: nuclear + sparse group Lasso, factorized to a **parameter** budget",
     "plain+svd@params-long": "plain + SVD to a **parameter** budget, long recovery",
     "plain+prune@params-long": "plain + pruning to a **parameter** budget, long recovery",
     "nuclear@params-long": "compression-aware: nuclear norm, factorized to a **parameter** budget, long recovery",
+    "plain+svd@nuclear-ranks@params-long": "plain + SVD at the nuclear run's ranks (parameter budget), long recovery",
     "nuclear+sgl@params-long": "compression-aware: nuclear + sparse group Lasso, factorized to a **parameter** budget, "
                                "long recovery",
 }
@@ -192,12 +196,14 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
                     {r["method"]: r for r in rows if r.get("budget_params") == b}, suffix)
                    for b in sorted({r["budget_params"] for r in rows if r.get("budget_params")}, reverse=True)]  # fmt: skip
     for name, at, suffix in groups:
-        reference = at.get("plain+svd" + suffix)
-        if reference is None:
-            continue
-        for method in (m + suffix for m in ("nuclear", "nuclear+sgl", "ssl", "ssl+focus")):
-            r = at.get(method)
-            if r is None:
+        comparisons = [(m + suffix, "plain+svd" + suffix, "plain + SVD + fine-tuning")
+                       for m in ("nuclear", "nuclear+sgl", "ssl", "ssl+focus")]  # fmt: skip
+        # the same ranks on the plain model: is it the training or the ranks it chose?
+        comparisons.append(("nuclear" + suffix, "plain+svd@nuclear-ranks" + suffix,
+                            "plain + SVD at the same ranks + fine-tuning"))  # fmt: skip
+        for method, against, against_label in comparisons:
+            r, reference = at.get(method), at.get(against)
+            if r is None or reference is None:
                 continue
             diff = 100 * (reference["error"]["mean"] - r["error"]["mean"])
             spread = 100 * max(reference["error"]["std"], r["error"]["std"])
@@ -209,7 +215,7 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
                            else "worse by more than the spread across seeds" if -diff > spread
                            else "within the spread across seeds")  # fmt: skip
             out.append(f"- {name}, {LABELS[method]}: error {_pm(r['error'])}% against "
-                       f"{_pm(reference['error'])}% for plain + SVD + fine-tuning ({diff:+.2f} points): {verdict}.")  # fmt: skip
+                       f"{_pm(reference['error'])}% for {against_label} ({diff:+.2f} points): {verdict}.")  # fmt: skip
     if with_target:
         out += _params_target(rows)
     for r in rows:  # how close the conv-MAC rows came to their budget, per seed at worst

@@ -23,9 +23,10 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   layers' MACs only (``target.macs_of: [Conv2d]``, as the SSL paper reports LeNet) and
   the group Lasso on the conv layers only; ``params``: the plain, nuclear and nuclear +
   sparse group Lasso models factorized (and the plain one pruned) to 5% of the dense
-  model's *parameters* instead of its MACs; ``params-long``: the same four rows with
+  model's *parameters* instead of its MACs; ``params-long``: the same rows with
   ``LONG_TRAIN_SHARE`` of the baseline's ``E + F`` epochs spent training and the rest
-  recovering after selection (4 + 6 where the others take 8 + 2); each reported right
+  recovering after selection (4 + 6 where the others take 8 + 2), and the plain model cut to
+  the nuclear run's ranks (``plain+svd@nuclear-ranks@params-long``); each reported right
   after selection and after its fine-tuning (the removed structures held at zero).
 
 MACs are whole-model (conv MACs are reported beside them; the ``@conv`` rows' budget is the conv MACs), accuracy is on the full test
@@ -88,9 +89,10 @@ ROWS_OF = {
     "ssl-focus": ("ssl+focus",),
     "ssl-conv": ("ssl@conv",),
     "ssl-focus-conv": ("ssl+focus@conv",),
-    "params": ("plain+svd@params", "plain+prune@params", "nuclear@params", "nuclear+sgl@params"),
+    "params": ("plain+svd@params", "plain+prune@params", "nuclear@params", "plain+svd@nuclear-ranks@params",
+               "nuclear+sgl@params"),
     "params-long": ("plain+svd@params-long", "plain+prune@params-long", "nuclear@params-long",
-                    "nuclear+sgl@params-long"),
+                    "plain+svd@nuclear-ranks@params-long", "nuclear+sgl@params-long"),
 }
 #: ``params-long`` trains this share of the baseline's ``E + F`` epochs (at least one) and
 #: spends the rest recovering after selection: a factorized model needs more than ``F`` epochs
@@ -226,6 +228,10 @@ class Bench:
                 selected, ranks = self.factorized(model, budget, key="params")
                 self.select_and_recover(f"{method}@params{suffix}", None, selected, t, split=split, ranks=ranks,
                                         budget_params=budget)  # fmt: skip
+                if method == "nuclear" and ranks:  # the plain model at these ranks: training or ranks?
+                    same = build_factorized(shrinkage.compact(plain, (self.example,)), ranks)
+                    self.select_and_recover(f"plain+svd@nuclear-ranks@params{suffix}", None, same, t_plain,
+                                            split=split, ranks=ranks, budget_params=budget)  # fmt: skip
             pruned = shrinkage.prune(plain, self.example, Budget(params=budget))
             self.select_and_recover(f"plain+prune@params{suffix}", None, pruned.compact, t_plain, pruned.model,
                                     pruned.zero_mask(), split=split, budget_params=budget)  # fmt: skip
