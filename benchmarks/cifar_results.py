@@ -33,6 +33,7 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
 - ``prune50early``: the baseline's config and schedule with the pruning of ``prune50``
   done after epoch 4 of the 20 (``target.select_after_epochs``), the removed weights held
   at zero for the other 16: the same 20 epochs as the baseline, no recovery epochs;
+  ``prune25early`` the same to 25% of the MACs;
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
   ``results/cifar10/torch_pruning-*.json`` and read from there.
 
@@ -146,6 +147,10 @@ ROWS = (
         "target", "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--set target.macs=0.5 --set target.select_after_epochs=4 --set target.recalibrate_batches=0 "
         "--out runs/cifar/{run}", 0.5),
+    Row("prune25early", "plain training, shrinkage prune (Taylor) to 25% MACs after epoch 4, zeros held to epoch 20",
+        "target", "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--set target.macs=0.25 --set target.select_after_epochs=4 --set target.recalibrate_batches=0 "
+        "--out runs/cifar/{run}", 0.25),
     Row("svd50", "plain + SVD to 50% MACs + 2 epochs", "target",
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
