@@ -191,8 +191,8 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
     out = []
     groups = [(f"{100 * b:.0f}% MACs", {r["method"]: r for r in rows if r["budget_macs"] == b}, "")
               for b in sorted({r["budget_macs"] for r in rows if r["budget_macs"] is not None}, reverse=True)]
-    for suffix, how in (("@params", ""), ("@params-long", ", long recovery")):
-        groups += [(f"{100 * b:.0f}% of the parameters{how}",
+    for suffix in ("@params", "@params-long"):  # (the labels of the long rows say so)
+        groups += [(f"{100 * b:.0f}% of the parameters",
                     {r["method"]: r for r in rows if r.get("budget_params") == b}, suffix)
                    for b in sorted({r["budget_params"] for r in rows if r.get("budget_params")}, reverse=True)]  # fmt: skip
     for name, at, suffix in groups:

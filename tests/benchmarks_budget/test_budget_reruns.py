@@ -147,7 +147,7 @@ def test_long_recovery_rows_keep_the_baselines_total_epochs(tmp_path: Path) -> N
     r = load_benchmark("budget_report")
     text = r.table(r.aggregate([json.loads(path.read_text())]))
     assert "| plain + SVD to a **parameter** budget, long recovery (1 + 2 epochs) | params 5% |" in text
-    assert "- 5% of the parameters, long recovery, compression-aware: nuclear norm, factorized" in text
+    assert "- 5% of the parameters, compression-aware: nuclear norm, factorized to a **parameter** budget, long" in text
     same = {r["method"]: r.get("ranks") for r in rows}
     assert same["plain+svd@nuclear-ranks@params-long"] == same["nuclear@params-long"] != {}
     assert "for plain + SVD at the same ranks + fine-tuning" in text
