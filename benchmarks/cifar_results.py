@@ -47,8 +47,9 @@ images, parameters and MACs against the dense ResNet-20, training time, the comm
 and copies the final model to ``results/cifar10/models/<row>-s<seed>.safetensors``
 (:func:`shrinkage.save` format; ``shrinkage evaluate`` re-checks it). ``--latency`` times
 every final model against the dense baseline in one interleaved comparison per batch
-size (1 and 64, with the identical-copy control of :func:`shrinkage.metrics.compare_latency`)
-into ``results/cifar10/latency.json``. The summary (``summary.json``, ``summary.md``, the
+size (1 and 64, with the identical-copy control of :func:`shrinkage.metrics.compare_latency`),
+the whole of it ``--latency-runs`` times (default 3; the median speed-up is reported and
+each model's range across the runs kept), into ``results/cifar10/latency.json``. The summary (``summary.json``, ``summary.md``, the
 accuracy-vs-MACs chart ``accuracy_vs_macs.png``) aggregates seeds: mean ± sample std, and
 each drop is taken against the baseline of the same seed.
 """
@@ -381,9 +382,22 @@ def summarize(rows: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
     timing = None
     if latency is not None:
         timing = {k: v for k, v in latency.items() if k != "batches"}
-        keys = ("batch_size", "control_ratio", "reliable", "reason")
-        timing["controls"] = [{k: b[k] for k in keys} for b in latency["batches"]]
+        keys = ("batch_size", "control_ratio", "control_ratios", "reliable", "reason", "speedup_range")
+        timing["controls"] = [{k: b[k] for k in keys if k in b} for b in latency["batches"]]
     return {"dataset": TITLE, "model": "resnet20", "rows": summary, "latency": timing}
+
+
+def _widest_ranges(latency: dict[str, Any], count: int = 3) -> list[str]:
+    """The models whose speed-up moved most between the timing runs, per batch size."""
+    lines = []
+    for c in latency.get("controls", []):
+        ranges = c.get("speedup_range") or {}
+        if not ranges:
+            continue
+        widest = sorted(ranges.items(), key=lambda kv: kv[1][0] / kv[1][1])[:count]
+        text = ", ".join(f"{name} {low:.2f}x to {high:.2f}x" for name, (low, high) in widest)
+        lines.append(f"Batch {c['batch_size']}: widest ranges across the runs: {text}.")
+    return lines
 
 
 def _pm(stats: dict[str, float] | None, scale: float = 100.0, digits: int = 2) -> str:
@@ -425,8 +439,11 @@ def markdown(summary: dict[str, Any]) -> str:
                          "`python benchmarks/cifar_results.py --latency` (idle machine).")
         for c in latency.get("controls", []):
             verdict = "reliable" if c["reliable"] else "UNRELIABLE"
-            lines.append(f"Batch {c['batch_size']}: control (dense vs an identical copy) {c['control_ratio']:.3f}x, "
-                         f"{verdict}.")  # fmt: skip
+            each = c.get("control_ratios") or []
+            runs = f" (runs: {', '.join(f'{r:.3f}x' for r in each)})" if len(each) > 1 else ""
+            lines.append(f"Batch {c['batch_size']}: control (dense vs an identical copy) {c['control_ratio']:.3f}x"
+                         f"{runs}, {verdict}.")  # fmt: skip
+        lines += _widest_ranges(latency)
     else:
         lines += ["", "Speed-ups not measured yet (`python benchmarks/cifar_results.py --latency` on an idle machine)."]
     return "\n".join(lines) + "\n"
@@ -462,8 +479,12 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """Every gathered model against the dense ResNet-20, interleaved, at batch 1 and 64."""
+def measure_latency(rows: list[dict[str, Any]], out: Path, runs: int = 3) -> dict[str, Any]:
+    """Every gathered model against the dense ResNet-20, interleaved, at batch 1 and 64;
+    the whole comparison ``runs`` times. A model's speed-up is the median over the runs:
+    on a shared two-core machine the batch-64 ratios moved by up to 1.5x between idle
+    runs whose identical-copy controls were all within 4% of 1.0, so one run cannot be
+    trusted alone; each model's range across the runs is kept beside it."""
     import shrinkage
     from shrinkage.metrics import compare_latency
     from shrinkage.metrics.timing import load_average, thread_environment
@@ -476,20 +497,41 @@ def measure_latency(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         models[name] = shrinkage.load(model_path(out, r), resnet20()).eval()
         digests[name] = file_digest(model_path(out, r))
     load = load_average()
-    batches = []
-    for batch in (1, 64):
-        (comparison,) = compare_latency(models, lambda n: torch.randn(n, 3, 32, 32), batch_sizes=[batch], repeats=5)
-        batches.append({"batch_size": batch, **comparison.as_dict()})
+    each: dict[int, list[dict[str, Any]]] = {1: [], 64: []}
+    for _ in range(runs):  # the batch sizes alternate, so a slow stretch of time hits both
+        for batch in each:
+            (comparison,) = compare_latency(models, lambda n: torch.randn(n, 3, 32, 32), batch_sizes=[batch], repeats=5)
+            each[batch].append(comparison.as_dict())
+    batches = [_over_runs(batch, timed) for batch, timed in each.items()]
     result = {
         "load_average_at_start": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "environment": thread_environment(),
-        "note": f"{torch.get_num_threads()} threads, interleaved with the dense model in one run, "
+        "environment": thread_environment(), "runs": runs,
+        "note": f"{torch.get_num_threads()} threads, median of {runs} complete runs, each interleaving every model "
+                "with the dense one, "
                 + (f"load average {load:.2f} at the start" if load is not None else "load average unknown"),
-        "command": "python benchmarks/cifar_results.py --latency", "batches": batches,
+        "command": f"python benchmarks/cifar_results.py --latency --latency-runs {runs}", "batches": batches,
         "models": digests,  # SHA-256 of each timed file: a rerun row is shown untimed until timed again
     }  # fmt: skip
     (out / "latency.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _over_runs(batch: int, timed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch size's comparisons from several runs: the median speed-up per model, its
+    range, and the controls (reliable only when every run's control was)."""
+    names = timed[0]["speedup"]
+    ratios = [t["control_ratio"] for t in timed]
+    unreliable = [t["reason"] for t in timed if not t["reliable"]]
+    return {
+        "batch_size": batch,
+        "speedup": {n: statistics.median(t["speedup"][n] for t in timed) for n in names},
+        "speedup_range": {n: [min(t["speedup"][n] for t in timed), max(t["speedup"][n] for t in timed)] for n in names},
+        "control_ratio": statistics.median(ratios), "control_ratios": ratios,
+        "reliable": not unreliable,
+        "reason": unreliable[0] if unreliable else f"every run's control within 5% of 1.0 ({min(ratios):.3f}x to "
+                                                   f"{max(ratios):.3f}x)",
+        "runs": timed,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "cifar")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--latency", action="store_true", help="time every model (idle machine)")
+    parser.add_argument("--latency-runs", type=int, default=3, help="complete timing runs; the median is reported")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gather(args.runs, args.out)
@@ -504,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("no finished runs found", file=sys.stderr)
         return 1
-    latency = measure_latency(rows, args.out) if args.latency else (
+    if args.latency_runs < 1:
+        parser.error(f"--latency-runs must be at least 1, got {args.latency_runs}")
+    latency = measure_latency(rows, args.out, args.latency_runs) if args.latency else (
         _read(args.out / "latency.json") if (args.out / "latency.json").is_file() else None)
     summary = summarize(rows, timed_now(rows, latency, args.out))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -53,3 +53,19 @@ def test_torch_pruning_rows_count_the_epochs_of_their_own_recipe() -> None:
     assert sparse["epochs"] == 18 + 2 and plain["epochs"] == 20 + 2
     assert "after its sparse training" in sparse["label"] and "sparse" not in plain["label"]
     assert sparse["accuracy_selected"] > 0.5 and 0 < sparse["macs_fraction"] <= 0.5
+
+
+def test_speedups_over_several_timing_runs_are_medians_with_their_range() -> None:
+    b = load_benchmark("cifar_results")
+
+    def run(fast: float, control: float, reliable: bool = True) -> dict[str, object]:
+        return {"speedup": {"a-s0": fast, "b-s0": 2.0}, "control_ratio": control, "reliable": reliable,
+                "reason": "off" if not reliable else "ok"}  # fmt: skip
+
+    merged = b._over_runs(64, [run(1.3, 0.99), run(2.1, 1.01), run(1.8, 1.00)])
+    assert merged["speedup"] == {"a-s0": 1.8, "b-s0": 2.0}
+    assert merged["speedup_range"]["a-s0"] == [1.3, 2.1] and merged["control_ratio"] == 1.00
+    assert merged["reliable"] and "0.990x to 1.010x" in merged["reason"]
+    assert not b._over_runs(64, [run(1.3, 0.99), run(2.1, 1.2, reliable=False)])["reliable"]
+    text = b._widest_ranges({"controls": [{"batch_size": 64, "speedup_range": merged["speedup_range"]}]}, count=1)
+    assert text == ["Batch 64: widest ranges across the runs: a-s0 1.30x to 2.10x."]
