@@ -49,8 +49,9 @@ and copies the final model to ``results/cifar10/models/<row>-s<seed>.safetensors
 every final model against the dense baseline in one interleaved comparison per batch
 size (1 and 64, with the identical-copy control of :func:`shrinkage.metrics.compare_latency`),
 the whole of it ``--latency-runs`` times (default 3; the median speed-up is reported and
-each model's range across the runs kept), into ``results/cifar10/latency.json``. The summary (``summary.json``, ``summary.md``, the
-accuracy-vs-MACs chart ``accuracy_vs_macs.png``) aggregates seeds: mean ± sample std, and
+each model's range across the runs kept), into ``results/cifar10/latency.json``. The
+summary (``summary.json``, ``summary.md``, the accuracy-vs-MACs chart
+``accuracy_vs_macs.png``) aggregates seeds: mean ± sample std, and
 each drop is taken against the baseline of the same seed.
 """
 
