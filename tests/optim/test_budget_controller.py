@@ -378,6 +378,12 @@ def test_a_conv_budget_leaves_the_fully_connected_neurons_unpenalized(kind: str)
     assert unscoped.regularizer.group_weights == {}
 
 
+def test_residual_branches_stay_penalized_under_a_conv_budget() -> None:
+    # a Depth term has one group: it is judged with that group zero, not with all but one
+    run = _start("depth", CASES["depth"].nominal, macs_of=(nn.Conv2d,), budget_override=0.5)
+    assert run.regularizer.group_weights == {}
+
+
 def test_fc_columns_that_can_free_conv_channels_stay_penalized_under_a_conv_budget() -> None:
     # one column of fc1 frees nothing, a conv2 channel's worth of them frees the channel
     run = _start("channels", CASES["channels"].nominal, macs_of=(nn.Conv2d,), budget_override=0.5)

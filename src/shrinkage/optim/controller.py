@@ -399,9 +399,8 @@ def attach_controller(
 def _spare_free_groups(regularizer: Regularizer, estimator: StructureMacEstimator) -> None:
     """Under a scoped budget, a group Lasso term whose groups save none of the budgeted MACs
     even all but one together (a fully connected layer's neurons under a budget of the conv
-    layers' MACs) gets group
-    weights 0: its penalty would cost accuracy without moving the budget, and the zero gate,
-    which admits zeros by what they save, would let all of them in."""
+    layers' MACs) gets group weights 0: its penalty would cost accuracy without moving the
+    budget, and the zero gate, which admits zeros by what they save, would let all of them in."""
     spared = []
     for index, term in enumerate(regularizer.terms):
         if isinstance(term.penalty, GroupLasso) and estimator.saves_nothing(index):

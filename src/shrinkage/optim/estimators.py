@@ -118,13 +118,15 @@ class StructureMacEstimator(MacEstimator):
         """Whether term ``index`` could not save a counted MAC even with all its groups but
         one zero (the neurons of a fully connected layer under a budget of the conv layers'
         MACs). Not judged one group at a time: one column of a Linear frees nothing, a
-        conv channel's worth of them frees the channel."""
+        conv channel's worth of them frees the channel. A term of one group (a residual
+        branch under ``Depth``) is judged with that group zero."""
         cost = self.costs[index]
         if isinstance(cost, Layer):
             return cost.macs == 0
         trial = [torch.ones(_entries(c)) for c in self.costs]
         trial[index].zero_()
-        trial[index][0] = 1.0
+        if trial[index].numel() > 1:
+            trial[index][0] = 1.0
         return self.from_summaries(trial) >= 1.0
 
     def group_costs(self) -> list[float]:
