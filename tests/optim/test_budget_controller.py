@@ -40,6 +40,7 @@ from shrinkage.optim import (
     ThresholdPolicy,
     attach_controller,
 )
+from shrinkage.optim import controller as controller_module
 from shrinkage.penalties import L1, GroupLasso, NuclearNorm
 from shrinkage.train import Trainer, plan_phases
 from train.helpers import tiny_config, tiny_data, tiny_model
@@ -376,6 +377,19 @@ def test_a_conv_budget_leaves_the_fully_connected_neurons_unpenalized(kind: str)
     assert exact == pytest.approx(0.25, abs=_conv_tolerance(run))
     unscoped = _start(kind, CASES[kind].nominal)  # a budget of every MAC: fc1's neurons count
     assert unscoped.regularizer.group_weights == {}
+
+
+def test_without_the_spared_terms_a_conv_budget_kills_the_fully_connected_neurons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # why the sparing exists: penalized, fc1's neurons die for nothing (the zero gate admits
+    # zeros by the conv MACs they save, which is none), as this seed shows
+    monkeypatch.setattr(controller_module, "_spare_free_groups", lambda regularizer, estimator: None)
+    run = _start("coupled", CASES["coupled"].nominal, macs_of=(nn.Conv2d,), budget_override=0.25)
+    assert run.regularizer.group_weights == {}
+    _train(run, STEPS)
+    dead = int((run.model.fc1.weight.abs().sum(dim=1) == 0).sum())
+    assert dead > 32, f"{dead} of 64 fc1 neurons zero"
 
 
 def test_residual_branches_stay_penalized_under_a_conv_budget() -> None:
