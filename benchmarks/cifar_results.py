@@ -248,8 +248,9 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
         if row.key == "ssl_depth":
             result["residual_branches_removed"] = branches_removed(model_file)
     command = row.command.format(seed=seed, run=run_dir.name)
-    if row.result == "target" and "batchnorm_recalibrated" not in target["accuracy"]:
-        command += _WITHOUT_RECALIBRATION[command.split()[1]]  # recorded before selection re-estimated BatchNorm
+    without = _WITHOUT_RECALIBRATION[command.split()[1]]
+    if row.result == "target" and "batchnorm_recalibrated" not in target["accuracy"] and without not in command:
+        command += without  # recorded before selection re-estimated BatchNorm
     models = out / MODEL_DIR
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, models / f"{name}.safetensors")
