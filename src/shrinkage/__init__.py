@@ -5,7 +5,7 @@ Structured Sparsity Learning (Wen et al., 2016) and compression-aware training
 steps, then removal of the zeroed structures and low-rank factorization.
 """
 
-from shrinkage.budget import Achieved, Budget, BudgetError, PruneResult, prune
+from shrinkage.budget import Achieved, Budget, BudgetError, PruneResult, RankCriterion, prune
 from shrinkage.compact import (
     AttentionType,
     CompactOptions,
@@ -32,6 +32,7 @@ __all__ = [
     "Budget",
     "BudgetError",
     "PruneResult",
+    "RankCriterion",
     "prune",
     "Capture",
     "LayerType",

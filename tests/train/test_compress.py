@@ -17,7 +17,7 @@ from torch import nn
 
 import shrinkage
 from shrinkage import Budget
-from shrinkage.budget import Taylor
+from shrinkage.budget import RankCriterion, Taylor
 from shrinkage.cli.main import main
 from shrinkage.config import PruneImportance, SelectionMethod, TargetConfig, load_config, parse_config
 from shrinkage.data import DatasetSpec, ImageDataset
@@ -192,6 +192,22 @@ def test_compress_records_the_importance_and_the_cli_takes_it(dense_run: Path, t
     assert load_config(tmp_path / "norm" / "config.yaml").target.importance is PruneImportance.NORM
     assert main(["compress", str(dense_run), "--target", "macs=0.5", "--importance", "hessian"]) == 2
     assert error_line(capsys) == "error: --importance: unknown estimate 'hessian' (known: taylor, norm)"
+
+
+def test_factorization_takes_the_rank_criterion_and_records_it(dense_run: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    lost = load_config(REPO / "configs" / "lenet_nuclear.yaml", ["target.macs=0.5", "target.rank_criterion=lost"])
+    assert selection_for(lost, LeNet(), SelectionMethod.FACTORIZE, (1, 28, 28)).criterion is RankCriterion.LOST
+    assert main(["compress", str(dense_run), "--target", "params=0.3", "--method", "factorize",
+                 "--rank-criterion", "lost", "--out", str(tmp_path / "lost")]) == 0  # fmt: skip
+    saved = json.loads((tmp_path / "lost" / "target.json").read_text())
+    assert saved["selection"]["rank_criterion"] == "lost" and saved["side_by_side"]["params"]["met"]
+    assert load_config(tmp_path / "lost" / "config.yaml").target.rank_criterion is RankCriterion.LOST
+    _, default = compress_run(dense_run, TargetConfig(params=0.3), tmp_path / "default",
+                              method=SelectionMethod.FACTORIZE)  # fmt: skip
+    assert default["selection"]["rank_criterion"] == "log_kept"
+    assert main(["compress", str(dense_run), "--target", "macs=0.5", "--rank-criterion", "energy"]) == 2
+    assert error_line(capsys) == "error: --rank-criterion: unknown criterion 'energy' (known: log_kept, lost)"
 
 
 def test_a_directory_with_other_settings_is_never_overwritten(dense_run: Path, tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from shrinkage.budget.importance import GroupNorm, Importance, Taylor
 from shrinkage.budget.prune import BudgetError, PruneResult, prune
+from shrinkage.budget.ranks import RankCriterion
 from shrinkage.budget.spec import Achieved, Budget
 
-__all__ = ["Achieved", "Budget", "BudgetError", "GroupNorm", "Importance", "PruneResult", "Taylor", "prune"]
+__all__ = [
+    "Achieved", "Budget", "BudgetError", "GroupNorm", "Importance", "PruneResult", "RankCriterion", "Taylor", "prune",
+]

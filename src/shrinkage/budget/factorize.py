@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from shrinkage.budget.prune import BudgetError
-from shrinkage.budget.ranks import DENSE, LayerSpectrum, Totals, select_ranks, spectrum_floor
+from shrinkage.budget.ranks import DENSE, LayerSpectrum, RankCriterion, Totals, select_ranks, spectrum_floor
 from shrinkage.budget.spec import Achieved, Budget
 from shrinkage.compact.factorize import build_factorized, candidate_layers, check_energy
 from shrinkage.errors import ConfigError
@@ -38,11 +38,16 @@ def ranks_under_budget(
     layers: Sequence[str] | None,
     min_rank: int = 1,
     min_energy: float | None = None,
+    criterion: RankCriterion = RankCriterion.LOG_KEPT,
 ) -> dict[str, int]:
     """Rank of every layer to replace (layers left dense are absent) so that the
-    factorized model meets ``budget``; see :mod:`shrinkage.budget.ranks`."""
+    factorized model meets ``budget`` with the least damage by ``criterion``; see
+    :mod:`shrinkage.budget.ranks`."""
     if not isinstance(budget, Budget):
         raise ConfigError(f"factorize: budget must be a shrinkage.Budget, got {type(budget).__name__}")
+    if not isinstance(criterion, RankCriterion):
+        known = ", ".join(f"RankCriterion.{c.name}" for c in RankCriterion)
+        raise ConfigError(f"factorize: criterion must be one of {known}, got {criterion!r}")
     _check_floors(min_rank, min_energy)
     example = _as_tuple(example_inputs)
     if example is None and (budget.macs is not None or budget.latency_ms is not None):
@@ -75,7 +80,7 @@ def ranks_under_budget(
         return Achieved(fractions["macs"], fractions["params"], latency).meets(budget)
 
     try:
-        ranks = select_ranks(spectra, budget, totals, meets)
+        ranks = select_ranks(spectra, budget, totals, meets, criterion)
     except ValueError as error:
         floor = error.args[0]
         reachable = ", ".join(f"{k}={floor[k]:.4g}" for k in budget.targets() if k in floor)

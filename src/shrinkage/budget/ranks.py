@@ -3,16 +3,26 @@
 Each candidate layer ``l`` (weight ``out x in``, ``in = C*kh*kw`` for a conv) either stays
 dense or becomes a rank-``r`` pair costing ``r * (in + out)`` MACs per output position
 (and ``r * (in + out)`` parameters) instead of ``in * out``. Truncating to rank ``r``
-loses the energy ``e_l(r) = sum_{i >= r} sigma_i^2 / sum_i sigma_i^2``, normalized per
-layer so that layers trained at different scales compare.
+keeps the share ``k_l(r) = sum_{i < r} sigma_i^2 / sum_i sigma_i^2`` of the layer's
+energy and loses ``e_l(r) = 1 - k_l(r)``; shares, not absolute energies, so that layers
+trained at different scales compare.
 
-We minimize ``sum_l e_l(r_l)`` subject to the budget. With a multiplier ``lam``, each
-layer independently picks ``argmin_r e_l(r) + lam * cost_l(r)``; the total cost falls as
-``lam`` grows, so bisection on ``lam`` finds the cheapest trade-off that fits. Because
-``e_l`` is convex in ``r`` (its decrements ``sigma_r^2`` shrink) this is the greedy
-"drop the singular value that loses least energy per MAC saved" done exactly. Slack
-left by the last jump is then spent greedily, one rank at a time, on the layer that
-regains the most energy per unit of cost.
+What is minimized is ``sum_l d(e_l(r_l))`` under the budget, ``d`` the
+:class:`RankCriterion`. The default, ``-log k_l``, maximizes the product of the kept
+shares: on an input with no preferred direction a truncated layer passes the share
+``k_l`` of its output energy, and a chain of truncated layers the product. The plain sum
+of lost shares treats losing 95% of one layer like losing 47.5% of two, and so cuts the
+largest layer of a plainly trained network, whose spectrum is flat, to rank 1 or 2: a
+bottleneck no fine-tuning recovers from (MNIST LeNet at 5% of the parameters: fc1 at
+rank 1, 87% after 6 epochs of recovery, against 99.0% at the ranks the product picks).
+
+With a multiplier ``lam``, each layer independently picks ``argmin_r d(e_l(r)) + lam *
+cost_l(r)``; the total cost falls as ``lam`` grows, so bisection on ``lam`` finds the
+cheapest trade-off that fits. Both criteria are convex in ``r`` (``k_l`` is concave: its
+increments ``sigma_r^2`` shrink; ``-log`` is convex and decreasing), so this is the greedy
+"drop the singular value that costs least per MAC saved" done exactly. Slack left by the
+last jump is then spent greedily, one rank at a time, on the layer that regains the most
+per unit of cost.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor
@@ -27,6 +38,23 @@ from torch import Tensor
 from shrinkage.budget.spec import Budget
 
 DENSE = -1  # the layer is left as it is
+#: a kept share below this counts as this (the log of an exact 0 would be infinite)
+_SMALLEST_SHARE = 1e-300
+
+
+class RankCriterion(Enum):
+    """What a choice of ranks under a budget minimizes, summed over the layers."""
+
+    #: ``-log`` of the share of each layer's energy kept: the product of the shares is maximized
+    LOG_KEPT = "log_kept"
+    #: the share of each layer's energy lost (losing 95% of one layer costs what 47.5% of two do)
+    LOST = "lost"
+
+    def damage(self, lost: float) -> float:
+        """The criterion's cost of losing the share ``lost`` of a layer's energy."""
+        if self is RankCriterion.LOST:
+            return lost
+        return -math.log(max(1.0 - lost, _SMALLEST_SHARE))
 
 
 @dataclass(frozen=True)
@@ -88,8 +116,11 @@ def _weighted_cost(layer: LayerSpectrum, rank: int, budget: Budget, totals: Tota
     return cost
 
 
-def _pick(layers: list[LayerSpectrum], lam: float, budget: Budget, totals: Totals) -> list[int]:
-    return [min(l.options(), key=lambda r, l=l: l.lost(r) + lam * _weighted_cost(l, r, budget, totals)) for l in layers]
+def _pick(layers: list[LayerSpectrum], lam: float, budget: Budget, totals: Totals, criterion: RankCriterion) -> list[int]:
+    def objective(layer: LayerSpectrum, rank: int) -> float:
+        return criterion.damage(layer.lost(rank)) + lam * _weighted_cost(layer, rank, budget, totals)
+
+    return [min(l.options(), key=lambda r, l=l: objective(l, r)) for l in layers]
 
 
 def select_ranks(
@@ -97,8 +128,9 @@ def select_ranks(
     budget: Budget,
     totals: Totals,
     meets: Callable[[list[int], dict[str, float]], bool],
+    criterion: RankCriterion = RankCriterion.LOG_KEPT,
 ) -> list[int]:
-    """Rank per layer (``DENSE`` to keep it) meeting ``budget`` with the least energy lost.
+    """Rank per layer (``DENSE`` to keep it) meeting ``budget`` with the least damage by ``criterion``.
 
     ``meets(ranks, fractions)`` says whether a choice holds (the caller measures latency
     there when the budget has one). Raises ``ValueError`` with the smallest reachable
@@ -110,25 +142,25 @@ def select_ranks(
     if meets(dense, _fractions(layers, dense, totals)):
         return dense
     lo, hi = 0.0, 1.0
-    while not meets(ranks := _pick(layers, hi, budget, totals), _fractions(layers, ranks, totals)):
+    while not meets(ranks := _pick(layers, hi, budget, totals, criterion), _fractions(layers, ranks, totals)):
         hi *= 4.0
         if hi > 1e12:
             return floors  # the multiplier cannot get cheaper than the floors, which meet
     for _ in range(60):
         mid = (lo + hi) / 2
-        ranks = _pick(layers, mid, budget, totals)
+        ranks = _pick(layers, mid, budget, totals, criterion)
         if meets(ranks, _fractions(layers, ranks, totals)):
             hi = mid
         else:
             lo = mid
         if hi - lo <= 1e-9 * hi:
             break
-    return _spend_slack(layers, _pick(layers, hi, budget, totals), budget, totals, meets)
+    return _spend_slack(layers, _pick(layers, hi, budget, totals, criterion), budget, totals, meets, criterion)
 
 
 def _spend_slack(layers: list[LayerSpectrum], ranks: list[int], budget: Budget, totals: Totals,
-                 meets: Callable[[list[int], dict[str, float]], bool]) -> list[int]:  # fmt: skip
-    """Raise ranks one at a time where the energy regained per unit of cost is highest."""
+                 meets: Callable[[list[int], dict[str, float]], bool], criterion: RankCriterion) -> list[int]:  # fmt: skip
+    """Raise ranks one at a time where the damage undone per unit of cost is highest."""
     ranks = list(ranks)
     blocked: set[int] = set()
     while True:
@@ -138,7 +170,7 @@ def _spend_slack(layers: list[LayerSpectrum], ranks: list[int], budget: Budget, 
                 continue
             nxt = r + 1 if r + 1 <= min(layer.cheapest_useful, layer.singular_values.numel()) else DENSE
             extra = _weighted_cost(layer, nxt, budget, totals) - _weighted_cost(layer, r, budget, totals)
-            gain = layer.lost(r) - layer.lost(nxt)
+            gain = criterion.damage(layer.lost(r)) - criterion.damage(layer.lost(nxt))
             ratio = gain / extra if extra > 0 else math.inf
             if gain > 0 and ratio > best_gain:
                 best, best_gain = i, ratio

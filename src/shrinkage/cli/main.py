@@ -88,6 +88,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                      "kernels compute in (16 with AVX-512, 8 with AVX2)")
     cmd.add_argument("--importance", metavar="taylor|norm", default="taylor",
                      help="pruning's damage estimate: loss change on training batches (default) or group norms")
+    cmd.add_argument("--rank-criterion", metavar="log_kept|lost", default="log_kept",
+                     help="factorization's choice of ranks: keep the most product of the layers' energy shares "
+                     "(default) or lose the least sum of them")
     cmd.add_argument("--recalibrate-batches", type=int, default=None, metavar="N",
                      help="training batches on which BatchNorm statistics are re-estimated after selection "
                      "(default: the target block's, 32; 0: keep the dense model's)")
@@ -222,6 +225,7 @@ def _round_to(text: str) -> int:
 
 
 def _compress(args: argparse.Namespace, command: str) -> int:
+    from shrinkage.budget import RankCriterion
     from shrinkage.config import PruneImportance, SelectionMethod, TargetConfig
     from shrinkage.config.fields import FieldError
     from shrinkage.train import compress_run
@@ -237,11 +241,15 @@ def _compress(args: argparse.Namespace, command: str) -> int:
     importances = {i.value: i for i in PruneImportance}
     if args.importance not in importances:
         raise ConfigError(f"--importance: unknown estimate '{args.importance}' (known: {', '.join(importances)})")
+    criteria = {c.value: c for c in RankCriterion}
+    if args.rank_criterion not in criteria:
+        raise ConfigError(f"--rank-criterion: unknown criterion '{args.rank_criterion}' (known: {', '.join(criteria)})")
     round_to = _round_to(args.round_to)
     try:
         target = TargetConfig.of_budget(budget, finetune_epochs=args.finetune_epochs, finetune_lr=args.lr,
                                         distill_weight=args.distill, temperature=args.temperature,
                                         round_to=round_to, importance=importances[args.importance],
+                                        rank_criterion=criteria[args.rank_criterion],
                                         **_given(recalibrate_batches=args.recalibrate_batches))  # fmt: skip
     except FieldError as error:
         raise ConfigError(f"{_RECOVERY_FLAGS.get(error.field, '--target ' + error.field)}: {error.reason}") from None

@@ -35,6 +35,7 @@ from shrinkage.compact.surgery import set_submodule
 from shrinkage.errors import ConfigError
 
 if TYPE_CHECKING:
+    from shrinkage.budget.ranks import RankCriterion
     from shrinkage.budget.spec import Budget
 
 log = logging.getLogger(__name__)
@@ -152,14 +153,16 @@ def factorize(
     min_rank: int = 1,
     min_energy: float | None = None,
     choose_by: FormPolicy | None = None,
+    criterion: RankCriterion | None = None,
 ) -> nn.Module:
     """Return a copy of ``model`` with Conv2d/Linear layers replaced by low-rank pairs.
 
     Either ``energy`` (default 0.9): one fraction of the squared singular values kept by
     every layer, or a mapping from layer name to fraction (unlisted layers keep full
     energy); or ``budget`` (:class:`shrinkage.Budget`): ranks chosen globally so that the
-    factorized model meets it with the least normalized energy lost (see
-    :mod:`shrinkage.budget.ranks`; MAC and latency budgets need ``example_inputs``).
+    factorized model meets it with the least damage by ``criterion`` (default
+    ``RankCriterion.LOG_KEPT``: the product of the shares of energy the layers keep is
+    maximized; see :mod:`shrinkage.budget.ranks`; MAC and latency budgets need ``example_inputs``).
     ``min_rank`` / ``min_energy`` are per-layer floors under a budget. A layer is replaced
     only where the pair costs fewer MACs than the original, unless
     ``only_if_cheaper=False`` (energy mode). ``layers`` restricts factorization to layers
@@ -176,12 +179,16 @@ def factorize(
     """
     if choose_by is not None and not isinstance(choose_by, FormPolicy):
         raise ConfigError(f"factorize: choose_by must be Measured(), ByMacs() or None, got {choose_by!r}")
+    if criterion is not None and budget is None:
+        raise ConfigError("factorize: criterion chooses ranks under a budget; give budget too")
     if budget is not None:
         if energy is not None:
             raise ConfigError("factorize: give either energy or budget, not both")
         from shrinkage.budget.factorize import ranks_under_budget  # budget builds on this module
+        from shrinkage.budget.ranks import RankCriterion
 
-        ranks = ranks_under_budget(model, budget, example_inputs, layers, min_rank, min_energy)
+        ranks = ranks_under_budget(model, budget, example_inputs, layers, min_rank, min_energy,
+                                   criterion or RankCriterion.LOG_KEPT)  # fmt: skip
         return build_factorized(model, ranks)
     energy = 0.9 if energy is None else energy
     if not isinstance(energy, Mapping):

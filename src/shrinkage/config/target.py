@@ -8,6 +8,7 @@ parameters and/or latency relative to the dense model) and fine-tuned::
       macs_of: [Conv2d]     # optional: count the MACs of these layer types only (as SSL reports conv MACs)
       round_to: 8           # kept channel counts are multiples of 8 (pruning only)
       importance: taylor    # pruning ranks groups by loss change measured on training batches
+      rank_criterion: log_kept   # factorization: ranks keep the most product of energy shares
       penalize: weakest     # the budget controller's group Lasso acts on the groups it will remove only
       select_after_epochs: 4   # prune after 4 training epochs, train the rest with the removed weights at zero
       recalibrate_batches: 32   # BatchNorm statistics re-estimated on 32 training batches after selection
@@ -27,6 +28,7 @@ from enum import Enum
 
 from torch import nn
 
+from shrinkage.budget.ranks import RankCriterion
 from shrinkage.budget.spec import Budget
 from shrinkage.config.fields import (
     MAX_EPOCHS,
@@ -74,7 +76,8 @@ class TargetConfig:
     milliseconds per forward pass of ``batch_size`` images on the run's device.
     ``round_to``: kept channel counts are rounded up to a multiple of it (pruning only;
     factorization ranks are not rounded). ``importance``: how pruning estimates the damage
-    of removing a group (:class:`PruneImportance`). ``penalize``: which groups the budget
+    of removing a group (:class:`PruneImportance`). ``rank_criterion``: what factorization's
+    choice of ranks minimizes (:class:`shrinkage.RankCriterion`). ``penalize``: which groups the budget
     controller's group Lasso acts on while training (:class:`PenalizedGroups`).
     ``select_after_epochs``: prune to the budget after this many epochs of the training
     phase and train the remaining ones with the removed weights held at zero
@@ -93,6 +96,7 @@ class TargetConfig:
     batch_size: int = 1
     round_to: int = 1
     importance: PruneImportance = PruneImportance.TAYLOR
+    rank_criterion: RankCriterion = RankCriterion.LOG_KEPT
     penalize: PenalizedGroups = PenalizedGroups.ALL
     select_after_epochs: int | None = None
     recalibrate_batches: int = 32

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import shrinkage
-from shrinkage.budget import Achieved, Budget, Importance, Taylor
+from shrinkage.budget import Achieved, Budget, Importance, RankCriterion, Taylor
 from shrinkage.budget.importance import DEFAULT_BATCHES
 from shrinkage.config import (
     NuclearNormConfig,
@@ -83,9 +83,11 @@ class Pruning:
 
 @dataclass(frozen=True)
 class Factorization:
-    """Ranks under the budget for the layers matching ``layers`` (None: every Conv2d/Linear)."""
+    """Ranks under the budget for the layers matching ``layers`` (None: every Conv2d/Linear),
+    chosen by ``criterion``."""
 
     layers: tuple[str, ...] | None = None
+    criterion: RankCriterion = RankCriterion.LOG_KEPT
 
     def select(self, dense: nn.Module, example: Tensor, budget: Budget) -> Selected:
         # exact compaction first: zeros a sparse penalty left go for free, and the ranks
@@ -93,10 +95,11 @@ class Factorization:
         compact = shrinkage.compact(dense, (example,))
         rest = _rescaled(budget, dense, compact, example)
         model = compact if rest is None else shrinkage.factorize(
-            compact, budget=rest, example_inputs=example, layers=self.layers)
+            compact, budget=rest, example_inputs=example, layers=self.layers, criterion=self.criterion)
         ranks = {name: int(m.project.weight.shape[0]) for name, m in model.named_modules()
                  if isinstance(m, nn.Sequential) and hasattr(m, "project") and hasattr(m, "expand")}  # fmt: skip
-        return Selected(model, None, {"layers": list(self.layers or ["all Conv2d/Linear"]), "ranks": ranks})
+        return Selected(model, None, {"layers": list(self.layers or ["all Conv2d/Linear"]), "ranks": ranks,
+                                      "rank_criterion": self.criterion.value})  # fmt: skip
 
     def finish(self, model: nn.Module, example: Tensor) -> nn.Module:
         return model.eval()  # the pairs were fine-tuned as they are
@@ -134,8 +137,8 @@ def selection_for(config: RunConfig, dense: nn.Module, method: SelectionMethod, 
                   train: ImageDataset | None = None) -> Pruning | Factorization:  # fmt: skip
     """The selection of ``method`` with this run's settings: ``target.round_to`` and
     ``target.importance`` (measured on ``train``; group norms without it) for pruning;
-    for factorization ``compact.factorize_layers``, else the layers the nuclear-norm rules
-    selected, else every Conv2d/Linear."""
+    for factorization ``target.rank_criterion`` and ``compact.factorize_layers``, else the
+    layers the nuclear-norm rules selected, else every Conv2d/Linear."""
     if method is SelectionMethod.PRUNE:
         target = config.target or TargetConfig(macs=1.0)
         importance: Importance | None = None
@@ -143,7 +146,8 @@ def selection_for(config: RunConfig, dense: nn.Module, method: SelectionMethod, 
             importance = Taylor(calibration_batches(train, config.data.batch_size, config.train.seed))
         return Pruning(target.round_to, importance)
     layers = config.compact.factorize_layers or _nuclear_layers(config.regularization, dense, image_shape)
-    return Factorization(tuple(layers) or None)
+    criterion = config.target.rank_criterion if config.target is not None else RankCriterion.LOG_KEPT
+    return Factorization(tuple(layers) or None, criterion)
 
 
 def _nuclear_layers(regularization: RegularizationConfig, model: nn.Module,
