@@ -46,6 +46,10 @@ LABELS = {
     "nuclear+sgl@params-long": "compression-aware: nuclear + sparse group Lasso, factorized to a **parameter** budget, "
                                "long recovery",
 }
+#: what rows whose ranks were chosen by the summed lost energy (``RankCriterion.LOST``, the
+#: default of ``factorize(budget=...)`` before the product of kept shares) add to their label
+LOST_CRITERION = "lost"
+LOST_LABEL = " [ranks by the summed lost energy]"
 #: the setup the parameter target below is set for (LeNet on MNIST, as in the paper)
 TARGET_SETUP = "mnist/lenet"
 #: the compression-aware paper's target on LeNet: at least this much fewer parameters ...
@@ -71,14 +75,15 @@ def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
         by_setup[f"{f['dataset']}/{f['model']}"].append(f)
     for setup, runs in sorted(by_setup.items()):
         baseline = {r["seed"]: r["accuracy"] for f in runs for r in f["rows"] if r["method"] == "baseline"}
-        groups: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[str, float | None, str | None], list[dict[str, Any]]] = defaultdict(list)
         for f in runs:
             for r in f["rows"]:  # rows recorded before rows carried dates have their file's
-                groups[(r["method"], r["budget_macs"])].append({"date": f.get("date"), **r})
+                groups[(r["method"], r["budget_macs"], r.get("rank_criterion"))].append({"date": f.get("date"), **r})
         rows = []
-        for (method, budget), rs in groups.items():
+        for (method, budget, criterion), rs in groups.items():
+            label = LABELS.get(method, method) + (LOST_LABEL if criterion == LOST_CRITERION else "")
             rows.append({
-                "method": method, "label": LABELS.get(method, method), "budget_macs": budget,
+                "method": method, "label": label, "budget_macs": budget, "rank_criterion": criterion,
                 "budget_params": rs[0].get("budget_params"), "seeds": sorted(r["seed"] for r in rs),
                 "error": _stats([1 - r["accuracy"] for r in rs]),
                 "error_selected": _stats([1 - r["accuracy_selected"] for r in rs]),
@@ -91,7 +96,8 @@ def aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
         # the baseline, then MAC budgets from the largest, then parameter budgets
         rows.sort(key=lambda r: (0 if r["method"] == "baseline" else 2 if r.get("budget_params") else 1,
                                  -(r["budget_macs"] or r.get("budget_params") or 0),
-                                 METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99))  # fmt: skip
+                                 METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
+                                 r["rank_criterion"] != LOST_CRITERION))  # fmt: skip
         first = runs[0]
         meta = {k: first.get(k) for k in ("machine", "torch", "device", "epochs", "finetune_epochs", "limit_train")}
         meta["commands"] = sorted({f["command"] for f in runs} | {r["command"] for f in runs for r in f.get("reruns", [])})
@@ -108,8 +114,9 @@ def chart(setup: str, data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method in METHOD_ORDER:
-        rows = [r for r in data["rows"] if r["method"] == method]
+    series = [(m, c) for m in METHOD_ORDER for c in dict.fromkeys(r["rank_criterion"] for r in data["rows"])]
+    for method, criterion in series:
+        rows = [r for r in data["rows"] if r["method"] == method and r["rank_criterion"] == criterion]
         if not rows:
             continue
         if method == "baseline":
@@ -119,7 +126,7 @@ def chart(setup: str, data: dict[str, Any], path: Path) -> None:
         xs = [100 * r["macs"]["mean"] for r in rows]
         ys = [100 * r["error"]["mean"] for r in rows]
         es = [100 * r["error"]["std"] for r in rows]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABELS[method])
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=rows[0]["label"])
     ax.set_xlabel("MACs, % of the dense model")
     ax.set_ylabel("test error after fine-tuning, %")
     ax.set_title(f"{setup}: error vs MACs (mean ± std over seeds)")
@@ -189,12 +196,18 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
     """Does training-time compression beat compressing afterwards (plain training + SVD +
     fine-tuning) by more than the spread across seeds? Computed, not written by hand."""
     out = []
-    groups = [(f"{100 * b:.0f}% MACs", {r["method"]: r for r in rows if r["budget_macs"] == b}, "")
+    groups = [(f"{100 * b:.0f}% MACs", [r for r in rows if r["budget_macs"] == b], "")
               for b in sorted({r["budget_macs"] for r in rows if r["budget_macs"] is not None}, reverse=True)]
     for suffix in ("@params", "@params-long"):  # (the labels of the long rows say so)
-        groups += [(f"{100 * b:.0f}% of the parameters",
-                    {r["method"]: r for r in rows if r.get("budget_params") == b}, suffix)
+        groups += [(f"{100 * b:.0f}% of the parameters", [r for r in rows if r.get("budget_params") == b], suffix)
                    for b in sorted({r["budget_params"] for r in rows if r.get("budget_params")}, reverse=True)]  # fmt: skip
+    # factorized rows are compared with rows whose ranks the same criterion chose; rows
+    # without ranks with the rows of the default criterion where there are any
+    criteria = list(dict.fromkeys(r["rank_criterion"] for r in rows if r["rank_criterion"] is not None))
+    groups = [(name, {r["method"]: r for r in group if r["rank_criterion"] in (None, criterion)}, suffix)
+              for name, group, suffix in groups
+              for criterion in sorted(criteria, key=lambda c: c != LOST_CRITERION) or [None]]
+    seen: set[tuple[str, str, str]] = set()
     for name, at, suffix in groups:
         comparisons = [(m + suffix, "plain+svd" + suffix, "plain + SVD + fine-tuning")
                        for m in ("nuclear", "nuclear+sgl", "ssl", "ssl+focus")]  # fmt: skip
@@ -203,8 +216,9 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
                             "plain + SVD at the same ranks + fine-tuning"))  # fmt: skip
         for method, against, against_label in comparisons:
             r, reference = at.get(method), at.get(against)
-            if r is None or reference is None:
+            if r is None or reference is None or (name, r["label"], reference["label"]) in seen:
                 continue
+            seen.add((name, r["label"], reference["label"]))
             diff = 100 * (reference["error"]["mean"] - r["error"]["mean"])
             spread = 100 * max(reference["error"]["std"], r["error"]["std"])
             seeds = min(reference["error"]["n"], r["error"]["n"])
@@ -214,7 +228,8 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
                 verdict = ("better by more than the spread across seeds" if diff > spread
                            else "worse by more than the spread across seeds" if -diff > spread
                            else "within the spread across seeds")  # fmt: skip
-            out.append(f"- {name}, {LABELS[method]}: error {_pm(r['error'])}% against "
+            against_label += LOST_LABEL if reference["rank_criterion"] == LOST_CRITERION else ""
+            out.append(f"- {name}, {r['label']}: error {_pm(r['error'])}% against "
                        f"{_pm(reference['error'])}% for {against_label} ({diff:+.2f} points): {verdict}.")  # fmt: skip
     if with_target:
         out += _params_target(rows)

@@ -26,8 +26,15 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   model's *parameters* instead of its MACs; ``params-long``: the same rows with
   ``LONG_TRAIN_SHARE`` of the baseline's ``E + F`` epochs spent training and the rest
   recovering after selection (4 + 6 where the others take 8 + 2), and the plain model cut to
-  the nuclear run's ranks (``plain+svd@nuclear-ranks@params-long``); each reported right
-  after selection and after its fine-tuning (the removed structures held at zero).
+  the nuclear run's ranks (``plain+svd@nuclear-ranks@params-long``); ``svd-long``: the
+  plain + SVD row of ``params-long`` alone (a criterion's rerun without the trainings the
+  other rows need); each reported right after selection and after its fine-tuning (the
+  removed structures held at zero).
+
+Ranks are chosen by ``--rank-criterion`` (:class:`shrinkage.RankCriterion`, default the
+product of the shares of energy kept); every factorized row records its criterion, and
+rows recorded with the summed lost energy (``lost``, the earlier default) carry it in
+their command.
 
 MACs are whole-model (conv MACs are reported beside them; the ``@conv`` rows' budget is the conv MACs), accuracy is on the full test
 set; every row carries the date it was recorded, and a file its reruns' commands. One JSON per (dataset, model, seed) goes to results/budget/; run
@@ -53,7 +60,7 @@ import torch
 from torch import nn
 
 import shrinkage
-from shrinkage import Budget
+from shrinkage import Budget, RankCriterion
 from shrinkage.budget.factorize import ranks_under_budget
 from shrinkage.compact.factorize import build_factorized
 from shrinkage.config import RunConfig, parse_config
@@ -93,6 +100,7 @@ ROWS_OF = {
                "nuclear+sgl@params"),
     "params-long": ("plain+svd@params-long", "plain+prune@params-long", "nuclear@params-long",
                     "plain+svd@nuclear-ranks@params-long", "nuclear+sgl@params-long"),
+    "svd-long": ("plain+svd@params-long",),
 }
 #: ``params-long`` trains this share of the baseline's ``E + F`` epochs (at least one) and
 #: spends the rest recovering after selection: a factorized model needs more than ``F`` epochs
@@ -141,8 +149,10 @@ class Bench:
     """One (dataset, model, seed): its data, trained models and measured rows."""
 
     def __init__(self, dataset: str, model: str, seed: int, epochs: int, finetune_epochs: int,
-                 device: str, runs: Path, limit_train: int | None) -> None:  # fmt: skip
+                 device: str, runs: Path, limit_train: int | None,
+                 criterion: RankCriterion = RankCriterion.LOG_KEPT) -> None:  # fmt: skip
         self.dataset, self.model_name, self.seed = dataset, model, seed
+        self.criterion = criterion
         self.epochs, self.finetune_epochs = epochs, finetune_epochs
         self.device = device
         self.layers = SETUPS[(dataset, model)]
@@ -201,6 +211,8 @@ class Bench:
     def record(self, method: str, budget: float | None, selected_accuracy: float, final: nn.Module,
                train_s: float, tune_s: float, split: tuple[int, int] | None = None, **extra: Any) -> None:  # fmt: skip
         selected_by_budget = budget is not None or "budget_params" in extra
+        if extra.get("ranks"):  # what chose them (the nuclear-ranks rows: the nuclear run's choice)
+            extra = {**extra, "rank_criterion": self.criterion.value}
         epochs, recover = split or (self.epochs, self.finetune_epochs)
         row = {"method": method, "budget_macs": budget, "seed": self.seed, "epochs": epochs,
                "finetune_epochs": recover if selected_by_budget else 0,
@@ -257,7 +269,8 @@ class Bench:
         if relative >= 1:
             return small, {}
         layers = [n for n in self.layers if any(m == n or m.startswith(n + ".") for m, _ in small.named_modules())]
-        ranks = ranks_under_budget(small, Budget(**{key: relative}), (self.example,), layers)
+        ranks = ranks_under_budget(small, Budget(**{key: relative}), (self.example,), layers,
+                                   criterion=self.criterion)  # fmt: skip
         return build_factorized(small, ranks), ranks
 
     def run(self, trainings: frozenset[str] = TRAININGS) -> dict[str, Any]:
@@ -296,6 +309,13 @@ class Bench:
             split = self.long_split()
             short, t_short = self.train("plain-long", "", split[0])
             self.param_rows(short, t_short, nuclear_rule, layers, "-long", split)
+        elif "svd-long" in trainings:
+            split = self.long_split()
+            short, t_short = self.train("plain-long", "", split[0])
+            for budget in PARAM_BUDGETS:
+                selected, ranks = self.factorized(short, budget, key="params")
+                self.select_and_recover("plain+svd@params-long", None, selected, t_short, split=split, ranks=ranks,
+                                        budget_params=budget)  # fmt: skip
         for budget in BUDGETS:
             for method, model, t in trained:
                 selected, ranks = self.factorized(model, budget)
@@ -338,9 +358,10 @@ def _meta(command: str, device: str) -> dict[str, Any]:
 
 
 def merge_rows(recorded: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``recorded`` with each row of ``new`` in place of the one with its method and budget
-    (appended where there was none), so a file stays whole while a rerun is under way."""
-    key = lambda r: (r["method"], r["budget_macs"])  # noqa: E731
+    """``recorded`` with each row of ``new`` in place of the one with its method, budget and
+    rank criterion (appended where there was none), so a file stays whole while a rerun is
+    under way, and a rerun with another criterion adds its rows beside the recorded ones."""
+    key = lambda r: (r["method"], r["budget_macs"], r.get("rank_criterion"))  # noqa: E731
     fresh = {key(r): r for r in new}
     merged = [fresh.pop(key(r), r) for r in recorded]
     return merged + list(fresh.values())
@@ -362,7 +383,8 @@ def recorded_for_rerun(path: Path, head: dict[str, Any]) -> dict[str, Any]:
 
 def _one(key: str, args: argparse.Namespace) -> Path:
     dataset, model, seed = key.split(":")
-    bench = Bench(dataset, model, int(seed), args.epochs, args.finetune_epochs, args.device, args.runs_dir, args.limit_train)
+    bench = Bench(dataset, model, int(seed), args.epochs, args.finetune_epochs, args.device, args.runs_dir,
+                  args.limit_train, RankCriterion(args.rank_criterion))  # fmt: skip
     path = args.out / f"{dataset}-{model}-seed{seed}.json"
     words = ["python", "benchmarks/budget_results.py", "--only", key, "--epochs", str(args.epochs),
              "--finetune-epochs", str(args.finetune_epochs), "--device", args.device]  # fmt: skip
@@ -370,6 +392,8 @@ def _one(key: str, args: argparse.Namespace) -> Path:
         words += ["--limit-train", str(args.limit_train)]
     if args.rerun:
         words += ["--rerun", *args.rerun]
+    if args.rank_criterion != RankCriterion.LOG_KEPT.value:
+        words += ["--rank-criterion", args.rank_criterion]
     head = {**_meta(" ".join(words), args.device), "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
             "limit_train": args.limit_train, "dataset": dataset, "model": model, "seed": int(seed)}  # fmt: skip
     if not args.rerun:
@@ -415,6 +439,8 @@ def main() -> None:
     parser.add_argument("--rerun", nargs="+", choices=sorted(TRAININGS),
                         help="redo only these trainings and their rows in the recorded results of each key; "
                              "the other rows stay as recorded")  # fmt: skip
+    parser.add_argument("--rank-criterion", choices=[c.value for c in RankCriterion], default=RankCriterion.LOG_KEPT.value,
+                        help="what the choice of ranks under a budget minimizes (shrinkage.RankCriterion)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "budget")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -123,8 +123,9 @@ ROWS = (
                 "--finetune-epochs 2 --lr 0.001"),
     _reselected("ssl_width25lr3", "SSL width to 25% MACs, recovery at lr 0.001", "ssl_width25", 0.25,
                 "--finetune-epochs 2 --lr 0.001"),
-    Row("lowrank50", "compression-aware low rank to 50% MACs", "target",
-        "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} --out runs/cifar/{run}", 0.5),
+    Row("lowrank50", "compression-aware low rank to 50% MACs (ranks by the summed lost energy)", "target",
+        "shrinkage train configs/cifar10_resnet20_lowrank.yaml --set train.seed={seed} "
+        "--set target.rank_criterion=lost --out runs/cifar/{run}", 0.5),
     Row("prune50", "plain + shrinkage prune (Taylor) to 50% MACs + 2 epochs", "target",
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
@@ -153,17 +154,20 @@ ROWS = (
         "target", "shrinkage train configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--set target.macs=0.25 --set target.select_after_epochs=4 --set target.recalibrate_batches=0 "
         "--out runs/cifar/{run}", 0.25),
-    Row("svd50", "plain + SVD to 50% MACs + 2 epochs", "target",
+    Row("svd50", "plain + SVD to 50% MACs + 2 epochs (ranks by the summed lost energy)", "target",
         "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
-        "--method factorize --out runs/cifar/{run}", 0.5),
+        "--method factorize --rank-criterion lost --out runs/cifar/{run}", 0.5),
 )  # fmt: skip
 
 
 #: what a command appends to reproduce a run recorded before ``compress`` re-estimated the
 #: BatchNorm statistics after selection (its default since then), by CLI subcommand
 _WITHOUT_RECALIBRATION = {"compress": " --recalibrate-batches 0", "train": " --set target.recalibrate_batches=0"}
+#: what a command appends to reproduce a factorized run whose ranks were chosen by the summed
+#: lost energy (``RankCriterion.LOST``, the default before the product of kept shares)
+_LOST_CRITERION = {"compress": " --rank-criterion lost", "train": " --set target.rank_criterion=lost"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -251,6 +255,10 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
     without = _WITHOUT_RECALIBRATION[command.split()[1]]
     if row.result == "target" and "batchnorm_recalibrated" not in target["accuracy"] and without not in command:
         command += without  # recorded before selection re-estimated BatchNorm
+    selection = target.get("selection", {}) if row.result == "target" else {}
+    lost = _LOST_CRITERION[command.split()[1]]
+    if selection.get("ranks") and "rank_criterion" not in selection and lost not in command:
+        command += lost  # recorded before ranks maximized the kept shares' product
     models = out / MODEL_DIR
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, models / f"{name}.safetensors")

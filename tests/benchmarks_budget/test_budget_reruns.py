@@ -37,7 +37,7 @@ def test_merge_replaces_rows_in_place_and_keeps_the_others() -> None:
 
 def _args(tmp_path: Path, **changes: object) -> argparse.Namespace:
     values = {"epochs": 1, "finetune_epochs": 1, "device": "cpu", "limit_train": 128, "rerun": ["ssl"],
-              "runs_dir": tmp_path / "runs", "out": tmp_path}  # fmt: skip
+              "runs_dir": tmp_path / "runs", "out": tmp_path, "rank_criterion": "log_kept"}  # fmt: skip
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -151,6 +151,30 @@ def test_long_recovery_rows_keep_the_baselines_total_epochs(tmp_path: Path) -> N
     same = {r["method"]: r.get("ranks") for r in rows}
     assert same["plain+svd@nuclear-ranks@params-long"] == same["nuclear@params-long"] != {}
     assert "for plain + SVD at the same ranks + fine-tuning" in text
+
+
+def test_a_rank_criterion_rerun_adds_its_rows_beside_those_of_the_other_criterion(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    old = _row("plain+svd@params-long", None, 0.5, budget_params=0.05, ranks={"fc1": 1}, rank_criterion="lost")
+    path.write_text(json.dumps({**_file([_row("baseline", None, 0.99), old]), "limit_train": 128, "epochs": 2}))
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["svd-long"], epochs=2))
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    assert rows[1] == old and len(rows) == 3
+    new = rows[2]
+    assert new["method"] == "plain+svd@params-long" and new["rank_criterion"] == "log_kept" and new["ranks"]
+    assert (new["epochs"], new["finetune_epochs"]) == (1, 2) and new["params"] <= 0.0501
+    assert result["reruns"][0]["command"].endswith("--rerun svd-long")
+    r = load_benchmark("budget_report")
+    text = r.table(r.aggregate([result]))
+    lost = "| plain + SVD to a **parameter** budget, long recovery [ranks by the summed lost energy] (1 + 1 epochs) |"
+    assert lost in text
+    assert "| plain + SVD to a **parameter** budget, long recovery (1 + 2 epochs) |" in text
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["svd-long"], epochs=2, rank_criterion="lost"))
+    again = json.loads(path.read_text())
+    assert [row["rank_criterion"] for row in again["rows"][1:]] == ["lost", "log_kept"]  # the lost row redone in place
+    assert again["reruns"][1]["command"].endswith("--rerun svd-long --rank-criterion lost")
 
 
 def test_long_recovery_needs_an_epoch_to_recover_in() -> None:
