@@ -202,11 +202,12 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
         groups += [(f"{100 * b:.0f}% of the parameters", [r for r in rows if r.get("budget_params") == b], suffix)
                    for b in sorted({r["budget_params"] for r in rows if r.get("budget_params")}, reverse=True)]  # fmt: skip
     # factorized rows are compared with rows whose ranks the same criterion chose; rows
-    # without ranks with the rows of the default criterion where there are any
+    # without ranks (SSL, a compaction that met the budget alone) with the default
+    # criterion's rows where there are any, else with the summed lost energy's
     criteria = list(dict.fromkeys(r["rank_criterion"] for r in rows if r["rank_criterion"] is not None))
     groups = [(name, {r["method"]: r for r in group if r["rank_criterion"] in (None, criterion)}, suffix)
               for name, group, suffix in groups
-              for criterion in sorted(criteria, key=lambda c: c != LOST_CRITERION) or [None]]
+              for criterion in sorted(criteria, key=lambda c: c == LOST_CRITERION) or [None]]
     seen: set[tuple[str, str, str]] = set()
     for name, at, suffix in groups:
         comparisons = [(m + suffix, "plain+svd" + suffix, "plain + SVD + fine-tuning")
@@ -216,9 +217,9 @@ def _verdicts(rows: list[dict[str, Any]], with_target: bool = False) -> list[str
                             "plain + SVD at the same ranks + fine-tuning"))  # fmt: skip
         for method, against, against_label in comparisons:
             r, reference = at.get(method), at.get(against)
-            if r is None or reference is None or (name, r["label"], reference["label"]) in seen:
+            if r is None or reference is None or (name, r["label"], against) in seen:
                 continue
-            seen.add((name, r["label"], reference["label"]))
+            seen.add((name, r["label"], against))
             diff = 100 * (reference["error"]["mean"] - r["error"]["mean"])
             spread = 100 * max(reference["error"]["std"], r["error"]["std"])
             seeds = min(reference["error"]["n"], r["error"]["n"])
