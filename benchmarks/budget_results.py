@@ -237,9 +237,7 @@ class Bench:
         for budget in PARAM_BUDGETS:
             for method, model, t in (("plain+svd", plain, t_plain), ("nuclear", nuclear, t_nuclear),
                                      ("nuclear+sgl", sgl, t_sgl)):  # fmt: skip
-                selected, ranks = self.factorized(model, budget, key="params")
-                self.select_and_recover(f"{method}@params{suffix}", None, selected, t, split=split, ranks=ranks,
-                                        budget_params=budget)  # fmt: skip
+                ranks = self.factorized_row(f"{method}@params{suffix}", model, t, budget, split)
                 if method == "nuclear" and ranks:  # the plain model at these ranks: training or ranks?
                     same = build_factorized(shrinkage.compact(plain, (self.example,)), ranks)
                     self.select_and_recover(f"plain+svd@nuclear-ranks@params{suffix}", None, same, t_plain,
@@ -247,6 +245,14 @@ class Bench:
             pruned = shrinkage.prune(plain, self.example, Budget(params=budget))
             self.select_and_recover(f"plain+prune@params{suffix}", None, pruned.compact, t_plain, pruned.model,
                                     pruned.zero_mask(), split=split, budget_params=budget)  # fmt: skip
+
+    def factorized_row(self, method: str, model: nn.Module, train_s: float, budget: float,
+                       split: tuple[int, int] | None) -> dict[str, int]:  # fmt: skip
+        """Factorize ``model`` to ``budget`` of the dense parameters, recover, record as ``method``;
+        the ranks chosen."""
+        selected, ranks = self.factorized(model, budget, key="params")
+        self.select_and_recover(method, None, selected, train_s, split=split, ranks=ranks, budget_params=budget)
+        return ranks
 
     def long_split(self) -> tuple[int, int]:
         """(training, recovery) epochs of the ``params-long`` rows: the baseline's total."""
@@ -313,9 +319,7 @@ class Bench:
             split = self.long_split()
             short, t_short = self.train("plain-long", "", split[0])
             for budget in PARAM_BUDGETS:
-                selected, ranks = self.factorized(short, budget, key="params")
-                self.select_and_recover("plain+svd@params-long", None, selected, t_short, split=split, ranks=ranks,
-                                        budget_params=budget)  # fmt: skip
+                self.factorized_row("plain+svd@params-long", short, t_short, budget, split)
         for budget in BUDGETS:
             for method, model, t in trained:
                 selected, ranks = self.factorized(model, budget)

@@ -165,9 +165,6 @@ ROWS = (
 #: what a command appends to reproduce a run recorded before ``compress`` re-estimated the
 #: BatchNorm statistics after selection (its default since then), by CLI subcommand
 _WITHOUT_RECALIBRATION = {"compress": " --recalibrate-batches 0", "train": " --set target.recalibrate_batches=0"}
-#: what a command appends to reproduce a factorized run whose ranks were chosen by the summed
-#: lost energy (``RankCriterion.LOST``, the default before the product of kept shares)
-_LOST_CRITERION = {"compress": " --rank-criterion lost", "train": " --set target.rank_criterion=lost"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -255,10 +252,6 @@ def gather_run(row: Row, run_dir: Path, seed: int, out: Path) -> dict[str, Any] 
     without = _WITHOUT_RECALIBRATION[command.split()[1]]
     if row.result == "target" and "batchnorm_recalibrated" not in target["accuracy"] and without not in command:
         command += without  # recorded before selection re-estimated BatchNorm
-    selection = target.get("selection", {}) if row.result == "target" else {}
-    lost = _LOST_CRITERION[command.split()[1]]
-    if selection.get("ranks") and "rank_criterion" not in selection and lost not in command:
-        command += lost  # recorded before ranks maximized the kept shares' product
     models = out / MODEL_DIR
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, models / f"{name}.safetensors")
