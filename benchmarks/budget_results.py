@@ -28,7 +28,10 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   recovering after selection (4 + 6 where the others take 8 + 2), and the plain model cut to
   the nuclear run's ranks (``plain+svd@nuclear-ranks@params-long``); ``svd-long``: the
   plain + SVD row of ``params-long`` alone (a criterion's rerun without the trainings the
-  other rows need); each reported right after selection and after its fine-tuning (the
+  other rows need); ``ssl-conv-long`` and ``ssl-focus-conv-long``: the two ``@conv`` SSL
+  rows with the ``params-long`` split (the controller's warm-up, ramp and hold fit in the
+  shorter training; a network cut to a few percent of its conv MACs has more to relearn);
+  each reported right after selection and after its fine-tuning (the
   removed structures held at zero).
 
 Ranks are chosen by ``--rank-criterion`` (:class:`shrinkage.RankCriterion`, default the
@@ -101,6 +104,8 @@ ROWS_OF = {
     "params-long": ("plain+svd@params-long", "plain+prune@params-long", "nuclear@params-long",
                     "plain+svd@nuclear-ranks@params-long", "nuclear+sgl@params-long"),
     "svd-long": ("plain+svd@params-long",),
+    "ssl-conv-long": ("ssl-long@conv",),
+    "ssl-focus-conv-long": ("ssl+focus-long@conv",),
 }
 #: ``params-long`` trains this share of the baseline's ``E + F`` epochs (at least one) and
 #: spends the rest recovering after selection: a factorized model needs more than ``F`` epochs
@@ -255,11 +260,11 @@ class Bench:
         return ranks
 
     def long_split(self) -> tuple[int, int]:
-        """(training, recovery) epochs of the ``params-long`` rows: the baseline's total."""
+        """(training, recovery) epochs of the long rows (``params-long``, ``*-long@conv``): the baseline's total."""
         total = self.epochs + self.finetune_epochs
         train = max(1, round(LONG_TRAIN_SHARE * total))
         if train >= total:
-            raise SystemExit(f"params-long: {total} epochs in all leave none for recovery; use more epochs")
+            raise SystemExit(f"long rows: {total} epochs in all leave none for recovery; use more epochs")
         return train, total - train
 
     # -- methods -------------------------------------------------------------------------
@@ -331,21 +336,24 @@ class Bench:
                 pruned = shrinkage.prune(plain, self.example, Budget(macs=budget))
                 self.select_and_recover("plain+prune", budget, pruned.compact, t_plain, pruned.model,
                                         pruned.zero_mask())  # fmt: skip
-            for training, method, penalize, conv_only in (
-                ("ssl", "ssl", "all", False), ("ssl-focus", "ssl+focus", "weakest", False),
-                ("ssl-conv", "ssl@conv", "all", True), ("ssl-focus-conv", "ssl+focus@conv", "weakest", True),
+            for training, method, penalize, conv_only, long in (
+                ("ssl", "ssl", "all", False, False), ("ssl-focus", "ssl+focus", "weakest", False, False),
+                ("ssl-conv", "ssl@conv", "all", True, False), ("ssl-focus-conv", "ssl+focus@conv", "weakest", True, False),
+                ("ssl-conv-long", "ssl-long@conv", "all", True, True),
+                ("ssl-focus-conv-long", "ssl+focus-long@conv", "weakest", True, True),
             ):  # fmt: skip
                 if training not in trainings:
                     continue
+                split = self.long_split() if long else None
                 scope = ("target.macs_of=[Conv2d]",) if conv_only else ()
                 ssl, t_ssl = self.train(f"{training}-{budget}", _SSL.format(layers=convs if conv_only else layers),
-                                        self.epochs,
+                                        split[0] if split else self.epochs,
                                         (f"target.macs={budget}", f"target.penalize={penalize}", *scope))  # fmt: skip
                 zeroed = _zero_fraction(ssl, self.example, self.dense_macs)
                 macs_of = (nn.Conv2d,) if conv_only else None
                 pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget, macs_of=macs_of))
                 self.select_and_recover(method, budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
-                                        macs_zeroed_by_training=zeroed)  # fmt: skip
+                                        split=split, macs_zeroed_by_training=zeroed)  # fmt: skip
         return {"dataset": self.dataset, "model": self.model_name, "seed": self.seed, "rows": self.rows}
 
 

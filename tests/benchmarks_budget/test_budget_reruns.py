@@ -118,6 +118,24 @@ def test_a_conv_mac_rerun_meets_the_budget_on_the_conv_layers(tmp_path: Path) ->
     assert "of the target), error" in text
 
 
+def test_a_long_conv_mac_rerun_trains_less_recovers_more_and_meets_the_conv_budget(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    path.write_text(json.dumps({**_file([_row("baseline", None, 0.99)]), "limit_train": 128, "epochs": 2}))
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["ssl-focus-conv-long"], epochs=2))
+    rows = json.loads(path.read_text())["rows"][1:]
+    assert [(r["method"], r["budget_macs"]) for r in rows] == [("ssl+focus-long@conv", 0.1), ("ssl+focus-long@conv", 0.05)]
+    # 40% of the baseline's 3 epochs trained (the controller's whole schedule), 2 recovering
+    assert all((r["epochs"], r["finetune_epochs"]) == (1, 2) for r in rows)
+    assert all(r["conv_macs"] <= r["budget_macs"] * 1.0001 for r in rows)
+    saved = json.loads((tmp_path / "runs" / "mnist-lenet-0" / "ssl-focus-conv-long-0.1" / "checkpoint.json").read_text())
+    assert saved["config"]["train"]["epochs"] == 1 and saved["config"]["target"]["penalize"] == "weakest"
+    r = load_benchmark("budget_report")
+    text = r.table(r.aggregate([json.loads(path.read_text())]))
+    assert "| SSL, focus, controller to a budget of the **conv** MACs, long recovery (1 + 2 epochs) | conv 10% |" in text
+    assert "- SSL, focus, controller to a budget of the **conv** MACs, long recovery at 5%: conv MACs" in text
+
+
 def test_a_parameter_budget_rerun_records_params_rows_and_their_verdicts(tmp_path: Path) -> None:
     b = load_benchmark("budget_results")
     path = tmp_path / "mnist-lenet-seed0.json"
