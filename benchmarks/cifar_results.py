@@ -34,6 +34,9 @@ method and seed, each named ``<row>-s<seed>`` (see ``ROWS`` for the command of e
   done after epoch 4 of the 20 (``target.select_after_epochs``), the removed weights held
   at zero for the other 16: the same 20 epochs as the baseline, no recovery epochs;
   ``prune25early`` the same to 25% of the MACs;
+- ``svd50lk``: ``svd50`` with the ranks chosen by the product of the layers' kept energy
+  shares (``RankCriterion.LOG_KEPT``, the default since; ``svd50`` keeps the summed lost
+  energy it was recorded with), BatchNorm statistics kept as in ``svd50``;
 - Torch-Pruning rows: written by ``benchmarks/cifar_torch_pruning.py`` as
   ``results/cifar10/torch_pruning-*.json`` and read from there.
 
@@ -159,6 +162,11 @@ ROWS = (
         "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
         "--target macs=0.5 --finetune-epochs 2 --lr 0.01 "
         "--method factorize --rank-criterion lost --out runs/cifar/{run}", 0.5),
+    Row("svd50lk", "plain + SVD to 50% MACs + 2 epochs (ranks by the product of kept shares)", "target",
+        "shrinkage compress results/cifar10/models/baseline-s{seed}.safetensors "
+        "--config configs/cifar10_resnet20_baseline.yaml --set train.seed={seed} "
+        "--target macs=0.5 --finetune-epochs 2 --lr 0.01 --recalibrate-batches 0 "
+        "--method factorize --out runs/cifar/{run}", 0.5),
 )  # fmt: skip
 
 
