@@ -35,7 +35,7 @@ from shrinkage.compact.head_plan import decide_heads
 from shrinkage.compact.layer_types import WeightUse, canonical_param, layer_type_of
 from shrinkage.compact.module_attrs import ConvLike
 from shrinkage.errors import ConfigError
-from shrinkage.graph.builder import ChannelGraph, Combine, FreeOperand, channel_positions, qualified_name
+from shrinkage.graph.builder import ChannelGraph, Combine, FreeOperand, channel_positions, channel_runs, qualified_name
 from shrinkage.graph.capture import Capture
 from shrinkage.graph.export_graph import layer_input, node_owner
 from shrinkage.graph.spaces import Axis, Space, Use
@@ -157,8 +157,8 @@ class _Scans:
         """Bool ``(n,)``: channel's slice of ``use``'s parameter is entirely zero."""
         used = self.used(use.slice.module, use.slice.attr, use.slice.dim)
         zero = torch.ones(n, dtype=torch.bool)
-        for ch, pos in channel_positions(cg, use, root):
-            zero[ch] &= ~used[pos].any(dim=1)
+        for start, stop, offset, repeat in channel_runs(cg, use, root):
+            zero[start:stop] &= ~used[offset : offset + (stop - start) * repeat].view(stop - start, repeat).any(dim=1)
         return zero
 
 
@@ -478,8 +478,10 @@ def _remove(plan: CompactionPlan, cg: ChannelGraph, space: Space, root: int, kee
             mask = _free_mask(plan, cg, use)
         else:
             mask = _mask(plan, cg, use.slice.module, use.slice.attr, use.slice.dim)
-        for ch, pos in channel_positions(cg, use, root):
-            mask[pos[~keep_channels[ch]].reshape(-1)] = False
+        for start, stop, offset, repeat in channel_runs(cg, use, root):
+            mask[offset : offset + (stop - start) * repeat].view(stop - start, repeat).logical_and_(
+                keep_channels[start:stop].unsqueeze(1)
+            )
 
 
 def _decide_attention_heads(cg: ChannelGraph, scans: _Scans, plan: CompactionPlan) -> dict[int, Tensor]:

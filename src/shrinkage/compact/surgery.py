@@ -8,13 +8,13 @@ so a new entry cannot forget a field.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping
 from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
+from shrinkage.compact.forms import FORM_CHOICE
 from shrinkage.compact.module_attrs import ConvLike, int_attr, optional_tensor_attr, tensor_attr
 from shrinkage.errors import UnsupportedModuleError
 from shrinkage.layers import ZeroWidthConv
@@ -54,27 +54,42 @@ def _kept(w: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 M = TypeVar("M", bound=nn.Module)
 
+#: what ``nn.Module.__init__`` sets on every module (parameter, buffer, child and hook
+#: dicts): a built layer gets fresh ones; every other attribute is the layer's own
+_MODULE_BASE = frozenset(nn.Module().__dict__)
 
-def _built(cls: type[M], tensors: dict[str, Tensor | None], *args: object, **kwargs: object) -> M:
-    """``cls(*args, **kwargs)`` whose parameters and buffers are ``tensors`` (new tensors no
-    other module holds; None for an absent bias). Built on the meta device, so nothing is
-    allocated or initialized only to be overwritten: about half the cost of building a
-    layer this size and copying the weights in, which compaction does for every layer."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
-        new = cls(*args, device="meta", **kwargs)
+
+def _built(module: M, tensors: dict[str, Tensor | None], **changed: object) -> M:
+    """A new layer of ``module``'s type with ``module``'s attributes, ``changed`` set, and
+    ``tensors`` (new tensors no other module holds; None for an absent bias) as its
+    parameters and buffers: every one of ``module``'s, each keeping its ``requires_grad``.
+
+    For the exact torch types only (a plain conv, linear, norm), whose constructor does
+    nothing but store its arguments and initialize tensors this replaces: it is not run.
+    Building on the meta device still ran the initializers; skipping the constructor
+    halves the cost of shrinking a layer, which planning a compaction does for most layers.
+    No hooks are carried, nor the record of an earlier form choice."""
+    owned = {**module._parameters, **module._buffers}
+    # every tensor comes from the original; one registered as None (no bias, no running stats) may be left out
+    missing = [n for n, t in owned.items() if t is not None and n not in tensors]
+    assert not missing and set(tensors) <= set(owned), f"{type(module).__name__}: {missing or sorted(tensors)}"
+    tensors = {n: tensors.get(n) for n in owned}
+    cls = type(module)
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    for key, value in module.__dict__.items():
+        if key not in _MODULE_BASE and key != FORM_CHOICE:
+            new.__dict__[key] = value
+    new.__dict__.update(changed)
+    new.training = module.training
+    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
     for name, value in tensors.items():
-        old = new._parameters[name] if name in new._parameters else new._buffers[name]
-        if value is None:
-            assert old is None, name  # built without it
-            continue
-        assert old is not None and old.shape == value.shape, name  # the layer was built for this shape
-        if name in new._parameters:
-            new._parameters[name] = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
+        if name in module._parameters:
+            old = module._parameters[name]
+            assert (old is None) == (value is None), name  # built with it exactly when the original has it
+            new._parameters[name] = None if value is None or old is None else nn.Parameter(value, old.requires_grad)
         else:
-            new._buffers[name] = value.to(old.dtype)
-    left = [n for n, t in (*new.named_parameters(), *new.named_buffers()) if t.is_meta]
-    assert not left, f"{cls.__name__}: {left} not given"  # every tensor of the layer comes from the original
+            new._buffers[name] = value
     return new
 
 
@@ -111,11 +126,7 @@ def shrink_conv(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
         # constructor arguments and compute more: a sliced copy keeps all of it
         tensors = {"weight": weight} | ({"bias": bias} if bias is not None else {})
         return sliced_copy(module, tensors, in_channels=in_ch, out_channels=len(out_idx), groups=groups)
-    return _built(
-        type(module), {"weight": weight, "bias": bias}, in_ch, len(out_idx), m.kernel_size, stride=m.stride,
-        padding=m.padding, dilation=m.dilation, groups=groups, bias=bias is not None, padding_mode=m.padding_mode,
-        dtype=m.weight.dtype,
-    )  # fmt: skip
+    return _built(module, {"weight": weight, "bias": bias}, in_channels=in_ch, out_channels=len(out_idx), groups=groups)
 
 
 def shrink_linear(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
@@ -128,8 +139,9 @@ def shrink_linear(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
         return sliced_copy(m, tensors, in_features=len(in_idx), out_features=len(out_idx))
     bias = m.bias.detach()[out_idx] if m.bias is not None else None
     weight = _kept(m.weight.detach(), out_idx, in_idx)
-    return _built(nn.Linear, {"weight": weight, "bias": bias}, len(in_idx), len(out_idx), bias=bias is not None,
-                  dtype=m.weight.dtype)  # fmt: skip
+    if type(m) is not nn.Linear:  # a subclass with nothing left: a plain Linear of nothing (its extras may not cope)
+        m = nn.Linear(m.in_features, m.out_features, bias=bias is not None, device="meta", dtype=m.weight.dtype)
+    return _built(m, {"weight": weight, "bias": bias}, in_features=len(in_idx), out_features=len(out_idx))
 
 
 def shrink_batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
@@ -137,13 +149,11 @@ def shrink_batchnorm(m: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     if len(idx) == 0:
         return nn.Identity()  # normalizing no channels is the identity on an empty tensor
     tensors = {name: t.detach().index_select(0, idx) for name, t in _per_channel(m)}
-    dtypes = {t.dtype for t in tensors.values()}
-    if type(m) in _PLAIN_NORMS and len(dtypes) == 1:  # a new instance: the cheap way for the common case
+    if type(m) in _PLAIN_NORMS:  # a new instance: the cheap way for the common case
         bn = cast(nn.modules.batchnorm._BatchNorm, m)
-        if bn.num_batches_tracked is not None:
-            tensors["num_batches_tracked"] = bn.num_batches_tracked.detach().clone()
-        return _built(type(m), dict(tensors), len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                      track_running_stats=bn.track_running_stats, dtype=dtypes.pop())  # fmt: skip
+        counted = bn.num_batches_tracked
+        extra = {"num_batches_tracked": counted.detach().clone()} if counted is not None else {}
+        return _built(m, {**tensors, **extra}, num_features=len(idx))
     # a sliced copy, not a new instance: a subclass (timm's BatchNormAct2d, which also
     # applies an activation) keeps its type, its other attributes and children, and the
     # original's device and dtype (a float64 model stays float64)
@@ -178,7 +188,7 @@ def sliced_copy(m: nn.Module, tensors: dict[str, Tensor], **attrs: object) -> nn
 def shrink_prelu(module: nn.Module, keep: dict[int, Tensor]) -> nn.Module:
     m = cast(nn.PReLU, module)  # the shrink of the PReLU layer type
     idx = _idx(keep, 0, m.num_parameters)
-    return _built(nn.PReLU, {"weight": m.weight.detach()[idx]}, len(idx), dtype=m.weight.dtype)
+    return _built(m, {"weight": m.weight.detach().index_select(0, idx)}, num_parameters=len(idx))
 
 
 def add_bias(module: nn.Module, delta: Tensor) -> None:

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from shrinkage.graph.attention_heads import HeadUnit
 
 
+try:  # generates the graph's Python code only when it is called: the capture only interprets the graph
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # a torch without it (private API): the code is generated at once, as before
+    _GraphModule = fx.GraphModule  # type: ignore[misc,assignment]
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaves: tuple[type[nn.Module], ...], ruled: frozenset[type[nn.Module]]) -> None:
         super().__init__()
@@ -208,6 +214,19 @@ def channel_positions(graph: ChannelGraph, use: Use, root: int) -> list[tuple[Te
         if graph.table.find(seg.space) == root:
             ch = torch.arange(seg.start, seg.stop)
             result.append((ch, offset + (ch - seg.start).unsqueeze(1) * seg.repeat + torch.arange(seg.repeat)))
+        offset += seg.width
+    return result
+
+
+def channel_runs(graph: ChannelGraph, use: Use, root: int) -> list[tuple[int, int, int, int]]:
+    """:func:`channel_positions` as slices, one per segment: ``(start, stop, offset, repeat)``,
+    channels ``start:stop`` of space ``root`` sit at positions ``offset`` to ``offset +
+    (stop - start) * repeat`` along ``use``'s dim, ``repeat`` consecutive ones each. Slicing
+    a mask with these costs a view where gathering by positions costs a copy."""
+    result, offset = [], 0
+    for seg in use.axis.segments:
+        if graph.table.find(seg.space) == root:
+            result.append((seg.start, seg.stop, offset, seg.repeat))
         offset += seg.width
     return result
 
@@ -487,7 +506,7 @@ def build_channel_graph(
     except Exception as exc:  # fx raises many types; name the model and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModuleError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = _GraphModule(tracer.root, graph, type(model).__name__)
     recorder = _record(model, gm, example_inputs)
     outputs = _check_trace(model, example_inputs, recorder.result)
     if recorder.mutations:
