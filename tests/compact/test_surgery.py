@@ -132,3 +132,32 @@ def test_a_shrunk_layer_owns_its_tensors_in_the_original_dtype(cls: type[nn.Modu
         if t.is_floating_point():
             assert t.dtype == torch.float64, name
     assert all(p.requires_grad for p in small.parameters())
+
+
+def test_a_shrunk_plain_layer_keeps_its_settings_and_frozen_weights_but_no_hooks() -> None:
+    """Plain layers are built without running their constructor: what the constructor would
+    have set comes from the original (padding, eps, a frozen weight's requires_grad, a
+    norm without affine parameters or running statistics), hooks and an earlier form
+    choice do not."""
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, bias=False)
+    with torch.no_grad():
+        conv.weight[:, 2] = 0  # the input channel removed below
+    conv.weight.requires_grad_(False)
+    conv.register_forward_hook(lambda m, i, o: o * 0)
+    conv.form_choice = "an earlier choice"
+    x = torch.randn(2, 4, 9, 9)
+    keep = {0: torch.tensor([True, False, True, True, False, True]), 1: torch.tensor([True, True, False, True])}
+    small = shrink("conv", conv, keep)
+    assert type(small) is nn.Conv2d and (small.in_channels, small.out_channels) == (3, 4)
+    assert (small.stride, small.padding, small.bias) == ((2, 2), (1, 1), None)
+    assert not small.weight.requires_grad and not small._forward_hooks and not hasattr(small, "form_choice")
+    with torch.no_grad():
+        expected = nn.functional.conv2d(x, conv.weight, None, 2, 1)[:, keep[0]]
+        torch.testing.assert_close(small(x[:, keep[1]]), expected)
+    for norm in (nn.BatchNorm2d(6, affine=False), nn.BatchNorm2d(6, track_running_stats=False)):
+        norm.eval()
+        shrunk = shrink("norm", norm, {0: keep[0]})
+        assert shrunk.num_features == 4 and shrunk.affine == norm.affine
+        y = torch.randn(3, 6, 2, 2)
+        with torch.no_grad():
+            torch.testing.assert_close(shrunk(y[:, keep[0]]), norm(y)[:, keep[0]])
