@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "budget"
 METHOD_ORDER = (
     "baseline", "plain+svd", "plain+svd@nuclear-ranks", "nuclear", "nuclear+sgl", "plain+prune", "ssl", "ssl+focus",
-    "ssl@conv", "ssl+focus@conv", "ssl-long@conv", "ssl+focus-long@conv", "plain+svd@params", "plain+prune@params", "nuclear@params",
+    "ssl@conv", "ssl+focus@conv", "ssl-long@conv", "ssl+focus-long@conv", "ssl+focus-long-kd@conv",
+    "plain+svd@params", "plain+prune@params", "nuclear@params",
     "plain+svd@nuclear-ranks@params", "nuclear+sgl@params", "plain+svd@params-long", "plain+prune@params-long",
     "nuclear@params-long", "plain+svd@nuclear-ranks@params-long", "nuclear+sgl@params-long",
 )  # fmt: skip
@@ -36,6 +37,8 @@ LABELS = {
     "ssl+focus@conv": "SSL, focus, controller to a budget of the **conv** MACs",
     "ssl-long@conv": "SSL, coupled group Lasso, controller to a budget of the **conv** MACs, long recovery",
     "ssl+focus-long@conv": "SSL, focus, controller to a budget of the **conv** MACs, long recovery",
+    "ssl+focus-long-kd@conv": "SSL, focus, controller to a budget of the **conv** MACs, long recovery distilled "
+                              "from the baseline",
     "plain+svd@params": "plain + SVD to a **parameter** budget",
     "plain+prune@params": "plain + pruning to a **parameter** budget",
     "nuclear@params": "compression-aware: nuclear norm, factorized to a **parameter** budget",

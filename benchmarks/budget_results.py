@@ -31,6 +31,8 @@ regularized or plain, then ``F`` of fine-tuning after selection):
   other rows need); ``ssl-conv-long`` and ``ssl-focus-conv-long``: the two ``@conv`` SSL
   rows with the ``params-long`` split (the controller's warm-up, ramp and hold fit in the
   shorter training; a network cut to a few percent of its conv MACs has more to relearn);
+  ``ssl-focus-conv-long-kd``: the focus one with its recovery distilled from the baseline
+  of the same seed (trained again for it when its row is not redone: same seed, same model);
   each reported right after selection and after its fine-tuning (the
   removed structures held at zero).
 
@@ -106,7 +108,12 @@ ROWS_OF = {
     "svd-long": ("plain+svd@params-long",),
     "ssl-conv-long": ("ssl-long@conv",),
     "ssl-focus-conv-long": ("ssl+focus-long@conv",),
+    "ssl-focus-conv-long-kd": ("ssl+focus-long-kd@conv",),
 }
+#: trainings whose recovery distills from the dense baseline of the same seed
+DISTILLED = frozenset({"ssl-focus-conv-long-kd"})
+#: (weight, temperature) of that distillation: the CIFAR-10 ``prune50kd`` row's
+DISTILL = (0.5, 4.0)
 #: ``params-long`` trains this share of the baseline's ``E + F`` epochs (at least one) and
 #: spends the rest recovering after selection: a factorized model needs more than ``F`` epochs
 #: to relearn what the cut took, and the total stays the baseline's
@@ -197,16 +204,23 @@ class Bench:
 
     def select_and_recover(self, method: str, budget: float | None, selected: nn.Module, train_s: float,
                            tune: nn.Module | None = None, mask: Any = None, split: tuple[int, int] | None = None,
-                           **extra: Any) -> None:  # fmt: skip
+                           teacher: nn.Module | None = None, **extra: Any) -> None:  # fmt: skip
         """Measure ``selected`` (a compact CPU model), fine-tune ``tune`` (``selected`` itself, or the
         masked model a pruning left) on the training device, and record both. ``split``: the
-        (training, recovery) epochs of a row that does not use ``E`` and ``F``."""
+        (training, recovery) epochs of a row that does not use ``E`` and ``F``; ``teacher``: the
+        dense baseline the recovery distills from (``DISTILL`` weight and temperature)."""
         epochs, recover = split or (self.epochs, self.finetune_epochs)
         selected_accuracy = self.accuracy(selected)
         model = (tune if tune is not None else selected).to(self.train_device)
         started = time.perf_counter()
+        weight, temperature = DISTILL if teacher is not None else (0.0, 4.0)
         finetune(model, self.train_set, self.test_set, recover, 0.005, batch_size=BATCH_SIZE,
-                 momentum=0.9, weight_decay=5e-4, mask=mask, seed=self.seed)  # fmt: skip
+                 momentum=0.9, weight_decay=5e-4, mask=mask, seed=self.seed,
+                 teacher=teacher.to(self.train_device) if teacher is not None else None,
+                 distill_weight=weight, temperature=temperature)  # fmt: skip
+        if teacher is not None:
+            teacher.cpu()
+            extra = {**extra, "distill": {"weight": weight, "temperature": temperature}}
         tuned = model.cpu().eval()
         if tune is not None:  # a masked model: compact it again (exact, checked) to measure what ships
             tuned = shrinkage.compact(tuned, (self.example,))
@@ -287,7 +301,8 @@ class Bench:
     def run(self, trainings: frozenset[str] = TRAININGS) -> dict[str, Any]:
         """Train what ``trainings`` names (see ``TRAININGS``) and record its rows."""
         layers = ", ".join(self.layers)
-        if "baseline" in trainings:
+        # the distilled rows' teacher is the baseline: trained even when its row is not redone
+        if "baseline" in trainings or trainings & DISTILLED:
             baseline, t_base = self.train("baseline", "", self.epochs + self.finetune_epochs)
         else:  # sizes are the architecture's: an untrained model of the same build counts the same
             seed_everything(self.seed)
@@ -341,6 +356,7 @@ class Bench:
                 ("ssl-conv", "ssl@conv", "all", True, False), ("ssl-focus-conv", "ssl+focus@conv", "weakest", True, False),
                 ("ssl-conv-long", "ssl-long@conv", "all", True, True),
                 ("ssl-focus-conv-long", "ssl+focus-long@conv", "weakest", True, True),
+                ("ssl-focus-conv-long-kd", "ssl+focus-long-kd@conv", "weakest", True, True),
             ):  # fmt: skip
                 if training not in trainings:
                     continue
@@ -353,7 +369,8 @@ class Bench:
                 macs_of = (nn.Conv2d,) if conv_only else None
                 pruned = shrinkage.prune(ssl, self.example, Budget(macs=budget, macs_of=macs_of))
                 self.select_and_recover(method, budget, pruned.compact, t_ssl, pruned.model, pruned.zero_mask(),
-                                        split=split, macs_zeroed_by_training=zeroed)  # fmt: skip
+                                        split=split, teacher=baseline if training in DISTILLED else None,
+                                        macs_zeroed_by_training=zeroed)  # fmt: skip
         return {"dataset": self.dataset, "model": self.model_name, "seed": self.seed, "rows": self.rows}
 
 

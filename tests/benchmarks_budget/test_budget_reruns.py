@@ -136,6 +136,22 @@ def test_a_long_conv_mac_rerun_trains_less_recovers_more_and_meets_the_conv_budg
     assert "- SSL, focus, controller to a budget of the **conv** MACs, long recovery at 5%: conv MACs" in text
 
 
+def test_a_distilled_rerun_trains_its_teacher_without_redoing_the_baseline_row(tmp_path: Path) -> None:
+    b = load_benchmark("budget_results")
+    path = tmp_path / "mnist-lenet-seed0.json"
+    baseline = _row("baseline", None, 0.99)
+    path.write_text(json.dumps({**_file([baseline]), "limit_train": 128, "epochs": 2}))
+    b._one("mnist:lenet:0", _args(tmp_path, rerun=["ssl-focus-conv-long-kd"], epochs=2))
+    rows = json.loads(path.read_text())["rows"]
+    assert rows[0] == baseline  # the teacher was trained again, its row left as recorded
+    assert [r["method"] for r in rows[1:]] == ["ssl+focus-long-kd@conv"] * 2
+    assert all(r["distill"] == {"weight": 0.5, "temperature": 4.0} and r["finetune_epochs"] == 2 for r in rows[1:])
+    assert (tmp_path / "runs" / "mnist-lenet-0" / "baseline").is_dir()
+    r = load_benchmark("budget_report")
+    text = r.table(r.aggregate([json.loads(path.read_text())]))
+    assert "long recovery distilled from the baseline (1 + 2 epochs) | conv 5% |" in text
+
+
 def test_a_parameter_budget_rerun_records_params_rows_and_their_verdicts(tmp_path: Path) -> None:
     b = load_benchmark("budget_results")
     path = tmp_path / "mnist-lenet-seed0.json"
