@@ -145,7 +145,9 @@ def capture_table(results: Path) -> str:
         cells = [f"{r['seconds'][k]:.3f}" if k in r["seconds"] else r["errors"].get(k, "–") for k, _ in cases]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     lines += ["", "*Plan*: capture the graph, find the channel spaces and decide what goes; *build and check*: "
-              "also build the compacted model and compare its outputs with the original's."]
+              "`compact()` itself: also build the compacted model and compare its outputs with the original's (which "
+              "the torch.fx capture computed while checking its trace); Torch-Pruning's: prune, then run both models "
+              "to compare."]
     ratios = []
     for capture in ("export", "fx"):
         spans = []
