@@ -208,13 +208,11 @@ def qualified_name(module: str, attr: str) -> str:
 
 def channel_positions(graph: ChannelGraph, use: Use, root: int) -> list[tuple[Tensor, Tensor]]:
     """Where the channels of space ``root`` sit along ``use``'s dim, one entry per segment:
-    ``(channels (k,), positions (k, repeat))``."""
-    result, offset = [], 0
-    for seg in use.axis.segments:
-        if graph.table.find(seg.space) == root:
-            ch = torch.arange(seg.start, seg.stop)
-            result.append((ch, offset + (ch - seg.start).unsqueeze(1) * seg.repeat + torch.arange(seg.repeat)))
-        offset += seg.width
+    ``(channels (k,), positions (k, repeat))`` (:func:`channel_runs`, as index tensors)."""
+    result = []
+    for start, stop, offset, repeat in channel_runs(graph, use, root):
+        ch = torch.arange(start, stop)
+        result.append((ch, offset + (ch - start).unsqueeze(1) * repeat + torch.arange(repeat)))
     return result
 
 
